@@ -1,0 +1,42 @@
+# make book   : set up .venv, provision the embedded model, execute the notebooks
+#               (PROFILE=cpu by default; PROFILE=smoke for a quick pass), build _build/html
+# make test   : set up .venv, run the test suite (unit tests, the embedded model end to end,
+#               every notebook in the smoke profile, the book build and a browser check)
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= cpu
+# the CPU build that lies on disk here; e.g. TORCH="torch==2.13.0 --index-url ..." for CUDA
+TORCH   ?= torch==2.13.0
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.pvutils-installed
+
+.PHONY: venv model book test lint strip clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+model: venv
+	$(PY) -m pvutils provision
+
+book: model
+	$(PY) -m pvutils book --profile $(PROFILE)
+
+test: model
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check pvutils tests benchmarks
+
+# clear notebook outputs before committing them
+strip: venv
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+clean:
+	rm -rf _build

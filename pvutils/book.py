@@ -1,0 +1,66 @@
+"""Execute the notebooks with papermill and build the Jupyter Book.
+
+`make book` and the tests both come through here, so the book CI builds is the book a
+reader builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .artifacts import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebooks() -> list[Path]:
+    """The chapters' notebooks in book order (their file names start with the order)."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_notebook(path: Path, profile: str, parameters: dict | None = None) -> float:
+    """Execute one notebook in place with papermill; a cell error raises. Returns seconds."""
+    import papermill as pm
+
+    start = time.perf_counter()
+    pm.execute_notebook(
+        str(path),
+        str(path),
+        parameters={"profile": profile, **(parameters or {})},
+        cwd=str(path.parent),
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=False,
+    )
+    return time.perf_counter() - start
+
+
+def build_book(warnings_as_errors: bool = True) -> Path:
+    """`jupyter-book build` of the repository root (notebooks are not re-executed)."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(REPO_ROOT), "--builder", "html"]
+    if warnings_as_errors:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True)
+    return REPO_ROOT / "_build" / "html" / "index.html"
+
+
+def cli_book(argv: list[str]) -> int:
+    """`python -m pvutils book --profile smoke [--only 00_setup] [--no-run]`."""
+    parser = argparse.ArgumentParser(prog="python -m pvutils book")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes to execute")
+    parser.add_argument("--no-run", action="store_true", help="only build the HTML")
+    args = parser.parse_args(argv)
+    if not args.no_run:
+        for nb in notebooks():
+            if args.only and not any(nb.stem.startswith(p) for p in args.only):
+                continue
+            print(f"executing {nb.name} (profile {args.profile}) ...", flush=True)
+            print(f"  done in {run_notebook(nb, args.profile):.0f} s", flush=True)
+    print(build_book())
+    return 0

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random models (seconds to build) and an isolated artifacts dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EMBEDDED = "smollm2-135m-instruct"
+
+
+def tiny_llama_config(**overrides):
+    """A Llama with the real architecture's parts (GQA, SwiGLU, RMSNorm), a few layers."""
+    from transformers import LlamaConfig
+
+    kw = dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def make_tiny_llama(seed: int = 0, **overrides):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """An in-memory tiny random Llama."""
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved as a safetensors model directory."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The provisioned embedded model (downloaded and converted once per artifacts dir)."""
+    from pvutils.models import provision_embedded
+
+    return provision_embedded(EMBEDDED)
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """A private artifacts directory for tests that write to it."""
+    monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
