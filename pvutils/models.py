@@ -215,7 +215,8 @@ def _verify_manifest(folder: Path) -> None:
     try:
         files = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"the model cache {folder} is incomplete or corrupted ({err}); {fix}")
+        msg = f"the model cache {folder} is incomplete or corrupted ({err}); {fix}"
+        raise ModelError(msg) from err
     for fname, size in files.items():
         path = folder / fname
         if not path.exists() or path.stat().st_size != size:
@@ -227,7 +228,9 @@ def _verify_manifest(folder: Path) -> None:
             with safe_open(str(path), "pt") as f:
                 f.keys()
         except Exception as err:  # noqa: BLE001 - any parse error means corruption
-            raise ModelError(f"the model cache {folder} is corrupted ({path.name}: {err}); {fix}")
+            raise ModelError(
+                f"the model cache {folder} is corrupted ({path.name}: {err}); {fix}"
+            ) from err
 
 
 # --- generation -----------------------------------------------------------------------
@@ -243,23 +246,34 @@ def chat(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    negative_conversations: Sequence[Sequence[dict]] | None = None,
+    guidance_scale: float = 1.0,
 ) -> list[str]:
-    """Reply to each conversation (a list of chat messages); greedy when temperature is 0."""
+    """Reply to each conversation (a list of chat messages); greedy when temperature is 0.
+
+    With `negative_conversations` and `guidance_scale` g != 1, sampling follows transformers'
+    classifier-free guidance: `l_neg + g (l_pos - l_neg)` on log-probabilities.
+    """
+    if negative_conversations is not None and len(negative_conversations) != len(conversations):
+        raise ValueError("negative_conversations must pair one-to-one with conversations")
     torch.manual_seed(seed)
     replies: list[str] = []
     batches = range(0, len(conversations), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
-        chunk = conversations[start : start + batch_size]
-        texts = [
-            tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-            for c in chunk
-        ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(model.device)
+        enc = _encode(tokenizer, conversations[start : start + batch_size]).to(model.device)
+        extra = {}
+        if negative_conversations is not None and guidance_scale != 1.0:
+            neg = _encode(tokenizer, negative_conversations[start : start + batch_size])
+            extra = dict(
+                guidance_scale=guidance_scale,
+                negative_prompt_ids=neg["input_ids"].to(model.device),
+                negative_prompt_attention_mask=neg["attention_mask"].to(model.device),
+            )
         sample = temperature > 0
         with torch.inference_mode():
             out = model.generate(
                 **enc,
+                **extra,
                 max_new_tokens=max_new_tokens,
                 do_sample=sample,
                 temperature=temperature if sample else None,
@@ -272,6 +286,45 @@ def chat(
     return replies
 
 
+def _encode(tokenizer, conversations: Sequence[Sequence[dict]]):
+    texts = [
+        tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def guided_chat(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[dict]],
+    persona: str,
+    anti_persona: str,
+    gamma: float = 2.0,
+    max_new_tokens: int = 56,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[str]:
+    """Contrastive persona guidance: sample from `l_p + gamma (l_p - l_anti)`.
+
+    `l_p` and `l_anti` are next-token log-probabilities of the same conversation with the
+    persona and with the opposite persona as system prompt. This is classifier-free
+    guidance with scale `1 + gamma` and the anti-persona conversation as negative prompt.
+    """
+    def with_system(text: str) -> list[list[dict]]:
+        return [[{"role": "system", "content": text}, *c] for c in conversations]
+
+    return chat(
+        model, tokenizer, with_system(persona), max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+        progress=progress, negative_conversations=with_system(anti_persona),
+        guidance_scale=1.0 + gamma,
+    )
+
+
 def trim_to_sentence(text: str) -> str:
     """Cut a reply that stopped at the token limit back to its last full sentence."""
     text = text.strip()
@@ -279,6 +332,7 @@ def trim_to_sentence(text: str) -> str:
         return text
     cut = max(text.rfind(ch) for ch in ".!?")
     return text[: cut + 1] if cut > 0 else text
+
 
 
 def cli_provision(argv: list[str]) -> int:
