@@ -1,0 +1,802 @@
+"""Merging personality vectors: task arithmetic, TIES, DARE — over tensors, files or a model.
+
+The core is `merge_deltas`, a pure function over one tensor's deltas that follows mergekit's
+`generalized_task_arithmetic` semantics (mergekit 0.1.5):
+
+- each delta δ_i is sparsified first (TIES: keep its `density` largest magnitudes;
+  DARE: drop entries with probability p = 1 − density), then multiplied by its weight w_i;
+- TIES-style methods elect a sign per entry from the *weighted* deltas (sign of Σ w_i δ_i,
+  ties going to +) and keep only the entries that agree;
+- `normalize` divides by Σ w_i (over the agreeing entries for TIES; the "disjoint mean");
+  it defaults to true for `ties` and false otherwise; then everything is scaled by `lambda`.
+
+Around it: `merge_vectors` (dicts of tensors), `applied` (in place on a loaded model, for
+sweeps), `merge_from_config` / `python -m pvutils merge` (a mergekit YAML, written tensor by
+tensor). The TIES trim can be `per_tensor` (mergekit, PEFT) or `global` (one magnitude
+threshold per vector over the whole model, as in the paper authors' code), found exactly by
+streaming, never by concatenating the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import math
+import shutil
+import sys
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import atomic_dir
+from .vectors import (
+    DeltaSource,
+    MergeError,
+    SafetensorsSource,
+    StreamingSafetensorsWriter,
+    TensorSource,
+    _parse_dtype,
+    check_compatible,
+    check_finite,
+    open_tensors,
+)
+
+__all__ = [
+    "METHODS", "MergeError", "merge_deltas", "merge_vectors", "applied", "merge_from_config",
+    "magnitude_threshold", "global_thresholds", "iter_merged_deltas", "cli_merge",
+]
+
+METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+DEFAULT_NORMALIZE = {"task_arithmetic": False, "ties": True, "dare_linear": False,
+                     "dare_ties": False}
+SIGN_METHODS = {"total": "total", "sum": "total", "frequency": "frequency", "count": "frequency"}
+TensorLike = str | Path | Mapping[str, torch.Tensor] | TensorSource
+
+
+# --- pure functions over one tensor ---------------------------------------------------
+
+
+def merge_deltas(deltas: Sequence[torch.Tensor], weights: Sequence[float],
+                 method: str = "task_arithmetic", **params: Any) -> torch.Tensor:
+    """One tensor's merged delta (float32) from k deltas and their weights.
+
+    Params: `density` (float or one per delta; TIES keep fraction, DARE keep probability),
+    `drop_rate` (DARE p = 1 − density), `majority_sign_method` ("total" | "frequency"),
+    `disjoint` ("mean" | "sum": TIES disjoint mean = normalize true), `normalize`,
+    `lambda_`, `rescale` (DARE: True/"l1" = mergekit's L1-norm matching, "inverse" = the DARE
+    paper's 1/(1−p), False), `mask_strategy` ("random" | "magnitude"), `seed`,
+    `trim_density` (dare_ties only: an extra TIES magnitude trim after the drop, as in the
+    authors' code), `thresholds` (one magnitude threshold per delta: the global trim).
+    """
+    opts = MergeOptions.from_params(method, params)
+    if len(deltas) == 0:
+        raise MergeError("merge_deltas needs at least one delta")
+    if len(deltas) != len(weights):
+        raise MergeError(f"{len(deltas)} deltas but {len(weights)} weights")
+    shape = deltas[0].shape
+    for i, d in enumerate(deltas):
+        if d.shape != shape:
+            raise MergeError(f"delta {i} has shape {list(d.shape)}, delta 0 has {list(shape)}")
+        check_finite(d, f"delta {i}", "merge_deltas")
+    return _merge_one(list(deltas), [float(w) for w in weights], opts, seed=opts.seed)
+
+
+@dataclass
+class MergeOptions:
+    """Validated merge parameters (one place that knows defaults and allowed ranges)."""
+
+    method: str = "task_arithmetic"
+    density: float | tuple[float, ...] = 1.0
+    majority_sign_method: str = "total"
+    normalize: bool = False
+    lambda_: float = 1.0
+    rescale: str | None = None  # None | "l1" | "inverse"
+    mask_strategy: str = "random"
+    seed: int = 0
+    trim_density: float = 1.0
+    thresholds: tuple[float, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, method: str, params: Mapping[str, Any]) -> MergeOptions:
+        if method not in METHODS:
+            raise MergeError(f"unknown merge method {method!r}; choose one of {list(METHODS)}")
+        known = {"density", "drop_rate", "majority_sign_method", "disjoint", "normalize",
+                 "lambda_", "lambda", "rescale", "mask_strategy", "seed", "trim_density",
+                 "thresholds"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise MergeError(f"unknown merge parameter(s) {unknown}; known: {sorted(known)}")
+        dare = method.startswith("dare")
+        density = params.get("density")
+        drop = params.get("drop_rate")
+        if drop is not None:
+            if not dare:
+                raise MergeError(f"drop_rate applies to dare_linear / dare_ties, not {method}")
+            if density is not None:
+                raise MergeError("give either drop_rate or density (= 1 − drop_rate), not both")
+            drops = drop if isinstance(drop, Sequence) else [drop]
+            for p in drops:
+                if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+                    raise MergeError(f"drop_rate must be in [0, 1), got {p!r}")
+            density = tuple(1 - p for p in drops) if isinstance(drop, Sequence) else 1 - drop
+        density = 1.0 if density is None else density
+        for d in density if isinstance(density, Sequence) else [density]:
+            _check_fraction(d, "density")
+        if isinstance(density, Sequence):
+            density = tuple(float(d) for d in density)
+        sign = params.get("majority_sign_method", "total")
+        if sign not in SIGN_METHODS:
+            raise MergeError(f"majority_sign_method must be one of {list(SIGN_METHODS)}, "
+                             f"got {sign!r}")
+        normalize = params.get("normalize")
+        disjoint = params.get("disjoint")
+        if disjoint is not None:
+            if disjoint not in ("mean", "sum"):
+                raise MergeError(f"disjoint must be 'mean' or 'sum', got {disjoint!r}")
+            if method not in ("ties", "dare_ties"):
+                raise MergeError(f"disjoint applies to ties / dare_ties, not {method}")
+            if normalize is not None and bool(normalize) != (disjoint == "mean"):
+                raise MergeError("disjoint='mean' means normalize=true and 'sum' means "
+                                 "normalize=false; they disagree here")
+            normalize = disjoint == "mean"
+        if normalize is None:
+            normalize = DEFAULT_NORMALIZE[method]
+        lam = params.get("lambda_", params.get("lambda", 1.0))
+        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam):
+            raise MergeError(f"lambda must be a finite number, got {lam!r}")
+        rescale = params.get("rescale", True if dare else None)
+        if rescale is True:
+            rescale = "l1"
+        elif rescale is False or rescale is None:
+            rescale = None
+        if rescale not in (None, "l1", "inverse"):
+            raise MergeError(f"rescale must be true/false, 'l1' or 'inverse', got {rescale!r}")
+        strategy = params.get("mask_strategy", "random")
+        if strategy not in ("random", "magnitude"):
+            raise MergeError(f"mask_strategy must be 'random' or 'magnitude', got {strategy!r}")
+        seed = params.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise MergeError(f"seed must be an integer, got {seed!r}")
+        trim = params.get("trim_density")
+        if trim is not None and method != "dare_ties":
+            raise MergeError(f"trim_density applies to dare_ties only (use density for {method})")
+        trim = 1.0 if trim is None else _check_fraction(trim, "trim_density")
+        thresholds = params.get("thresholds")
+        return cls(method=method, density=density, majority_sign_method=SIGN_METHODS[sign],
+                   normalize=bool(normalize), lambda_=float(lam), rescale=rescale,
+                   mask_strategy=strategy, seed=seed, trim_density=float(trim),
+                   thresholds=None if thresholds is None else tuple(thresholds))
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+        raise MergeError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _merge_one(deltas: list[torch.Tensor], weights: list[float], opts: MergeOptions,
+               seed: int) -> torch.Tensor:
+    """mergekit's generalized task arithmetic for one tensor; never modifies its inputs."""
+    k = len(deltas)
+    densities = _densities(opts, k)
+    consensus = opts.method in ("ties", "dare_ties")
+    mixed: torch.Tensor | None = None
+    work: list[torch.Tensor] = []
+    for i, delta in enumerate(deltas):
+        t = opts.thresholds[i] if opts.thresholds is not None else None
+        d = sparsify(delta.float(), densities[i], opts, seed=_mix_seed(seed, i), threshold=t)
+        if consensus:
+            work.append(d.mul_(weights[i]) if d is not delta else d * weights[i])
+        elif mixed is None:
+            mixed = d.mul_(weights[i]) if d is not delta else d * weights[i]
+        else:
+            mixed.add_(d, alpha=weights[i])
+    if consensus:
+        w = torch.tensor(weights, dtype=torch.float32)
+        mixed, divisor = _disjoint_sum(work, w, opts.majority_sign_method)
+        del work
+        if opts.normalize:
+            divisor[divisor == 0] = 1
+            mixed.div_(divisor)
+    elif opts.normalize:
+        total = sum(weights)
+        mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+    if opts.lambda_ != 1:
+        mixed.mul_(opts.lambda_)
+    return mixed
+
+
+def _densities(opts: MergeOptions, k: int) -> tuple[float, ...]:
+    densities = opts.density if isinstance(opts.density, tuple) else (opts.density,) * k
+    if len(densities) != k:
+        raise MergeError(f"{len(densities)} densities for {k} deltas")
+    return densities
+
+
+def sparsify(delta: torch.Tensor, density: float, opts: MergeOptions, seed: int = 0,
+             threshold: float | None = None) -> torch.Tensor:
+    """The per-delta step of each method: TIES trim, or DARE drop (+ optional TIES trim).
+
+    May return `delta` itself when nothing is dropped; otherwise a new tensor.
+    `threshold` replaces the per-tensor magnitude trim (global trim scope).
+    """
+    if opts.method == "ties":
+        kept = trim_by_magnitude(delta, density, threshold=threshold)
+        return _rescale(delta, kept, opts.rescale, density)
+    if opts.method.startswith("dare"):
+        kept = dare_drop(delta, density, opts.rescale, opts.mask_strategy, seed=seed)
+        if opts.method == "dare_ties" and (opts.trim_density < 1 or threshold is not None):
+            kept = trim_by_magnitude(kept, opts.trim_density, threshold=threshold)
+        return kept
+    return delta
+
+
+def _disjoint_sum(weighted: list[torch.Tensor], weights: torch.Tensor,
+                  sign_method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ of the weighted deltas that agree with the elected sign, and Σ of their weights.
+
+    Same as PEFT's `calculate_majority_sign_mask` + `disjoint_merge` on the weighted deltas,
+    but accumulated one delta at a time instead of over a stacked (k, …) copy, which would
+    double the memory of the largest tensor.
+    """
+    if sign_method == "total":
+        votes = weighted[0].clone()
+        for d in weighted[1:]:
+            votes.add_(d)
+    else:
+        votes = weighted[0].sign()
+        for d in weighted[1:]:
+            votes.add_(d.sign())
+    elected = torch.where(votes >= 0, 1.0, -1.0)  # ties go to +, as in mergekit and PEFT
+    del votes
+    mixed = torch.zeros_like(weighted[0])
+    divisor = torch.zeros_like(weighted[0])
+    for d, w in zip(weighted, weights.tolist(), strict=True):
+        agree = (d * elected) > 0  # zero entries never agree (sign 0)
+        mixed.add_(d.where(agree, 0.0))
+        divisor.add_(agree.to(divisor.dtype), alpha=w)
+    return mixed, divisor
+
+
+def trim_by_magnitude(delta: torch.Tensor, density: float,
+                      threshold: float | None = None) -> torch.Tensor:
+    """Keep the `density` fraction of largest-magnitude entries (mergekit: at least one).
+
+    With `threshold` given (the global trim), keep entries with |δ| ≥ threshold instead.
+    Entries tied with the k-th largest magnitude are all kept (mergekit breaks such ties
+    arbitrarily; they are rare in real deltas and zero entries change nothing).
+    """
+    if threshold is None:
+        if density >= 1 or delta.numel() == 0:
+            return delta
+        keep = max(1, int(density * delta.numel()))
+        threshold = kth_largest(delta.abs().reshape(-1), keep)
+    return delta.where(delta.abs() >= threshold, 0.0)
+
+
+def kth_largest(values: torch.Tensor, k: int) -> float:
+    """The exact k-th largest of a 1-D float tensor, faster than `torch.kthvalue` on big ones.
+
+    `torch.kthvalue` is a single-threaded quickselect (~0.9 s per 28M entries here); we
+    bracket the answer with quantiles of a random sample, count what lies above the bracket,
+    and select exactly inside the small bracket. Falls back to `kthvalue` if the bracket
+    misses (it then costs one extra comparison pass, never a wrong answer).
+    """
+    n = values.numel()
+    if not 1 <= k <= n:
+        raise MergeError(f"k = {k} outside 1..{n}")
+    if n <= 1 << 17:
+        return float(torch.kthvalue(values, n - k + 1).values)
+    m = 1 << 15
+    gen = torch.Generator().manual_seed(n * 31 + k)
+    sample = values[torch.randint(n, (m,), generator=gen)].sort().values
+    q = 1 - k / n  # the threshold's quantile from below
+    spread = 6 * math.sqrt(m * q * (1 - q)) + 4
+    lo_rank, hi_rank = int(q * m - spread), int(q * m + spread) + 1
+    lo = float(sample[lo_rank]) if lo_rank >= 0 else -math.inf
+    hi = float(sample[hi_rank]) if hi_rank < m else math.inf
+    above = int((values > hi).sum()) if hi != math.inf else 0
+    inside = values[(values >= lo) & (values <= hi)]
+    need = k - above
+    if 1 <= need <= inside.numel():
+        return float(torch.kthvalue(inside, inside.numel() - need + 1).values)
+    return float(torch.kthvalue(values, n - k + 1).values)
+
+
+def dare_drop(delta: torch.Tensor, density: float, rescale: str | None = "l1",
+              strategy: str = "random", seed: int = 0) -> torch.Tensor:
+    """DARE: keep each entry with probability `density` (= 1 − p), then rescale.
+
+    `rescale="inverse"` divides by the density (DARE paper, PEFT, the authors' code);
+    `"l1"` restores the tensor's L1 norm (mergekit 0.1.5's `rescale: true`); None keeps
+    the survivors as they are. `strategy="magnitude"` keeps the largest entries instead.
+    """
+    if density >= 1:
+        return delta
+    if strategy == "magnitude":
+        kept = trim_by_magnitude(delta, density)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        keep = torch.rand(delta.shape, generator=gen) < density
+        kept = delta.where(keep, 0.0)
+    return _rescale(delta, kept, rescale, density)
+
+
+def _rescale(delta: torch.Tensor, kept: torch.Tensor, mode: str | None,
+             density: float) -> torch.Tensor:
+    if kept is delta or mode is None:
+        return kept
+    if mode == "inverse":
+        return kept.div_(density)
+    before, after = float(delta.abs().sum()), float(kept.abs().sum())
+    if before >= 1e-7 and after >= 1e-7:  # mergekit's guard against empty tensors
+        kept.mul_(before / after)
+    return kept
+
+
+def _mix_seed(seed: int, i: int | str) -> int:
+    """A seed per (run, tensor name or vector index): masks do not depend on read order."""
+    salt = zlib.crc32(str(i).encode())
+    return (seed * 1_000_003 + salt) % (2**63 - 1)
+
+
+# --- global trim: one exact threshold over a whole vector, streamed ----------------------
+
+
+def magnitude_threshold(chunks, keep: int) -> float:
+    """The exact `keep`-th largest |x| over tensors yielded by `chunks()` (called twice).
+
+    A two-pass radix select on the float32 bit patterns (which order like the non-negative
+    values they encode): pass 1 histograms the top 16 bits, pass 2 the low 16 bits inside
+    the one bin that holds the answer. Memory: two 65536-bin histograms and one tensor.
+    """
+    if keep < 1:
+        raise MergeError(f"keep = {keep} must be at least 1")
+    hist = torch.zeros(1 << 16, dtype=torch.int64)
+    total = 0
+    for tensor in chunks():
+        bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
+        hist += torch.bincount(bits >> 16, minlength=1 << 16)
+        total += bits.numel()
+    if keep > total:
+        raise MergeError(f"cannot keep {keep} of {total} entries")
+    from_top = hist.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, keep))
+    high = (1 << 16) - 1 - j
+    need = keep - (int(from_top[j - 1]) if j > 0 else 0)
+    hist2 = torch.zeros(1 << 16, dtype=torch.int64)
+    for tensor in chunks():
+        bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
+        low = bits[(bits >> 16) == high] & 0xFFFF
+        hist2 += torch.bincount(low, minlength=1 << 16)
+    from_top2 = hist2.flip(0).cumsum(0)
+    low_value = (1 << 16) - 1 - int(torch.searchsorted(from_top2, need))
+    pattern = torch.tensor([(high << 16) | low_value], dtype=torch.int32)
+    return float(pattern.view(torch.float32)[0])
+
+
+def global_thresholds(sources: Sequence[TensorSource], names: Sequence[str],
+                      densities: Sequence[float]) -> list[float]:
+    """Per vector, the magnitude threshold that keeps `density` of its entries over `names`."""
+    opts = MergeOptions(method="task_arithmetic")
+    return _global_thresholds(sources, names, opts, densities)
+
+
+def _global_thresholds(sources, names, opts: MergeOptions, keep_fractions) -> list[float]:
+    """Thresholds over what the trim will actually see (for dare_ties: the dropped deltas,
+    with the same seeds as the merge, as in the authors' DARE-then-TIES code)."""
+    densities = _densities(opts, len(sources))
+    out = []
+    for i, (src, fraction) in enumerate(zip(sources, keep_fractions, strict=True)):
+        total = sum(math.prod(src.shape(n)) for n in names)
+        keep = max(1, int(fraction * total))
+
+        def chunks(src=src, i=i):
+            for n in names:
+                d = src.get(n)
+                check_finite(d, n, src.label)
+                if opts.method == "dare_ties":
+                    d = dare_drop(d.float(), densities[i], opts.rescale, opts.mask_strategy,
+                                  seed=_mix_seed(_mix_seed(opts.seed, n), i))
+                yield d
+
+        out.append(magnitude_threshold(chunks, keep))
+    return out
+
+
+# --- over whole vectors ----------------------------------------------------------------
+
+
+def select_names(names: Sequence[str], include: str | Sequence[str] | None = None,
+                 exclude: str | Sequence[str] | None = None) -> list[str]:
+    """Names matching any `include` glob (default all) and no `exclude` glob."""
+    inc = [include] if isinstance(include, str) else list(include or [])
+    exc = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    chosen = [n for n in names
+              if (not inc or any(fnmatch.fnmatchcase(n, p) for p in inc))
+              and not any(fnmatch.fnmatchcase(n, p) for p in exc)]
+    if not chosen:
+        raise MergeError(f"include={inc} / exclude={exc} select no tensor "
+                         f"(names look like {list(names)[:2]})")
+    return chosen
+
+
+def iter_merged_deltas(sources: Sequence[TensorSource], weights: Sequence[float],
+                       names: Sequence[str], method: str = "task_arithmetic",
+                       trim_scope: str = "per_tensor", **params: Any
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, merged float32 delta) one tensor at a time: the streaming core."""
+    opts = MergeOptions.from_params(method, params)
+    if len(sources) != len(weights):
+        raise MergeError(f"{len(sources)} vectors but {len(weights)} weights")
+    if not sources:
+        raise MergeError("nothing to merge: no vectors given")
+    for w in weights:
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
+            raise MergeError(f"weights must be finite numbers, got {w!r}")
+    if trim_scope not in ("per_tensor", "global"):
+        raise MergeError(f"trim_scope must be 'per_tensor' or 'global', got {trim_scope!r}")
+    names = [n for n in names if sources[0].dtype(n).is_floating_point]
+    if trim_scope == "global" and method in ("ties", "dare_ties") and opts.thresholds is None:
+        densities = _densities(opts, len(sources))
+        keep_fractions = densities if method == "ties" else (opts.trim_density,) * len(sources)
+        if any(f < 1 for f in keep_fractions):
+            opts.thresholds = tuple(_global_thresholds(sources, names, opts, keep_fractions))
+    for name in names:
+        deltas = [src.get(name) for src in sources]
+        for src, d in zip(sources, deltas, strict=True):
+            check_finite(d, name, src.label)
+        yield name, _merge_one(deltas, list(weights), opts, seed=_mix_seed(opts.seed, name))
+
+
+def merge_vectors(vectors: Sequence[TensorLike], weights: Sequence[float],
+                  method: str = "task_arithmetic", trim_scope: str = "per_tensor",
+                  include: str | Sequence[str] | None = None,
+                  exclude: str | Sequence[str] | None = None,
+                  **params: Any) -> dict[str, torch.Tensor]:
+    """The merged delta (float32) of whole vectors (dicts, vector files or sources)."""
+    sources = [open_tensors(v) for v in vectors]
+    if not sources:
+        raise MergeError("nothing to merge: no vectors given")
+    for i, src in enumerate(sources):
+        if src.label == "in-memory vector":
+            src.label = f"vector {i}"
+    for src in sources[1:]:
+        check_compatible(sources[0], src, what="vector", allow_float32=True)
+    names = select_names(sources[0].keys(), include, exclude)
+    return dict(iter_merged_deltas(sources, weights, names, method, trim_scope, **params))
+
+
+@contextlib.contextmanager
+def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequence[float],
+            method: str = "task_arithmetic", trim_scope: str = "per_tensor",
+            include: str | Sequence[str] | None = None,
+            exclude: str | Sequence[str] | None = None,
+            **params: Any) -> Iterator[torch.nn.Module]:
+    """Temporarily set θ = θ_model + merge(vectors): for α sweeps without writing models.
+
+    Each touched parameter gets a new tensor (θ + Δ) and its old tensor is kept aside, so
+    leaving the block (normally or by an exception) puts back the very same storage:
+    bitwise equal, no round-off from subtracting Δ. Tied parameters (SmolLM2's lm_head is
+    embed_tokens) are one Parameter object and are updated once.
+    """
+    sources = [open_tensors(v) for v in vectors]
+    if not sources:
+        raise MergeError("applied needs at least one vector")
+    params_by_name = dict(model.named_parameters(remove_duplicate=False))
+    for i, src in enumerate(sources):
+        if src.label == "in-memory vector":
+            src.label = f"vector {i}"
+        extra = [n for n in src.keys() if n not in params_by_name]
+        if extra:
+            raise MergeError(f"{src.label} has {len(extra)} tensor(s) the model lacks, "
+                             f"e.g. {extra[:3]}")
+        for n in src.keys():
+            if tuple(src.shape(n)) != tuple(params_by_name[n].shape):
+                raise MergeError(f"{src.label}: tensor {n!r} has shape {list(src.shape(n))}, "
+                                 f"the model's is {list(params_by_name[n].shape)}")
+    for src in sources[1:]:
+        check_compatible(sources[0], src, what="vector", allow_float32=True)
+    names, seen = [], set()
+    for n in select_names(sources[0].keys(), include, exclude):
+        if id(params_by_name[n]) not in seen:  # a tied parameter is applied once
+            seen.add(id(params_by_name[n]))
+            names.append(n)
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name, delta in iter_merged_deltas(sources, weights, names, method, trim_scope,
+                                                  **params):
+                param = params_by_name[name]
+                originals[name] = param.data
+                param.data = (param.data.float() + delta.to(param.device)).to(param.dtype)
+        yield model
+    finally:
+        for name, tensor in originals.items():
+            params_by_name[name].data = tensor
+
+
+# --- the mergekit YAML path -------------------------------------------------------------
+
+CONFIG_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
+               "tokenizer_source", "trim_scope", "include", "exclude", "seed", "rescale",
+               "mask_strategy", "majority_sign_method", "disjoint", "trim_density",
+               "max_shard_size"}
+SHARED_PARAMS = {"normalize", "lambda", "rescale", "int8_mask", "trim_scope", "mask_strategy",
+                 "seed", "majority_sign_method", "disjoint", "trim_density"}
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt",
+                        "*.index.json", "pvutils-manifest.json")
+
+
+@dataclass
+class MergePlan:
+    method: str
+    base: str
+    entries: list[dict]  # {"model" or "vector": str, "weight": float, "density": float}
+    params: dict
+    trim_scope: str = "per_tensor"
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    dtype: str | None = None
+    max_shard_size: int = 5 * 10**9
+
+
+def parse_config(config: str | Path | Mapping) -> MergePlan:
+    """Validate a mergekit-style config (YAML file, YAML text or dict) into a plan."""
+    if isinstance(config, Mapping):
+        data, where = dict(config), "merge config"
+    else:
+        import yaml
+
+        path = Path(config)
+        if not path.exists():
+            raise MergeError(f"{path}: no such merge config")
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise MergeError(f"{where}: malformed YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise MergeError(f"{where}: expected a mapping with merge_method, base_model, models")
+    unknown = sorted(set(data) - CONFIG_KEYS)
+    if unknown:
+        raise MergeError(f"{where}: unknown key(s) {unknown}; known: {sorted(CONFIG_KEYS)}")
+    method = data.get("merge_method")
+    if method not in METHODS:
+        raise MergeError(f"{where}: merge_method must be one of {list(METHODS)}, got {method!r}")
+    base = data.get("base_model")
+    if not isinstance(base, (str, Path)) or not str(base):
+        raise MergeError(f"{where}: base_model is required (a model directory)")
+    if data.get("tokenizer_source") not in (None, "base"):
+        raise MergeError(f"{where}: only tokenizer_source: base is supported")
+    shared = data.get("parameters") or {}
+    if not isinstance(shared, dict):
+        raise MergeError(f"{where}: parameters must be a mapping")
+    bad = sorted(set(shared) - SHARED_PARAMS)
+    if bad:
+        raise MergeError(f"{where}: unknown parameters {bad}; known: {sorted(SHARED_PARAMS)}")
+    merged = {**{k: data[k] for k in SHARED_PARAMS & set(data)}, **shared}
+    merged.pop("int8_mask", None)  # mergekit's memory option; the result is the same
+    trim_scope = merged.pop("trim_scope", "per_tensor")
+    for key, value in merged.items():
+        if key in ("normalize",) and not isinstance(value, bool):
+            raise MergeError(f"{where}: parameters.{key} must be true or false, got {value!r}")
+        if key == "lambda" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise MergeError(f"{where}: parameters.lambda must be a number, got {value!r}")
+    models = data.get("models")
+    if not isinstance(models, list) or not models:
+        raise MergeError(f"{where}: models must be a non-empty list")
+    entries = []
+    for i, item in enumerate(models):
+        if not isinstance(item, dict) or ("model" in item) == ("vector" in item):
+            raise MergeError(f"{where}: models[{i}] needs exactly one of 'model' or 'vector'")
+        extra = sorted(set(item) - {"model", "vector", "parameters"})
+        if extra:
+            raise MergeError(f"{where}: models[{i}] has unknown key(s) {extra}")
+        p = item.get("parameters") or {}
+        if not isinstance(p, dict) or sorted(set(p) - {"weight", "density"}):
+            raise MergeError(f"{where}: models[{i}].parameters may hold weight and density only")
+        if "model" in item and str(item["model"]) == str(base):
+            continue  # mergekit ignores the base model listed among the models
+        if "weight" not in p:
+            raise MergeError(f"{where}: models[{i}].parameters.weight is required")
+        weight, density = p["weight"], p.get("density", 1.0)
+        for key, value in (("weight", weight), ("density", density)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise MergeError(f"{where}: models[{i}].parameters.{key} must be a number "
+                                 f"(per-tensor lists are not supported), got {value!r}")
+        if not math.isfinite(weight):
+            raise MergeError(f"{where}: models[{i}].parameters.weight must be finite")
+        if not 0 < density <= 1:
+            raise MergeError(f"{where}: models[{i}].parameters.density must be in (0, 1], "
+                             f"got {density!r}")
+        kind = "model" if "model" in item else "vector"
+        entries.append({kind: str(item[kind]), "weight": float(weight),
+                        "density": float(density)})
+    if not entries:
+        raise MergeError(f"{where}: no models besides the base to merge")
+    include, exclude = data.get("include"), data.get("exclude")
+    dtype = data.get("out_dtype") or data.get("dtype")
+    if dtype is not None:
+        _parse_dtype(dtype)
+    plan = MergePlan(method=method, base=str(base), entries=entries, params=merged,
+                     trim_scope=trim_scope, dtype=dtype,
+                     include=[include] if isinstance(include, str) else include,
+                     exclude=[exclude] if isinstance(exclude, str) else exclude)
+    if "max_shard_size" in data:
+        plan.max_shard_size = int(data["max_shard_size"])
+    # validate the parameters now, before any file is opened
+    MergeOptions.from_params(method, {**_method_params(plan), "density": 1.0})
+    return plan
+
+
+def _method_params(plan: MergePlan) -> dict:
+    params = dict(plan.params)
+    if "lambda" in params:
+        params["lambda_"] = params.pop("lambda")
+    params["density"] = tuple(e["density"] for e in plan.entries)
+    return params
+
+
+class _LastTensorCache(TensorSource):
+    """A source that remembers the tensor read last: the base is read once per name even
+    though every model's delta and the output need it."""
+
+    def __init__(self, inner: TensorSource):
+        self.inner, self.label = inner, inner.label
+        self._name: str | None = None
+        self._tensor: torch.Tensor | None = None
+
+    def keys(self):
+        return self.inner.keys()
+
+    def shape(self, name):
+        return self.inner.shape(name)
+
+    def dtype(self, name):
+        return self.inner.dtype(name)
+
+    def get(self, name):
+        if name != self._name:
+            self._name, self._tensor = name, None
+            self._tensor = self.inner.get(name)
+        return self._tensor
+
+
+def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path:
+    """Run a mergekit-style merge and write a loadable model directory, tensor by tensor.
+
+    Output weights are θ_base + merged delta in `dtype` (default: the base's), sharded like
+    `save_pretrained` when larger than `max_shard_size`; config, tokenizer and generation
+    config are copied from the base. Nothing is left at `out_dir` if anything fails.
+    """
+    plan = parse_config(config)
+    base_dir = Path(_resolve_local_model(plan.base, "base_model"))
+    base = _LastTensorCache(SafetensorsSource(base_dir))
+    sources: list[TensorSource] = []
+    for entry in plan.entries:
+        if "model" in entry:
+            model = SafetensorsSource(_resolve_local_model(entry["model"], "model"))
+            sources.append(DeltaSource(model, base))
+        else:
+            vec = open_tensors(entry["vector"])
+            extra = sorted(set(vec.keys()) - set(base.keys()))
+            if extra:
+                raise MergeError(f"vector {vec.label} has {len(extra)} tensor(s) the base "
+                                 f"lacks, e.g. {extra[:3]}")
+            sources.append(vec)
+    names = base.keys()
+    chosen = select_names(names, plan.include, plan.exclude)
+    for src in sources:
+        if not isinstance(src, DeltaSource):
+            check_compatible(base, src, what="vector", names=chosen, allow_float32=True)
+    out_dtype = _parse_dtype(plan.dtype) if plan.dtype else None
+    specs = [(n, base.shape(n), out_dtype if out_dtype and base.dtype(n).is_floating_point
+              else base.dtype(n)) for n in names]
+    merged = iter_merged_deltas(sources, [e["weight"] for e in plan.entries], chosen,
+                                plan.method, plan.trim_scope, **_method_params(plan))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _copy_model_files(base_dir, tmp, out_dtype)
+        pending = next(merged, None)
+        shards = _plan_shards(specs, plan.max_shard_size)
+        weight_map = {}
+        for shard_name, shard_specs in shards:
+            writer = StreamingSafetensorsWriter(tmp / shard_name, shard_specs, {"format": "pt"})
+            for name, _, dtype in shard_specs:
+                tensor = base.get(name)
+                check_finite(tensor, name, base.label)
+                if pending is not None and pending[0] == name:
+                    tensor = tensor.float() + pending[1]
+                    pending = next(merged, None)
+                writer.write(name, tensor.to(dtype))
+                weight_map[name] = shard_name
+            writer.close()
+        if pending is not None:
+            raise MergeError(f"internal: merged tensor {pending[0]!r} was not written")
+        if len(shards) > 1:
+            total = sum(math.prod(s) * torch.empty((), dtype=d).element_size()
+                        for _, s, d in specs)
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        _write_config_copy(config, tmp)
+    return out_dir
+
+
+def _resolve_local_model(name: str, field_name: str) -> str:
+    from .models import ModelError, resolve_model_dir
+
+    try:
+        resolved = resolve_model_dir(name)
+    except ModelError as err:
+        raise MergeError(f"{field_name} {name!r}: {err}") from err
+    if not Path(resolved).is_dir():
+        raise MergeError(f"{field_name} {name!r} is not a local model directory; merging reads "
+                         "local safetensors only (download the model first)")
+    return resolved
+
+
+def _plan_shards(specs, max_bytes: int):
+    shards, current, size = [], [], 0
+    for spec in specs:
+        nbytes = math.prod(spec[1]) * torch.empty((), dtype=spec[2]).element_size()
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        return [("model.safetensors", shards[0])]
+    n = len(shards)
+    return [(f"model-{i + 1:05d}-of-{n:05d}.safetensors", s) for i, s in enumerate(shards)]
+
+
+def _copy_model_files(base_dir: Path, out: Path, out_dtype: torch.dtype | None) -> None:
+    """Config, tokenizer, generation config, chat template: everything but the weights."""
+    for item in sorted(base_dir.iterdir()):
+        if item.is_file() and not any(fnmatch.fnmatch(item.name, p)
+                                      for p in WEIGHT_FILE_PATTERNS):
+            shutil.copy2(item, out / item.name)
+    cfg = out / "config.json"
+    if out_dtype is not None and cfg.exists():
+        data = json.loads(cfg.read_text())
+        name = str(out_dtype).removeprefix("torch.")
+        for key in ("torch_dtype", "dtype"):
+            if key in data:
+                data[key] = name
+        cfg.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_config_copy(config: str | Path | Mapping, out: Path) -> None:
+    import yaml
+
+    data = config if isinstance(config, Mapping) else yaml.safe_load(Path(config).read_text())
+    (out / "mergekit_config.yml").write_text(yaml.safe_dump(dict(data), sort_keys=False))
+
+
+def cli_merge(argv: list[str]) -> int:
+    """`python -m pvutils merge CONFIG.yml OUT_DIR`: a mergekit-compatible merge."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pvutils merge",
+                                     description="merge models / vectors from a mergekit YAML")
+    parser.add_argument("config", help="mergekit-style YAML (task_arithmetic, ties, dare_*)")
+    parser.add_argument("out_dir", help="output model directory (written atomically)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        out = merge_from_config(args.config, args.out_dir)
+    except MergeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
