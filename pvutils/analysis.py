@@ -1,0 +1,288 @@
+"""Analysis for the chapters: resumable sweeps, correlations, hidden-state similarity,
+side effects of negation, and the figures.
+
+Sweeps evaluate many models that differ only by `sum(alpha_i * phi_i)`; they never write
+a model (see `merging.applied`) and cache every finished point, so a killed chapter
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from .artifacts import fingerprint, read_json, write_json
+
+# --- resumable sweeps -------------------------------------------------------------------
+
+
+def run_sweep(
+    points: Sequence[Mapping[str, Any]],
+    evaluate: Callable[[Mapping[str, Any]], Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+    cache_file: str | Path | None = None,
+    desc: str = "sweep",
+) -> pd.DataFrame:
+    """Evaluate each point (a dict of settings) once; rows = point settings + results.
+
+    Finished points are appended to `cache_file` (rewritten atomically after each point),
+    keyed by a fingerprint of the point, so a rerun only computes what is missing.
+    """
+    done: dict[str, list[dict]] = {}
+    if cache_file is not None and Path(cache_file).exists():
+        done = read_json(cache_file)
+    rows: list[dict] = []
+    for point in tqdm(points, desc=desc):
+        key = fingerprint(dict(point))
+        if key not in done:
+            result = evaluate(point)
+            results = [result] if isinstance(result, Mapping) else list(result)
+            done[key] = [{**point, **r} for r in results]
+            if cache_file is not None:
+                write_json(cache_file, done)
+        rows += done[key]
+    return pd.DataFrame(rows)
+
+
+# --- correlations -----------------------------------------------------------------------
+
+
+def spearman_by(df: pd.DataFrame, group: str | list[str], x: str, y: str) -> pd.DataFrame:
+    """Spearman rho (and p) of `y` against `x` within each group."""
+    out = []
+    for key, sub in df.groupby(group):
+        rho, p = stats.spearmanr(sub[x], sub[y]) if sub[x].nunique() > 1 else (np.nan, np.nan)
+        key = key if isinstance(key, tuple) else (key,)
+        out.append({**dict(zip(np.atleast_1d(group), key)), "spearman": rho, "p": p, "n": len(sub)})
+    return pd.DataFrame(out)
+
+
+def trait_profiles(traits: Sequence[str]) -> list[dict[str, str]]:
+    """All 2^k high/low assignments of the traits (RQ2's 32 profiles for k = 5)."""
+    return [
+        dict(zip(traits, levels))
+        for levels in itertools.product(("high", "low"), repeat=len(traits))
+    ]
+
+
+def composition_correlation(df: pd.DataFrame, traits: Sequence[str]) -> pd.DataFrame:
+    """Per trait: Pearson r between the intended level (+1 high, -1 low) and the score.
+
+    `df` has one row per merged profile with columns `target_<trait>` (+1/-1) and
+    `<trait>` (the measured score). This is the paper's trait-score correlation for
+    composition; its mean over traits is the headline number.
+    """
+    rows = []
+    for trait in traits:
+        target, score = df[f"target_{trait}"], df[trait]
+        r = (
+            stats.pearsonr(target, score)[0]
+            if target.nunique() > 1 and score.nunique() > 1
+            else np.nan
+        )
+        rows.append({"trait": trait, "pearson_r": r})
+    return pd.DataFrame(rows)
+
+
+# --- hidden-state similarity (the layer-wise analysis) ----------------------------------
+
+
+@torch.inference_mode()
+def hidden_states(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 8
+) -> list[torch.Tensor]:
+    """Per layer (embeddings first), the hidden states of every non-padding token: [N, H]."""
+    per_layer: list[list[torch.Tensor]] = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
+        enc = enc.to(model.device)
+        out = model(**enc, output_hidden_states=True)
+        mask = enc["attention_mask"].bool()
+        if not per_layer:
+            per_layer = [[] for _ in out.hidden_states]
+        for layer, h in enumerate(out.hidden_states):
+            per_layer[layer].append(h[mask].float().cpu())
+    return [torch.cat(chunks) for chunks in per_layer]
+
+
+def layerwise_cosine(base: Sequence[torch.Tensor], other: Sequence[torch.Tensor]) -> pd.DataFrame:
+    """Per layer, the token-wise cosine similarity of two models' hidden states (mean, sd)."""
+    if len(base) != len(other):
+        raise ValueError(f"layer counts differ: {len(base)} vs {len(other)}")
+    rows = []
+    for layer, (a, b) in enumerate(zip(base, other)):
+        if a.shape != b.shape:
+            shapes = f"{tuple(a.shape)} vs {tuple(b.shape)}"
+            raise ValueError(f"layer {layer}: hidden-state shapes differ {shapes}")
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+        rows.append(
+            {
+                "layer": layer,
+                "cosine": cos.mean().item(),
+                "cosine_sd": cos.std().item(),
+                "cosine_min": cos.min().item(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# --- side effects of negation (RQ3) -----------------------------------------------------
+
+DISCLAIMER_PATTERNS = (
+    r"\bas an? (ai|artificial intelligence|language model|assistant|chatbot|machine)\b",
+    r"\b(i am|i'm) (just )?(an? )?"
+    r"(ai|artificial intelligence|language model|chatbot|computer program|machine)\b",
+    r"\bi (do not|don't|cannot|can't) (have|experience) (personal |any )?"
+    r"(feelings|emotions|experiences|opinions|preferences|a body)\b",
+    r"\blanguage model\b",
+)
+_DISCLAIMER = re.compile("|".join(DISCLAIMER_PATTERNS), re.IGNORECASE)
+
+
+def is_disclaimer(text: str) -> bool:
+    """Does the reply step out of the persona ("As an AI, I do not have feelings")?"""
+    return bool(_DISCLAIMER.search(text))
+
+
+def disclaimer_rate(texts: Iterable[str]) -> float:
+    texts = list(texts)
+    return sum(map(is_disclaimer, texts)) / len(texts) if texts else math.nan
+
+
+# Ordinary held-out prose for the general-ability check: plain informative text, unrelated
+# to personality, written for this project (not drawn from any training set used here).
+HELD_OUT_TEXT = (
+    "The water cycle describes how water moves between the oceans, the air and the land. "
+    "Heat from the sun evaporates water, which rises, cools and condenses into clouds.",
+    "A bicycle chain transfers power from the pedals to the rear wheel. Keeping it clean "
+    "and lightly oiled makes the ride smoother and the parts last longer.",
+    "Bread dough rises because yeast feeds on sugars and releases carbon dioxide. The gas "
+    "is trapped by gluten, a network of proteins formed when flour is mixed with water.",
+    "Libraries lend books, but many also offer free internet access, study rooms, "
+    "language classes and help with filling in official forms.",
+    "To convert a temperature from Celsius to Fahrenheit, multiply it by nine, divide by "
+    "five and add thirty-two. Water freezes at thirty-two degrees Fahrenheit.",
+    "Trains that run on electricity take their power from overhead wires or from a third "
+    "rail. They are quieter than diesel trains and produce no exhaust along the line.",
+    "A good vegetable soup starts with onions, carrots and celery cooked slowly in a little "
+    "oil before the stock and the other vegetables are added.",
+    "The moon takes about twenty-seven days to orbit the Earth. The same side always faces "
+    "us because its rotation is locked to its orbit.",
+    "When you write a formal letter, put your address at the top, then the date, then the "
+    "name and address of the person you are writing to.",
+    "Tomatoes grow best in a sunny spot with regular watering. Tying the stems to a stick "
+    "keeps the heavy fruit off the ground.",
+    "A spreadsheet arranges numbers in rows and columns so that totals and averages can be "
+    "calculated automatically when a value changes.",
+    "Rivers carry sand and small stones downstream. Where the water slows down, near the "
+    "sea, the material settles and can build up a delta.",
+)
+
+
+@torch.inference_mode()
+def perplexity(
+    model, tokenizer, texts: Sequence[str] = HELD_OUT_TEXT, batch_size: int = 8
+) -> float:
+    """Token-level perplexity on plain text: a cheap check of general language ability."""
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
+        enc = enc.to(model.device)
+        logits = model(**enc).logits[:, :-1].float()
+        target = enc["input_ids"][:, 1:]
+        mask = enc["attention_mask"][:, 1:].bool() & enc["attention_mask"][:, :-1].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        total_nll += nll[mask].sum().item()
+        total_tokens += int(mask.sum())
+    return math.exp(total_nll / total_tokens)
+
+
+# --- figures ----------------------------------------------------------------------------
+
+
+def caption(profile, n: int | None = None, extra: str = "") -> str:
+    """The caption line every figure carries: profile, model and sample size."""
+    parts = [f"profile `{profile.name}`", f"model {profile.model}"]
+    if n is not None:
+        parts.append(f"n = {n}")
+    return "; ".join(parts) + (f". {extra}" if extra else "")
+
+
+def plot_alpha_sweep(
+    df: pd.DataFrame,
+    x: str = "alpha",
+    y: str = "score",
+    hue: str = "level",
+    col: str = "trait",
+    title: str = "",
+    baseline: Mapping[str, float] | None = None,
+):
+    """Trait score against the scaling coefficient, one panel per trait."""
+    import seaborn as sns
+
+    grid = sns.relplot(
+        data=df,
+        x=x,
+        y=y,
+        hue=hue,
+        col=col,
+        kind="line",
+        marker="o",
+        height=2.8,
+        aspect=0.9,
+        facet_kws={"sharey": False},
+    )
+    grid.set_axis_labels(x.replace("_", " "), "trait score (1-5)")
+    if baseline:
+        for trait, ax in grid.axes_dict.items():
+            if trait in baseline:
+                ax.axhline(baseline[trait], color="grey", ls="--", lw=1, label="base model")
+    if title:
+        grid.figure.suptitle(title, y=1.04)
+    return grid
+
+
+def plot_layerwise(df: pd.DataFrame, hue: str = "model", title: str = ""):
+    """Hidden-state cosine similarity to the base model by layer."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.lineplot(data=df, x="layer", y="cosine", hue=hue, marker="o", ax=ax)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("cosine similarity to base (mean over tokens)")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_matrix(
+    matrix: pd.DataFrame, title: str = "", fmt: str = ".2f", center: float | None = None
+):
+    """A labelled heatmap (e.g. the 10 x 10 vector cosine matrix)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 5.6))
+    sns.heatmap(
+        matrix,
+        annot=True,
+        fmt=fmt,
+        cmap="vlag",
+        center=center,
+        ax=ax,
+        annot_kws={"size": 7},
+        cbar_kws={"label": "cosine similarity"},
+    )
+    if title:
+        ax.set_title(title)
+    return fig
