@@ -27,7 +27,7 @@ import shutil
 import sys
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ import torch
 from .artifacts import atomic_dir
 from .vectors import (
     DeltaSource,
+    DictSource,
     MergeError,
     SafetensorsSource,
     StreamingSafetensorsWriter,
     TensorSource,
+    _is_embedding,
     _parse_dtype,
     check_compatible,
     check_finite,
@@ -59,6 +61,8 @@ TensorLike = str | Path | Mapping[str, torch.Tensor] | TensorSource
 
 
 # --- pure functions over one tensor ---------------------------------------------------
+
+CHUNK_ELEMENTS = 1 << 25  # tensors above this (32M entries) are merged in row blocks
 
 
 def merge_deltas(deltas: Sequence[torch.Tensor], weights: Sequence[float],
@@ -80,10 +84,14 @@ def merge_deltas(deltas: Sequence[torch.Tensor], weights: Sequence[float],
         raise MergeError(f"{len(deltas)} deltas but {len(weights)} weights")
     shape = deltas[0].shape
     for i, d in enumerate(deltas):
+        if not isinstance(d, torch.Tensor):
+            raise MergeError(f"delta {i} is a {type(d).__name__}, not a tensor")
         if d.shape != shape:
             raise MergeError(f"delta {i} has shape {list(d.shape)}, delta 0 has {list(shape)}")
-        check_finite(d, f"delta {i}", "merge_deltas")
-    return _merge_one(list(deltas), [float(w) for w in weights], opts, seed=opts.seed)
+    sources = [DictSource({"delta": d}, f"delta {i}") for i, d in enumerate(deltas)]
+    merger = _TensorMerger(sources, _check_weights(weights), opts)
+    parts = [chunk for _, _, chunk in merger.merge("delta")]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass
@@ -100,7 +108,6 @@ class MergeOptions:
     seed: int = 0
     trim_density: float = 1.0
     thresholds: tuple[float, ...] | None = None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, method: str, params: Mapping[str, Any]) -> MergeOptions:
@@ -113,35 +120,35 @@ class MergeOptions:
         if unknown:
             raise MergeError(f"unknown merge parameter(s) {unknown}; known: {sorted(known)}")
         dare = method.startswith("dare")
-        density = params.get("density")
-        drop = params.get("drop_rate")
+        density, drop = params.get("density"), params.get("drop_rate")
         if drop is not None:
             if not dare:
                 raise MergeError(f"drop_rate applies to dare_linear / dare_ties, not {method}")
             if density is not None:
                 raise MergeError("give either drop_rate or density (= 1 − drop_rate), not both")
-            drops = drop if isinstance(drop, Sequence) else [drop]
+            drops = list(drop) if isinstance(drop, Sequence) else [drop]
             for p in drops:
                 if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
                     raise MergeError(f"drop_rate must be in [0, 1), got {p!r}")
             density = tuple(1 - p for p in drops) if isinstance(drop, Sequence) else 1 - drop
         density = 1.0 if density is None else density
-        for d in density if isinstance(density, Sequence) else [density]:
-            _check_fraction(d, "density")
         if isinstance(density, Sequence):
-            density = tuple(float(d) for d in density)
+            density = tuple(_check_fraction(d, "density") for d in density)
+        else:
+            density = _check_fraction(density, "density")
         sign = params.get("majority_sign_method", "total")
         if sign not in SIGN_METHODS:
             raise MergeError(f"majority_sign_method must be one of {list(SIGN_METHODS)}, "
                              f"got {sign!r}")
-        normalize = params.get("normalize")
-        disjoint = params.get("disjoint")
+        normalize, disjoint = params.get("normalize"), params.get("disjoint")
+        if normalize is not None and not isinstance(normalize, bool):
+            raise MergeError(f"normalize must be true or false, got {normalize!r}")
         if disjoint is not None:
             if disjoint not in ("mean", "sum"):
                 raise MergeError(f"disjoint must be 'mean' or 'sum', got {disjoint!r}")
             if method not in ("ties", "dare_ties"):
                 raise MergeError(f"disjoint applies to ties / dare_ties, not {method}")
-            if normalize is not None and bool(normalize) != (disjoint == "mean"):
+            if normalize is not None and normalize != (disjoint == "mean"):
                 raise MergeError("disjoint='mean' means normalize=true and 'sum' means "
                                  "normalize=false; they disagree here")
             normalize = disjoint == "mean"
@@ -150,13 +157,12 @@ class MergeOptions:
         lam = params.get("lambda_", params.get("lambda", 1.0))
         if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam):
             raise MergeError(f"lambda must be a finite number, got {lam!r}")
-        rescale = params.get("rescale", True if dare else None)
-        if rescale is True:
-            rescale = "l1"
-        elif rescale is False or rescale is None:
-            rescale = None
-        if rescale not in (None, "l1", "inverse"):
+        rescale = params.get("rescale", dare)
+        if rescale not in (True, False, None, "l1", "inverse"):
             raise MergeError(f"rescale must be true/false, 'l1' or 'inverse', got {rescale!r}")
+        rescale = "l1" if rescale is True else (rescale or None)
+        if rescale and not dare:
+            raise MergeError(f"rescale applies to dare_linear / dare_ties, not {method}")
         strategy = params.get("mask_strategy", "random")
         if strategy not in ("random", "magnitude"):
             raise MergeError(f"mask_strategy must be 'random' or 'magnitude', got {strategy!r}")
@@ -169,9 +175,21 @@ class MergeOptions:
         trim = 1.0 if trim is None else _check_fraction(trim, "trim_density")
         thresholds = params.get("thresholds")
         return cls(method=method, density=density, majority_sign_method=SIGN_METHODS[sign],
-                   normalize=bool(normalize), lambda_=float(lam), rescale=rescale,
-                   mask_strategy=strategy, seed=seed, trim_density=float(trim),
-                   thresholds=None if thresholds is None else tuple(thresholds))
+                   normalize=normalize, lambda_=float(lam), rescale=rescale,
+                   mask_strategy=strategy, seed=seed, trim_density=trim,
+                   thresholds=None if thresholds is None else tuple(map(float, thresholds)))
+
+    def densities(self, k: int) -> tuple[float, ...]:
+        dens = self.density if isinstance(self.density, tuple) else (self.density,) * k
+        if len(dens) != k:
+            raise MergeError(f"{len(dens)} densities for {k} vectors")
+        return dens
+
+    def trim_fractions(self, k: int) -> tuple[float, ...]:
+        """What the TIES trim keeps per vector (1 = no trim)."""
+        if self.method == "ties":
+            return self.densities(k)
+        return (self.trim_density,) * k if self.method == "dare_ties" else (1.0,) * k
 
 
 def _check_fraction(value: Any, name: str) -> float:
@@ -180,70 +198,157 @@ def _check_fraction(value: Any, name: str) -> float:
     return float(value)
 
 
-def _merge_one(deltas: list[torch.Tensor], weights: list[float], opts: MergeOptions,
-               seed: int) -> torch.Tensor:
-    """mergekit's generalized task arithmetic for one tensor; never modifies its inputs."""
-    k = len(deltas)
-    densities = _densities(opts, k)
-    consensus = opts.method in ("ties", "dare_ties")
-    mixed: torch.Tensor | None = None
-    work: list[torch.Tensor] = []
-    for i, delta in enumerate(deltas):
-        t = opts.thresholds[i] if opts.thresholds is not None else None
-        d = sparsify(delta.float(), densities[i], opts, seed=_mix_seed(seed, i), threshold=t)
-        if consensus:
-            work.append(d.mul_(weights[i]) if d is not delta else d * weights[i])
-        elif mixed is None:
-            mixed = d.mul_(weights[i]) if d is not delta else d * weights[i]
-        else:
-            mixed.add_(d, alpha=weights[i])
-    if consensus:
-        w = torch.tensor(weights, dtype=torch.float32)
-        mixed, divisor = _disjoint_sum(work, w, opts.majority_sign_method)
-        del work
-        if opts.normalize:
-            divisor[divisor == 0] = 1
-            mixed.div_(divisor)
-    elif opts.normalize:
-        total = sum(weights)
-        mixed.div_(total if abs(total) >= 1e-8 else 1.0)
-    if opts.lambda_ != 1:
-        mixed.mul_(opts.lambda_)
-    return mixed
+def _check_weights(weights: Sequence[float]) -> list[float]:
+    for w in weights:
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
+            raise MergeError(f"weights must be finite numbers, got {w!r}")
+    return [float(w) for w in weights]
 
 
-def _densities(opts: MergeOptions, k: int) -> tuple[float, ...]:
-    densities = opts.density if isinstance(opts.density, tuple) else (opts.density,) * k
-    if len(densities) != k:
-        raise MergeError(f"{len(densities)} densities for {k} deltas")
-    return densities
+class _TensorMerger:
+    """mergekit's generalized task arithmetic, one tensor at a time, in row blocks.
 
-
-def sparsify(delta: torch.Tensor, density: float, opts: MergeOptions, seed: int = 0,
-             threshold: float | None = None) -> torch.Tensor:
-    """The per-delta step of each method: TIES trim, or DARE drop (+ optional TIES trim).
-
-    May return `delta` itself when nothing is dropped; otherwise a new tensor.
-    `threshold` replaces the per-tensor magnitude trim (global trim scope).
+    Per delta: DARE drop (+ rescale), then the TIES magnitude trim; then weights, sign
+    election, disjoint sum, normalisation and λ. Statistics that span a whole tensor (its
+    magnitude threshold, its L1 norms) are found in streaming passes over the row blocks,
+    so a 128256 × 4096 embedding never needs k float32 copies at once.
     """
-    if opts.method == "ties":
-        kept = trim_by_magnitude(delta, density, threshold=threshold)
-        return _rescale(delta, kept, opts.rescale, density)
-    if opts.method.startswith("dare"):
-        kept = dare_drop(delta, density, opts.rescale, opts.mask_strategy, seed=seed)
-        if opts.method == "dare_ties" and (opts.trim_density < 1 or threshold is not None):
-            kept = trim_by_magnitude(kept, opts.trim_density, threshold=threshold)
+
+    def __init__(self, sources: Sequence[TensorSource], weights: list[float],
+                 opts: MergeOptions):
+        self.sources, self.weights, self.opts = list(sources), weights, opts
+        self.k = len(sources)
+        self.dens = opts.densities(self.k)
+        self.trims = opts.trim_fractions(self.k)
+        self.dare = opts.method.startswith("dare")
+        self._cache: dict = {}
+        self._active_span: tuple[int, int] | None = None
+
+    def spans(self, name: str) -> list[tuple[int, int]]:
+        shape = self.sources[0].shape(name)
+        if len(shape) < 2 or math.prod(shape) <= CHUNK_ELEMENTS:
+            return [(0, -1)]  # the whole tensor
+        per = max(1, CHUNK_ELEMENTS // math.prod(shape[1:]))
+        return [(a, min(a + per, shape[0])) for a in range(0, shape[0], per)]
+
+    def read(self, i: int, name: str, span: tuple[int, int]) -> torch.Tensor:
+        key = (i, name, span)
+        if key in self._cache:
+            return self._cache[key]
+        src = self.sources[i]
+        d = src.get(name) if span[1] < 0 else src.get_rows(name, *span)
+        check_finite(d, name, src.label)
+        d = d.float()
+        if span == self._active_span or len(self.spans(name)) == 1:
+            self._cache[key] = d  # reused by the statistics passes and the merge step
+        return d
+
+    def _seed(self, name: str, block: int, i: int) -> int:
+        return _mix_seed(_mix_seed(_mix_seed(self.opts.seed, name), block), i)
+
+    def dropped(self, i: int, name: str, block: int, span, scale: float | None = None
+                ) -> torch.Tensor:
+        """The DARE step on one row block (identity for task arithmetic and TIES)."""
+        d = self.read(i, name, span)
+        density = self.dens[i]
+        if not self.dare or density >= 1:
+            return d
+        opts = self.opts
+        if opts.mask_strategy == "magnitude":
+            kept = d.where(d.abs() >= self.threshold(i, name, "drop"), 0.0)
+        else:
+            gen = torch.Generator().manual_seed(self._seed(name, block, i))
+            kept = d.where(torch.rand(d.shape, generator=gen) < density, 0.0)
+        if opts.rescale == "inverse":
+            kept.div_(density)
+        elif opts.rescale == "l1" and scale is None:
+            kept.mul_(self.l1_scale(i, name))
         return kept
-    return delta
+
+    def l1_scale(self, i: int, name: str) -> float:
+        """mergekit's `rescale`: restore the tensor's L1 norm after the drop."""
+        key = ("l1", i, name)
+        if key not in self._cache:
+            before = after = 0.0
+            for block, span in enumerate(self.spans(name)):
+                before += float(self.read(i, name, span).abs().sum())
+                after += float(self.dropped(i, name, block, span, scale=1.0).abs().sum())
+            ok = before >= 1e-7 and after >= 1e-7  # mergekit's guard for empty tensors
+            self._cache[key] = before / after if ok else 1.0
+        return self._cache[key]
+
+    def threshold(self, i: int, name: str, stage: str) -> float:
+        """The per-tensor magnitude threshold of the DARE-magnitude drop or the TIES trim."""
+        key = (stage, i, name)
+        if key not in self._cache:
+            fraction = self.dens[i] if stage == "drop" else self.trims[i]
+            spans = self.spans(name)
+            keep = max(1, int(fraction * math.prod(self.sources[0].shape(name))))
+            if stage == "drop":
+                blocks = lambda: (self.read(i, name, s) for s in spans)  # noqa: E731
+            else:
+                blocks = lambda: (self.dropped(i, name, b, s)  # noqa: E731
+                                  for b, s in enumerate(spans))
+            if len(spans) == 1:
+                self._cache[key] = kth_largest(next(iter(blocks())).abs().reshape(-1), keep)
+            else:
+                self._cache[key] = magnitude_threshold(blocks, keep)
+        return self._cache[key]
+
+    def trimmed(self, i: int, name: str, block: int, span) -> torch.Tensor:
+        d = self.dropped(i, name, block, span)
+        if self.opts.thresholds is not None and self.trims[i] < 1:
+            t = self.opts.thresholds[i]
+        elif self.trims[i] < 1:
+            t = self.threshold(i, name, "trim")
+        else:
+            return d
+        return d.where(d.abs() >= t, 0.0)
+
+    def merge(self, name: str) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield (first row, end row, merged float32 delta) per row block of `name`."""
+        self._cache.clear()
+        opts, consensus = self.opts, self.opts.method in ("ties", "dare_ties")
+        for block, span in enumerate(self.spans(name)):
+            for key in [key for key in self._cache if len(key) == 3 and key[2] != span]:
+                del self._cache[key]  # raw reads of the previous block
+            self._active_span = span
+            mixed: torch.Tensor | None = None
+            work: list[torch.Tensor] = []
+            for i in range(self.k):
+                raw = self.read(i, name, span)
+                d = self.trimmed(i, name, block, span)
+                w = self.weights[i]
+                d = d.mul_(w) if d is not raw else d * w
+                if consensus:
+                    work.append(d)
+                elif mixed is None:
+                    mixed = d
+                else:
+                    mixed.add_(d)
+            if consensus:
+                mixed, divisor = _disjoint_sum(work, self.weights, opts.majority_sign_method)
+                del work
+                if opts.normalize:
+                    divisor[divisor == 0] = 1
+                    mixed.div_(divisor)
+            elif opts.normalize:
+                total = sum(self.weights)
+                mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+            if opts.lambda_ != 1:
+                mixed.mul_(opts.lambda_)
+            yield span[0], span[1], mixed
+        self._active_span = None
+        self._cache.clear()
 
 
-def _disjoint_sum(weighted: list[torch.Tensor], weights: torch.Tensor,
+def _disjoint_sum(weighted: list[torch.Tensor], weights: Sequence[float],
                   sign_method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ of the weighted deltas that agree with the elected sign, and Σ of their weights.
 
-    Same as PEFT's `calculate_majority_sign_mask` + `disjoint_merge` on the weighted deltas,
-    but accumulated one delta at a time instead of over a stacked (k, …) copy, which would
-    double the memory of the largest tensor.
+    Same as PEFT's `calculate_majority_sign_mask` + `disjoint_merge` applied to the
+    *weighted* deltas (as mergekit does), but accumulated one delta at a time instead of
+    over a stacked (k, …) copy, which would double the memory of the largest tensor.
     """
     if sign_method == "total":
         votes = weighted[0].clone()
@@ -257,26 +362,24 @@ def _disjoint_sum(weighted: list[torch.Tensor], weights: torch.Tensor,
     del votes
     mixed = torch.zeros_like(weighted[0])
     divisor = torch.zeros_like(weighted[0])
-    for d, w in zip(weighted, weights.tolist(), strict=True):
-        agree = (d * elected) > 0  # zero entries never agree (sign 0)
-        mixed.add_(d.where(agree, 0.0))
-        divisor.add_(agree.to(divisor.dtype), alpha=w)
+    for d, w in zip(weighted, weights, strict=True):
+        agree = d.mul(elected).gt_(0)  # zero entries never agree (their sign is 0)
+        mixed.addcmul_(d, agree)
+        divisor.add_(agree, alpha=w)
     return mixed, divisor
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float,
-                      threshold: float | None = None) -> torch.Tensor:
+def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the `density` fraction of largest-magnitude entries (mergekit: at least one).
 
-    With `threshold` given (the global trim), keep entries with |δ| ≥ threshold instead.
     Entries tied with the k-th largest magnitude are all kept (mergekit breaks such ties
-    arbitrarily; they are rare in real deltas and zero entries change nothing).
+    arbitrarily; they are rare in real deltas, and zero entries change nothing).
     """
-    if threshold is None:
-        if density >= 1 or delta.numel() == 0:
-            return delta
-        keep = max(1, int(density * delta.numel()))
-        threshold = kth_largest(delta.abs().reshape(-1), keep)
+    _check_fraction(density, "density")
+    if density >= 1 or delta.numel() == 0:
+        return delta
+    keep = max(1, int(density * delta.numel()))
+    threshold = kth_largest(delta.abs().reshape(-1).float(), keep)
     return delta.where(delta.abs() >= threshold, 0.0)
 
 
@@ -285,8 +388,8 @@ def kth_largest(values: torch.Tensor, k: int) -> float:
 
     `torch.kthvalue` is a single-threaded quickselect (~0.9 s per 28M entries here); we
     bracket the answer with quantiles of a random sample, count what lies above the bracket,
-    and select exactly inside the small bracket. Falls back to `kthvalue` if the bracket
-    misses (it then costs one extra comparison pass, never a wrong answer).
+    and select exactly inside the small bracket. If the bracket misses, we fall back to
+    `kthvalue`: slower, never wrong.
     """
     n = values.numel()
     if not 1 <= k <= n:
@@ -311,46 +414,30 @@ def kth_largest(values: torch.Tensor, k: int) -> float:
 
 def dare_drop(delta: torch.Tensor, density: float, rescale: str | None = "l1",
               strategy: str = "random", seed: int = 0) -> torch.Tensor:
-    """DARE: keep each entry with probability `density` (= 1 − p), then rescale.
+    """DARE on one tensor: keep each entry with probability `density` (= 1 − p), rescale.
 
     `rescale="inverse"` divides by the density (DARE paper, PEFT, the authors' code);
     `"l1"` restores the tensor's L1 norm (mergekit 0.1.5's `rescale: true`); None keeps
     the survivors as they are. `strategy="magnitude"` keeps the largest entries instead.
     """
-    if density >= 1:
-        return delta
-    if strategy == "magnitude":
-        kept = trim_by_magnitude(delta, density)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.rand(delta.shape, generator=gen) < density
-        kept = delta.where(keep, 0.0)
-    return _rescale(delta, kept, rescale, density)
+    opts = MergeOptions.from_params("dare_linear", {"density": density, "rescale": rescale,
+                                                    "mask_strategy": strategy, "seed": seed})
+    merger = _TensorMerger([DictSource({"delta": delta})], [1.0], opts)
+    if merger.spans("delta") != [(0, -1)]:
+        raise MergeError("dare_drop takes tensors up to CHUNK_ELEMENTS; use merge_vectors")
+    return merger.dropped(0, "delta", 0, (0, -1))
 
 
-def _rescale(delta: torch.Tensor, kept: torch.Tensor, mode: str | None,
-             density: float) -> torch.Tensor:
-    if kept is delta or mode is None:
-        return kept
-    if mode == "inverse":
-        return kept.div_(density)
-    before, after = float(delta.abs().sum()), float(kept.abs().sum())
-    if before >= 1e-7 and after >= 1e-7:  # mergekit's guard against empty tensors
-        kept.mul_(before / after)
-    return kept
-
-
-def _mix_seed(seed: int, i: int | str) -> int:
-    """A seed per (run, tensor name or vector index): masks do not depend on read order."""
-    salt = zlib.crc32(str(i).encode())
-    return (seed * 1_000_003 + salt) % (2**63 - 1)
+def _mix_seed(seed: int, salt: int | str) -> int:
+    """A seed per (run, tensor name, block, vector): masks do not depend on read order."""
+    return (seed * 1_000_003 + zlib.crc32(str(salt).encode())) % (2**63 - 1)
 
 
 # --- global trim: one exact threshold over a whole vector, streamed ----------------------
 
 
 def magnitude_threshold(chunks, keep: int) -> float:
-    """The exact `keep`-th largest |x| over tensors yielded by `chunks()` (called twice).
+    """The exact `keep`-th largest |x| over the tensors yielded by `chunks()` (called twice).
 
     A two-pass radix select on the float32 bit patterns (which order like the non-negative
     values they encode): pass 1 histograms the top 16 bits, pass 2 the low 16 bits inside
@@ -373,40 +460,41 @@ def magnitude_threshold(chunks, keep: int) -> float:
     hist2 = torch.zeros(1 << 16, dtype=torch.int64)
     for tensor in chunks():
         bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
-        low = bits[(bits >> 16) == high] & 0xFFFF
-        hist2 += torch.bincount(low, minlength=1 << 16)
+        hist2 += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
     from_top2 = hist2.flip(0).cumsum(0)
-    low_value = (1 << 16) - 1 - int(torch.searchsorted(from_top2, need))
-    pattern = torch.tensor([(high << 16) | low_value], dtype=torch.int32)
-    return float(pattern.view(torch.float32)[0])
+    low = (1 << 16) - 1 - int(torch.searchsorted(from_top2, need))
+    return float(torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32)[0])
 
 
-def global_thresholds(sources: Sequence[TensorSource], names: Sequence[str],
-                      densities: Sequence[float]) -> list[float]:
-    """Per vector, the magnitude threshold that keeps `density` of its entries over `names`."""
-    opts = MergeOptions(method="task_arithmetic")
-    return _global_thresholds(sources, names, opts, densities)
+def global_thresholds(sources: Sequence[TensorLike], names: Sequence[str] | None,
+                      densities: Sequence[float], method: str = "ties",
+                      **params: Any) -> list[float]:
+    """Per vector, the one magnitude threshold over all `names` that keeps `densities[i]`.
 
-
-def _global_thresholds(sources, names, opts: MergeOptions, keep_fractions) -> list[float]:
-    """Thresholds over what the trim will actually see (for dare_ties: the dropped deltas,
-    with the same seeds as the merge, as in the authors' DARE-then-TIES code)."""
-    densities = _densities(opts, len(sources))
+    This is the authors' `param_value_mask_rate` (0.8 = keep 20%) computed exactly without
+    concatenating the model: one tensor in memory at a time. For dare_ties it is taken over
+    the dropped deltas (same seeds as the merge), as in the authors' DARE-then-TIES code.
+    """
+    srcs = [open_tensors(s) for s in sources]
+    names = list(srcs[0].keys()) if names is None else list(names)
+    if method == "dare_ties":
+        opts = MergeOptions.from_params(method, {**params, "trim_density": 0.5})
+    else:
+        opts = MergeOptions.from_params("task_arithmetic", {})
+    merger = _TensorMerger(srcs, [1.0] * len(srcs), opts)
     out = []
-    for i, (src, fraction) in enumerate(zip(sources, keep_fractions, strict=True)):
-        total = sum(math.prod(src.shape(n)) for n in names)
-        keep = max(1, int(fraction * total))
+    for i, fraction in enumerate(densities):
+        _check_fraction(fraction, "density")
+        total = sum(math.prod(srcs[i].shape(n)) for n in names)
 
-        def chunks(src=src, i=i):
+        def blocks(i=i):
             for n in names:
-                d = src.get(n)
-                check_finite(d, n, src.label)
-                if opts.method == "dare_ties":
-                    d = dare_drop(d.float(), densities[i], opts.rescale, opts.mask_strategy,
-                                  seed=_mix_seed(_mix_seed(opts.seed, n), i))
-                yield d
+                merger._cache.clear()
+                for b, span in enumerate(merger.spans(n)):
+                    yield merger.dropped(i, n, b, span)
+            merger._cache.clear()
 
-        out.append(magnitude_threshold(chunks, keep))
+        out.append(magnitude_threshold(blocks, max(1, int(fraction * total))))
     return out
 
 
@@ -427,32 +515,45 @@ def select_names(names: Sequence[str], include: str | Sequence[str] | None = Non
     return chosen
 
 
+def iter_merged_blocks(sources: Sequence[TensorSource], weights: Sequence[float],
+                       names: Sequence[str], method: str = "task_arithmetic",
+                       trim_scope: str = "per_tensor", **params: Any
+                       ) -> Iterator[tuple[str, int, int, torch.Tensor]]:
+    """Yield (name, first row, end row, merged float32 delta); end row −1 = whole tensor."""
+    opts = MergeOptions.from_params(method, params)
+    if not sources:
+        raise MergeError("nothing to merge: no vectors given")
+    if len(sources) != len(weights):
+        raise MergeError(f"{len(sources)} vectors but {len(weights)} weights")
+    weights = _check_weights(weights)
+    if trim_scope not in ("per_tensor", "global"):
+        raise MergeError(f"trim_scope must be 'per_tensor' or 'global', got {trim_scope!r}")
+    names = [n for n in names if sources[0].dtype(n).is_floating_point]
+    fractions = opts.trim_fractions(len(sources))
+    if trim_scope == "global" and opts.thresholds is None and any(f < 1 for f in fractions):
+        extra = {k: v for k, v in params.items() if k != "trim_density"}
+        opts.thresholds = tuple(global_thresholds(sources, names, fractions, method, **extra))
+    merger = _TensorMerger(sources, weights, opts)
+    for name in names:
+        for start, stop, block in merger.merge(name):
+            yield name, start, stop, block
+
+
 def iter_merged_deltas(sources: Sequence[TensorSource], weights: Sequence[float],
                        names: Sequence[str], method: str = "task_arithmetic",
                        trim_scope: str = "per_tensor", **params: Any
                        ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, merged float32 delta) one tensor at a time: the streaming core."""
-    opts = MergeOptions.from_params(method, params)
-    if len(sources) != len(weights):
-        raise MergeError(f"{len(sources)} vectors but {len(weights)} weights")
-    if not sources:
-        raise MergeError("nothing to merge: no vectors given")
-    for w in weights:
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
-            raise MergeError(f"weights must be finite numbers, got {w!r}")
-    if trim_scope not in ("per_tensor", "global"):
-        raise MergeError(f"trim_scope must be 'per_tensor' or 'global', got {trim_scope!r}")
-    names = [n for n in names if sources[0].dtype(n).is_floating_point]
-    if trim_scope == "global" and method in ("ties", "dare_ties") and opts.thresholds is None:
-        densities = _densities(opts, len(sources))
-        keep_fractions = densities if method == "ties" else (opts.trim_density,) * len(sources)
-        if any(f < 1 for f in keep_fractions):
-            opts.thresholds = tuple(_global_thresholds(sources, names, opts, keep_fractions))
-    for name in names:
-        deltas = [src.get(name) for src in sources]
-        for src, d in zip(sources, deltas, strict=True):
-            check_finite(d, name, src.label)
-        yield name, _merge_one(deltas, list(weights), opts, seed=_mix_seed(opts.seed, name))
+    """Yield (name, merged float32 delta) one tensor at a time."""
+    name, parts = None, []
+    for n, _, _, block in iter_merged_blocks(sources, weights, names, method, trim_scope,
+                                             **params):
+        if n != name and parts:
+            yield name, parts[0] if len(parts) == 1 else torch.cat(parts)
+            parts = []
+        name = n
+        parts.append(block)
+    if parts:
+        yield name, parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def merge_vectors(vectors: Sequence[TensorLike], weights: Sequence[float],
@@ -461,6 +562,14 @@ def merge_vectors(vectors: Sequence[TensorLike], weights: Sequence[float],
                   exclude: str | Sequence[str] | None = None,
                   **params: Any) -> dict[str, torch.Tensor]:
     """The merged delta (float32) of whole vectors (dicts, vector files or sources)."""
+    sources = _open_all(vectors)
+    names = select_names(sources[0].keys(), include, exclude)
+    return dict(iter_merged_deltas(sources, weights, names, method, trim_scope, **params))
+
+
+def _open_all(vectors: Sequence[TensorLike]) -> list[TensorSource]:
+    if isinstance(vectors, (str, Path, Mapping)):
+        raise MergeError("pass a list of vectors, e.g. [vector] — not a single vector")
     sources = [open_tensors(v) for v in vectors]
     if not sources:
         raise MergeError("nothing to merge: no vectors given")
@@ -469,8 +578,7 @@ def merge_vectors(vectors: Sequence[TensorLike], weights: Sequence[float],
             src.label = f"vector {i}"
     for src in sources[1:]:
         check_compatible(sources[0], src, what="vector", allow_float32=True)
-    names = select_names(sources[0].keys(), include, exclude)
-    return dict(iter_merged_deltas(sources, weights, names, method, trim_scope, **params))
+    return sources
 
 
 @contextlib.contextmanager
@@ -479,30 +587,25 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
             include: str | Sequence[str] | None = None,
             exclude: str | Sequence[str] | None = None,
             **params: Any) -> Iterator[torch.nn.Module]:
-    """Temporarily set θ = θ_model + merge(vectors): for α sweeps without writing models.
+    """Temporarily set θ = θ_model + merge(vectors): α sweeps without writing models.
 
-    Each touched parameter gets a new tensor (θ + Δ) and its old tensor is kept aside, so
+    Each touched parameter gets a new tensor (θ + Δ) while its old tensor is kept aside, so
     leaving the block (normally or by an exception) puts back the very same storage:
-    bitwise equal, no round-off from subtracting Δ. Tied parameters (SmolLM2's lm_head is
-    embed_tokens) are one Parameter object and are updated once.
+    bitwise equal, with no round-off from subtracting Δ. Tied parameters (SmolLM2's lm_head
+    is embed_tokens) are one Parameter object and are updated once.
     """
-    sources = [open_tensors(v) for v in vectors]
-    if not sources:
-        raise MergeError("applied needs at least one vector")
+    sources = _open_all(vectors)
     params_by_name = dict(model.named_parameters(remove_duplicate=False))
-    for i, src in enumerate(sources):
-        if src.label == "in-memory vector":
-            src.label = f"vector {i}"
+    for src in sources:
         extra = [n for n in src.keys() if n not in params_by_name]
         if extra:
             raise MergeError(f"{src.label} has {len(extra)} tensor(s) the model lacks, "
                              f"e.g. {extra[:3]}")
         for n in src.keys():
             if tuple(src.shape(n)) != tuple(params_by_name[n].shape):
+                vocab = " (different vocabulary sizes)" if _is_embedding(n) else ""
                 raise MergeError(f"{src.label}: tensor {n!r} has shape {list(src.shape(n))}, "
-                                 f"the model's is {list(params_by_name[n].shape)}")
-    for src in sources[1:]:
-        check_compatible(sources[0], src, what="vector", allow_float32=True)
+                                 f"the model's is {list(params_by_name[n].shape)}{vocab}")
     names, seen = [], set()
     for n in select_names(sources[0].keys(), include, exclude):
         if id(params_by_name[n]) not in seen:  # a tied parameter is applied once
@@ -511,11 +614,25 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
     originals: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():
-            for name, delta in iter_merged_deltas(sources, weights, names, method, trim_scope,
-                                                  **params):
+            new, current = None, None
+            for name, start, stop, block in iter_merged_blocks(sources, weights, names, method,
+                                                               trim_scope, **params):
                 param = params_by_name[name]
-                originals[name] = param.data
-                param.data = (param.data.float() + delta.to(param.device)).to(param.dtype)
+                if name != current:
+                    if current is not None:
+                        originals[current] = params_by_name[current].data
+                        params_by_name[current].data = new
+                    current, new = name, torch.empty_like(param.data)
+                rows = slice(None) if stop < 0 else slice(start, stop)
+                block = block.to(param.device)
+                if param.dtype == torch.float32:
+                    torch.add(param.data[rows], block, out=new[rows])
+                else:
+                    new[rows] = (param.data[rows].float() + block).to(param.dtype)
+            if current is not None:
+                originals[current] = params_by_name[current].data
+                params_by_name[current].data = new
+            del new
         yield model
     finally:
         for name, tensor in originals.items():
@@ -663,9 +780,14 @@ class _LastTensorCache(TensorSource):
         return self.inner.dtype(name)
 
     def get(self, name):
-        if name != self._name:
-            self._name, self._tensor = name, None
-            self._tensor = self.inner.get(name)
+        return self.get_rows(name, 0, -1)
+
+    def get_rows(self, name, start, stop):
+        if (name, start, stop) != self._name:
+            self._name, self._tensor = None, None
+            inner = self.inner
+            tensor = inner.get(name) if stop < 0 else inner.get_rows(name, start, stop)
+            self._name, self._tensor = (name, start, stop), tensor
         return self._tensor
 
 
@@ -699,7 +821,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
     out_dtype = _parse_dtype(plan.dtype) if plan.dtype else None
     specs = [(n, base.shape(n), out_dtype if out_dtype and base.dtype(n).is_floating_point
               else base.dtype(n)) for n in names]
-    merged = iter_merged_deltas(sources, [e["weight"] for e in plan.entries], chosen,
+    merged = iter_merged_blocks(sources, [e["weight"] for e in plan.entries], chosen,
                                 plan.method, plan.trim_scope, **_method_params(plan))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -710,12 +832,16 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
         for shard_name, shard_specs in shards:
             writer = StreamingSafetensorsWriter(tmp / shard_name, shard_specs, {"format": "pt"})
             for name, _, dtype in shard_specs:
-                tensor = base.get(name)
-                check_finite(tensor, name, base.label)
-                if pending is not None and pending[0] == name:
-                    tensor = tensor.float() + pending[1]
+                if pending is None or pending[0] != name:  # not merged: the base's tensor
+                    tensor = base.get(name)
+                    check_finite(tensor, name, base.label)
+                    writer.write(name, tensor.to(dtype))
+                while pending is not None and pending[0] == name:
+                    _, start, stop, block = pending
+                    rows = base.get(name) if stop < 0 else base.get_rows(name, start, stop)
                     pending = next(merged, None)
-                writer.write(name, tensor.to(dtype))
+                    last = pending is None or pending[0] != name
+                    writer.write_part(name, (rows.float() + block).to(dtype), last=last)
                 weight_map[name] = shard_name
             writer.close()
         if pending is not None:

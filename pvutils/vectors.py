@@ -57,6 +57,10 @@ class TensorSource:
     def get(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of a tensor (big tensors are merged in row blocks)."""
+        return self.get(name)[start:stop]
+
     def __contains__(self, name: str) -> bool:
         return name in set(self.keys())
 
@@ -113,6 +117,12 @@ class SafetensorsSource(TensorSource):
         return dict(first.get("__metadata__") or {})
 
     def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self._handle(name).get_slice(name)[start:stop]
+
+    def _handle(self, name: str):
         from safetensors import safe_open
 
         file = self.files.get(name)
@@ -121,7 +131,7 @@ class SafetensorsSource(TensorSource):
         handle = self._handles.get(file)
         if handle is None:
             handle = self._handles[file] = safe_open(str(file), framework="pt")
-        return handle.get_tensor(name)
+        return handle
 
 
 class DeltaSource(TensorSource):
@@ -143,7 +153,14 @@ class DeltaSource(TensorSource):
         return torch.float32 if dtype.is_floating_point else dtype
 
     def get(self, name: str) -> torch.Tensor:
-        ft, base = self.finetuned.get(name), self.base.get(name)
+        return self._diff(self.finetuned.get(name), self.base.get(name))
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self._diff(self.finetuned.get_rows(name, start, stop),
+                          self.base.get_rows(name, start, stop))
+
+    @staticmethod
+    def _diff(ft: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         if not base.is_floating_point():
             return ft - base
         return ft.float() - base.float()
@@ -289,7 +306,7 @@ class StreamingSafetensorsWriter:
         self.header_len = (len(blob) + HEADER_SLACK + 7) // 8 * 8  # 8-byte aligned, with slack
         self.file = open(self.path, "wb")
         self._write_header()
-        self.next = 0
+        self.next, self.written = 0, 0
 
     def _header_bytes(self) -> bytes:
         header = dict(self.header)
@@ -306,15 +323,30 @@ class StreamingSafetensorsWriter:
         self.file.write(blob + b" " * (self.header_len - len(blob)))
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write the next tensor whole."""
+        self.write_part(name, tensor, last=True)
+
+    def write_part(self, name: str, part: torch.Tensor, last: bool) -> None:
+        """Write the next rows of the current tensor (`last` once it is complete)."""
+        if self.next >= len(self.specs):
+            raise MergeError(f"{self.path}: tensor {name!r} is beyond the planned tensors")
         expected, shape, dtype = self.specs[self.next]
-        if name != expected or tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+        nbytes = part.numel() * part.element_size()
+        total = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if name != expected or part.dtype != dtype or self.written + nbytes > total or (
+                last and self.written + nbytes != total):
             raise MergeError(f"{self.path}: expected tensor {expected!r} {list(shape)} {dtype}, "
-                             f"got {name!r} {list(tensor.shape)} {tensor.dtype}")
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+                             f"got {name!r} {list(part.shape)} {part.dtype}")
+        if last and self.written == 0 and tuple(part.shape) != tuple(shape):
+            raise MergeError(f"{self.path}: tensor {name!r} has shape {list(part.shape)}, "
+                             f"planned {list(shape)}")
         if sys.byteorder != "little":
             raise MergeError("safetensors needs a little-endian machine")
+        data = part.detach().contiguous().reshape(-1).view(torch.uint8)
         self.file.write(memoryview(data.numpy()))
-        self.next += 1
+        self.written += nbytes
+        if last:
+            self.next, self.written = self.next + 1, 0
 
     def close(self, metadata_updates: Mapping[str, str] | None = None) -> None:
         if self.next != len(self.specs):
