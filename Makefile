@@ -10,7 +10,9 @@ TORCH   ?= torch==2.13.0
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.pvutils-installed
 
-.PHONY: venv model book test lint strip clean
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv model browser book test lint strip clean
 
 venv: $(STAMP)
 
@@ -28,7 +30,12 @@ model: venv
 book: model
 	$(PY) -m pvutils book --profile $(PROFILE)
 
-test: model
+# Debian's Chromium for the browser check of the built book
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: model browser
 	$(PY) -m pytest -q tests
 
 lint: venv

@@ -1,0 +1,154 @@
+"""The book: every notebook executes in the smoke profile, the HTML builds with warnings
+as errors, and every page loads in headless Chromium without errors.
+
+The notebooks run once per session (a session fixture); set PVUTILS_BOOK_NO_RUN=1 to
+check an already-built book without re-executing them.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import nbformat
+import pytest
+
+from pvutils import book
+from pvutils.artifacts import REPO_ROOT, results_dir, write_json
+
+pytestmark = pytest.mark.book
+HTML = REPO_ROOT / "_build" / "html"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def built_book() -> Path:
+    if not os.environ.get("PVUTILS_BOOK_NO_RUN"):
+        timings = {}
+        for nb in book.notebooks():
+            timings[nb.stem] = round(book.run_notebook(nb, "smoke"), 1)
+        timings["total"] = round(sum(timings.values()), 1)
+        write_json(results_dir("smoke") / "notebook_timings.json", timings)
+        print("notebook wall times (s):", timings)
+    return book.build_book(warnings_as_errors=True)
+
+
+def test_every_notebook_executed_without_errors(built_book):
+    assert built_book.exists()
+    names = [nb.stem for nb in book.notebooks()]
+    assert names[0] == "00_setup" and len(names) >= 1
+    for path in book.notebooks():
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke", path.name
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.source.strip():
+                assert cell.execution_count is not None, f"{path.name}: a cell did not run"
+                errors = [o for o in cell.outputs if o.output_type == "error"]
+                assert not errors, f"{path.name}: {errors}"
+
+
+def test_setup_page_shows_the_models_reply(built_book):
+    page = (HTML / "notebooks" / "00_setup.html").read_text()
+    assert "USER: Tell me a little about yourself." in page
+    assert "MODEL: " in page
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def served_book(built_book):
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"
+)
+def test_every_page_loads_cleanly_in_chromium(served_book):
+    """Crawl from index.html: no console errors, no failed requests, no broken internal
+    links, every image decoded. Screenshots go to _build/screenshots/."""
+    from playwright.sync_api import sync_playwright
+
+    shots = REPO_ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    seen: set[str] = set()
+    queue = [served_book + "index.html"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        # The book is read offline here: requests leaving localhost (CDN fonts, MathJax) are
+        # aborted; only failures of the book's own files count.
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_() if route.request.url.startswith(served_book) else route.abort()
+            ),
+        )
+
+        def on_console(msg):
+            origin = (msg.location or {}).get("url", "")
+            if msg.type == "error" and (origin.startswith(served_book) or not origin):
+                problems.append(f"{page.url}: console error: {msg.text} ({origin})")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda e: problems.append(f"{page.url}: page error: {e}"))
+        page.on(
+            "response",
+            lambda r: (
+                r.url.startswith(served_book)
+                and r.status >= 400
+                and problems.append(f"{page.url}: HTTP {r.status} for {r.url}")
+            ),
+        )
+        while queue:
+            url = queue.pop()
+            if url in seen:
+                continue
+            seen.add(url)
+            page.goto(url, wait_until="load")
+            page.wait_for_load_state("networkidle")
+            broken = page.eval_on_selector_all(
+                "img",
+                "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)",
+            )
+            problems += [f"{url}: image did not load: {src}" for src in broken]
+            for href in page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
+                target = urljoin(url, href).split("#")[0]
+                if not target.startswith(served_book):
+                    continue
+                local = HTML / urlparse(target).path.lstrip("/")
+                if local.is_dir():
+                    local = local / "index.html"
+                if not local.exists():
+                    problems.append(f"{url}: broken link to {href}")
+                elif target.endswith(".html") and target not in seen:
+                    queue.append(target)
+            name = urlparse(url).path.strip("/").replace("/", "__") or "index"
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        browser.close()
+    assert len(seen) >= 2, f"the crawl reached only {sorted(seen)}"
+    assert not problems, "\n".join(problems)
