@@ -18,8 +18,11 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 def notebooks() -> list[Path]:
-    """The chapters' notebooks in book order (their file names start with the order)."""
-    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """Every executable notebook: the explainer chapters in book/, then the research
+    chapters in notebooks/ in order (their file names start with it)."""
+    return sorted((REPO_ROOT / "book").glob("*.ipynb")) + sorted(
+        NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")
+    )
 
 
 def run_notebook(path: Path, profile: str, parameters: dict | None = None) -> float:
