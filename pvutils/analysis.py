@@ -286,3 +286,128 @@ def plot_matrix(
     if title:
         ax.set_title(title)
     return fig
+
+
+# --- the chapters' sweeps ---------------------------------------------------------------
+
+
+def sweep_cache(profile, name: str, *inputs: Any) -> Path:
+    """Cache file of one sweep: keyed by the profile, the sweep's name and its inputs.
+
+    Files among the inputs are keyed by their size and modification time, so retraining a
+    vector invalidates every sweep that used it.
+    """
+    from .artifacts import artifacts_dir
+
+    def key(x: Any) -> Any:
+        if isinstance(x, Path) and x.exists():
+            st = x.stat()
+            return [str(x), st.st_size, st.st_mtime_ns]
+        if isinstance(x, Mapping):
+            return {str(k): key(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [key(v) for v in x]
+        return x
+
+    return (
+        artifacts_dir()
+        / profile.name
+        / "sweeps"
+        / f"{name}-{fingerprint(profile.model, key(list(inputs)))}.json"
+    )
+
+
+def vector_sweep(
+    model,
+    tokenizer,
+    vectors: Mapping[str, str | Path],
+    alphas: Sequence[float],
+    cache_file: str | Path | None = None,
+    desc: str = "alpha sweep",
+) -> pd.DataFrame:
+    """RQ1: the contrast score of each vector's own trait at every alpha (theta + alpha phi).
+
+    Rows: condition, trait, level, alpha, score. alpha = 0 (the base model) is added once
+    per trait as the common reference.
+    """
+    from .evaluation import contrast_scores
+    from .merging import applied
+    from .personas import split_condition
+
+    points = [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
+    points += [
+        {"condition": f"{t}_base", "alpha": 0.0}
+        for t in dict.fromkeys(split_condition(c)[0] for c in vectors)
+    ]
+
+    def evaluate(point):
+        trait, level = point["condition"].rsplit("_", 1)
+        if level == "base":
+            score = contrast_scores(model, tokenizer, [trait])[trait]
+        else:
+            with applied(model, [vectors[point["condition"]]], [point["alpha"]]):
+                score = contrast_scores(model, tokenizer, [trait])[trait]
+        return {"trait": trait, "level": level, "score": score}
+
+    return run_sweep(points, evaluate, cache_file, desc=desc)
+
+
+def composition_sweep(
+    model,
+    tokenizer,
+    vectors: Mapping[str, str | Path],
+    profiles: Sequence[Mapping[str, str]],
+    alphas: Sequence[float],
+    methods: Mapping[str, Mapping[str, Any]],
+    cache_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """RQ2: merge one vector per trait (its level from the profile) with a shared alpha.
+
+    `methods` maps a label to merge parameters, e.g. {"TIES": {"method": "ties",
+    "density": 0.2}}. Rows: method, alpha, profile, target_<trait> (+1/-1), <trait> score.
+    """
+    from .evaluation import contrast_scores
+    from .merging import applied
+
+    points = [
+        {"method": m, "alpha": float(a), "profile": "".join(lv[0].upper() for lv in p.values())}
+        for m in methods
+        for a in alphas
+        for p in profiles
+    ]
+    by_code = {"".join(lv[0].upper() for lv in p.values()): p for p in profiles}
+
+    def evaluate(point):
+        profile = by_code[point["profile"]]
+        chosen = [vectors[f"{t}_{lv}"] for t, lv in profile.items()]
+        params = dict(methods[point["method"]])
+        method = params.pop("method")
+        with applied(model, chosen, [point["alpha"]] * len(chosen), method=method, **params):
+            scores = contrast_scores(model, tokenizer, list(profile))
+        targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in profile.items()}
+        return {**targets, **scores}
+
+    return run_sweep(points, evaluate, cache_file, desc="composition")
+
+
+def merge_methods(profile) -> dict[str, dict[str, Any]]:
+    """The paper's four composition methods as `merging.applied` parameters.
+
+    TIES keeps `ties_density` of each vector (per tensor, as mergekit); DARE drops entries
+    with probability `dare_drop_rate` and rescales the survivors, then merges with task
+    arithmetic (TA+DARE) or with TIES's sign election and disjoint mean (TIES+DARE).
+    """
+    table = {
+        "TA": {"method": "task_arithmetic"},
+        "TIES": {"method": "ties", "density": profile.ties_density, "normalize": False},
+        "TA+DARE": {"method": "dare_linear", "drop_rate": profile.dare_drop_rate},
+        "TIES+DARE": {
+            "method": "dare_ties",
+            "drop_rate": profile.dare_drop_rate,
+            "normalize": False,
+        },
+    }
+    unknown = sorted(set(profile.composition_methods) - set(table))
+    if unknown:
+        raise ValueError(f"unknown composition method(s) {unknown}; choose from {list(table)}")
+    return {label: table[label] for label in profile.composition_methods}

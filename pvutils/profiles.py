@@ -63,7 +63,16 @@ class Profile:
     alphas: tuple[float, ...] = field(default_factory=lambda: _alphas(0.1, 2.0, 0.1))
     interview_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     composition_alphas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
-    conditions: tuple[str, ...] = CONDITIONS
+    conditions: tuple[str, ...] = CONDITIONS  # the vectors that get trained
+    sweep_conditions: tuple[str, ...] = CONDITIONS  # the vectors the chapters sweep
+    composition_traits: tuple[str, ...] = TRAITS  # RQ2 composes one vector per trait
+    composition_methods: tuple[str, ...] = ("TA", "TIES", "TA+DARE", "TIES+DARE")
+    ties_density: float = 0.2  # TIES keep fraction (mergekit's density)
+    dare_drop_rate: float = 0.5  # DARE mask rate (the authors' default)
+    npti_gammas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    transfer_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # RQ4: domain vector coefficient
+    transfer_betas: tuple[float, ...] = (0.0, 0.5, 1.0)  # RQ4: personality vector coefficient
+    layerwise_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     def replace(self, **overrides: Any) -> Profile:
         """A copy with `overrides` applied; `None` values mean 'keep the profile's'."""
@@ -79,10 +88,14 @@ def _checked(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown profile field(s) {unknown}; known fields: {sorted(known)}")
     out = {k: v for k, v in overrides.items() if v is not None}
-    for key in ("alphas", "interview_alphas", "composition_alphas", "conditions"):
+    tuples = ("alphas", "interview_alphas", "composition_alphas", "conditions",
+              "sweep_conditions", "composition_traits", "composition_methods", "npti_gammas",
+              "transfer_alphas", "transfer_betas", "layerwise_alphas")
+    for key in tuples:
         if key in out:
             out[key] = tuple(out[key])
-    bad = sorted(set(out.get("conditions", ())) - set(CONDITIONS))
+    bad = sorted(set(out.get("conditions", ())).union(out.get("sweep_conditions", ()))
+                 - set(CONDITIONS))
     if bad:
         raise ValueError(f"unknown condition(s) {bad}; conditions are {list(CONDITIONS)}")
     return out
@@ -102,6 +115,13 @@ PROFILES: dict[str, Profile] = {
         alphas=(0.5, 1.0, 2.0),
         interview_alphas=(1.0,),
         composition_alphas=(0.2,),
+        sweep_conditions=("extraversion_high", "extraversion_low"),
+        composition_traits=("extraversion", "agreeableness"),
+        composition_methods=("TA", "TIES+DARE"),
+        npti_gammas=(1.0,),
+        transfer_alphas=(0.0, 1.0),
+        transfer_betas=(0.0, 1.0),
+        layerwise_alphas=(1.0,),
     ),
     "cpu": Profile(name="cpu"),
     "paper": Profile(
