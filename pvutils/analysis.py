@@ -381,8 +381,11 @@ def composition_sweep(
         profile = by_code[point["profile"]]
         chosen = [vectors[f"{t}_{lv}"] for t, lv in profile.items()]
         params = dict(methods[point["method"]])
-        method = params.pop("method")
-        with applied(model, chosen, [point["alpha"]] * len(chosen), method=method, **params):
+        method, alpha = params.pop("method"), point["alpha"]
+        weights = [alpha] * len(chosen)
+        if params.pop("scale", "weight") == "lambda":
+            weights, params = [1.0] * len(chosen), {**params, "normalize": True, "lambda_": alpha}
+        with applied(model, chosen, weights, method=method, **params):
             scores = contrast_scores(model, tokenizer, list(profile))
         targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in profile.items()}
         return {**targets, **scores}
@@ -396,6 +399,9 @@ def merge_methods(profile) -> dict[str, dict[str, Any]]:
     TIES keeps `ties_density` of each vector (per tensor, as mergekit); DARE drops entries
     with probability `dare_drop_rate` and rescales the survivors, then merges with task
     arithmetic (TA+DARE) or with TIES's sign election and disjoint mean (TIES+DARE).
+    `scale: "lambda"` marks the TIES family: as in the authors' code, the shared alpha
+    scales the disjoint *mean* (mergekit's `lambda`, with weights 1), since weights alone
+    would cancel out of a mean.
     """
     table = {
         "TA": {"method": "task_arithmetic"},
