@@ -417,3 +417,225 @@ def merge_methods(profile) -> dict[str, dict[str, Any]]:
     if unknown:
         raise ValueError(f"unknown composition method(s) {unknown}; choose from {list(table)}")
     return {label: table[label] for label in profile.composition_methods}
+
+
+def interview_sweep(
+    model,
+    tokenizer,
+    vectors: Mapping[str, str | Path],
+    alphas: Sequence[float],
+    profile,
+    judges: Sequence[str],
+    cache_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """Interview the model at each (vector, alpha) and let every judge score the vector's
+    own trait. alpha = 0 (the base model) is included once per trait.
+
+    Rows: condition, trait, level, alpha, judge, score, analysis.
+    """
+    from .evaluation import get_judge, interview, judge_interview_results
+    from .merging import applied
+    from .personas import split_condition
+
+    judge_objs = {name: _make_judge(name, profile, get_judge) for name in judges}
+    points = [
+        {"condition": f"{t}_base", "alpha": 0.0}
+        for t in dict.fromkeys(split_condition(c)[0] for c in vectors)
+    ]
+    points += [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
+
+    def evaluate(point):
+        trait, level = point["condition"].rsplit("_", 1)
+        weights = [point["alpha"]] if level != "base" else []
+        chosen = [vectors[point["condition"]]] if level != "base" else []
+        with applied(model, chosen, weights) if chosen else _nullcontext():
+            transcripts = interview(
+                model,
+                tokenizer,
+                n_samples=profile.n_samples,
+                temperature=profile.eval_temperature,
+                max_new_tokens=profile.eval_max_new_tokens,
+                seed=profile.seed,
+                batch_size=profile.eval_batch_size,
+                dimensions=[trait],
+                progress=False,
+            )
+        rows = []
+        for name, judge in judge_objs.items():
+            result = judge_interview_results(transcripts, judge)[trait]
+            rows.append(
+                {
+                    "trait": trait,
+                    "level": level,
+                    "judge": name,
+                    "score": result.score,
+                    "analysis": result.analysis,
+                }
+            )
+        return rows
+
+    return run_sweep(points, evaluate, cache_file, desc="interviews")
+
+
+def _make_judge(name: str, profile, get_judge):
+    if name == "persona":  # its own frozen copy of the base: the swept model changes in place
+        return get_judge("persona", reference=profile.model)
+    if name == "openai":
+        return get_judge("openai", model=profile.judge_model)
+    return get_judge(name)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def example_answers(
+    model,
+    tokenizer,
+    vector: str | Path,
+    question: str,
+    alphas: Sequence[float] = (0.0, 1.0, 2.0),
+    max_new_tokens: int = 96,
+) -> dict[float, str]:
+    """Greedy answers to one question as a person, at several alphas of one vector."""
+    from .evaluation import REAL_PERSON_PROMPT
+    from .merging import applied
+    from .models import chat, trim_to_sentence
+
+    convo = [
+        [{"role": "system", "content": REAL_PERSON_PROMPT}, {"role": "user", "content": question}]
+    ]
+    out = {}
+    for alpha in alphas:
+        with applied(model, [vector], [alpha]):
+            (reply,) = chat(
+                model,
+                tokenizer,
+                convo,
+                max_new_tokens=max_new_tokens,
+                temperature=0.0,
+                progress=False,
+            )
+        out[float(alpha)] = trim_to_sentence(reply)
+    return out
+
+
+def negation_sweep(
+    model,
+    tokenizer,
+    vectors: Mapping[str, str | Path],
+    profile,
+    alphas: Sequence[float] = (-1.0, 1.0),
+    cache_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """RQ3: at each alpha (and the base), the vector's trait score, the share of interview
+    answers that step out of the persona ("As an AI..."), and perplexity on plain text.
+
+    Rows: condition, trait, level, alpha, score, disclaimer_rate, perplexity, n_answers.
+    """
+    from .evaluation import contrast_scores, interview
+    from .merging import applied
+    from .personas import split_condition
+
+    points = [
+        {"condition": f"{t}_base", "alpha": 0.0}
+        for t in dict.fromkeys(split_condition(c)[0] for c in vectors)
+    ]
+    points += [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
+
+    def evaluate(point):
+        trait, level = point["condition"].rsplit("_", 1)
+        chosen = [vectors[point["condition"]]] if level != "base" else []
+        with applied(model, chosen, [point["alpha"]]) if chosen else _nullcontext():
+            score = contrast_scores(model, tokenizer, [trait])[trait]
+            answers = interview(
+                model,
+                tokenizer,
+                n_samples=profile.n_samples,
+                temperature=profile.eval_temperature,
+                max_new_tokens=profile.eval_max_new_tokens,
+                seed=profile.seed,
+                batch_size=profile.eval_batch_size,
+                dimensions=[trait],
+                progress=False,
+            )["answer"]
+            ppl = perplexity(model, tokenizer)
+        return {
+            "trait": trait,
+            "level": level,
+            "score": score,
+            "disclaimer_rate": disclaimer_rate(answers),
+            "perplexity": ppl,
+            "n_answers": len(answers),
+            "example": answers.iloc[0],
+        }
+
+    return run_sweep(points, evaluate, cache_file, desc="negation")
+
+
+def transfer_sweep(
+    model,
+    tokenizer,
+    domain_vector: str | Path,
+    vectors: Mapping[str, str | Path],
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    fidelity: Callable[[Any, Any], float],
+    cache_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """RQ4: theta_base + alpha phi_domain + beta phi_p over an (alpha, beta) grid.
+
+    `fidelity(model, tokenizer)` scores how much the model is still the domain's character.
+    Rows: condition, trait, level, alpha, beta, score (the vector's trait), fidelity.
+    """
+    from .evaluation import contrast_scores
+    from .merging import applied
+
+    points = [
+        {"condition": c, "alpha": float(a), "beta": float(b)}
+        for c in vectors
+        for a in alphas
+        for b in betas
+    ]
+
+    def evaluate(point):
+        trait, level = point["condition"].rsplit("_", 1)
+        with applied(
+            model, [domain_vector, vectors[point["condition"]]], [point["alpha"], point["beta"]]
+        ):
+            score = contrast_scores(model, tokenizer, [trait])[trait]
+            fid = fidelity(model, tokenizer)
+        return {"trait": trait, "level": level, "score": score, "fidelity": fid}
+
+    return run_sweep(points, evaluate, cache_file, desc="transfer")
+
+
+def layerwise_sweep(
+    model,
+    tokenizer,
+    vectors: Mapping[str, str | Path],
+    alphas: Sequence[float],
+    texts: Sequence[str],
+) -> pd.DataFrame:
+    """Cosine similarity of hidden states, base vs base + alpha phi, per layer (same texts).
+
+    alpha = 1 is the fine-tuned personality model itself (up to float rounding).
+    Rows: condition, trait, level, alpha, layer, cosine, cosine_sd, cosine_min.
+    """
+    from .merging import applied
+
+    base = hidden_states(model, tokenizer, texts)
+    frames = []
+    for condition, vector in tqdm(list(vectors.items()), desc="layer-wise"):
+        trait, level = condition.rsplit("_", 1)
+        for alpha in alphas:
+            with applied(model, [vector], [alpha]):
+                other = hidden_states(model, tokenizer, texts)
+            frames.append(
+                layerwise_cosine(base, other).assign(
+                    condition=condition, trait=trait, level=level, alpha=float(alpha)
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
