@@ -61,3 +61,13 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     """A private artifacts directory for tests that write to it."""
     monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "artifacts"))
     return tmp_path / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(embedded_model_dir):
+    """A tiny random Llama that shares the embedded model's tokenizer (and chat template),
+    so chat-level code (contrast measure, interviews, sweeps) runs in milliseconds."""
+    from pvutils.models import load_tokenizer
+
+    tok = load_tokenizer(embedded_model_dir)
+    return make_tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=2), tok
