@@ -836,12 +836,10 @@ def cli_score(argv: list[str]) -> int:
             judge = get_judge(args.judge, **kw)
         ctx: Any = contextlib.nullcontext(model)
         if args.vector:
-            from .merging import applied
-            from .vectors import load_vector
+            from .merging import applied  # streams each vector file, restores exactly
 
             alphas = args.alpha * len(args.vector) if len(args.alpha) == 1 else args.alpha
-            ctx = applied(model, [load_vector(v) for v in args.vector], alphas,
-                          method=args.method)
+            ctx = applied(model, list(args.vector), alphas, method=args.method)
         with ctx:
             if args.measure == "contrast":
                 scores = contrast_scores(model, tok, args.dimensions)
