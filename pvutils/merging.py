@@ -23,6 +23,7 @@ import contextlib
 import fnmatch
 import json
 import math
+import os
 import shutil
 import sys
 import zlib
@@ -31,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # see pvutils.vectors: before torch
 
-from .artifacts import atomic_dir
-from .vectors import (
+import torch  # noqa: E402
+
+from .artifacts import atomic_dir  # noqa: E402
+from .vectors import (  # noqa: E402
     DeltaSource,
     DictSource,
     MergeError,
@@ -130,7 +133,9 @@ class MergeOptions:
             for p in drops:
                 if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
                     raise MergeError(f"drop_rate must be in [0, 1), got {p!r}")
-            density = tuple(1 - p for p in drops) if isinstance(drop, Sequence) else 1 - drop
+            # round: 1 - 0.8 is 0.19999999999999996, which would keep one entry too few
+            keep = [round(1 - p, 12) for p in drops]
+            density = tuple(keep) if isinstance(drop, Sequence) else keep[0]
         density = 1.0 if density is None else density
         if isinstance(density, Sequence):
             density = tuple(_check_fraction(d, "density") for d in density)
@@ -210,8 +215,10 @@ class _TensorMerger:
 
     Per delta: DARE drop (+ rescale), then the TIES magnitude trim; then weights, sign
     election, disjoint sum, normalisation and λ. Statistics that span a whole tensor (its
-    magnitude threshold, its L1 norms) are found in streaming passes over the row blocks,
-    so a 128256 × 4096 embedding never needs k float32 copies at once.
+    magnitude threshold, its L1 norms) come from streaming passes over the row blocks when a
+    tensor is split, so a 128256 × 4096 embedding never needs k float32 copies at once.
+    The hot path works in place on freshly read tensors: on this CPU a new 100 MB tensor
+    costs several times more (page faults) than the arithmetic done on it.
     """
 
     def __init__(self, sources: Sequence[TensorSource], weights: list[float],
@@ -221,8 +228,7 @@ class _TensorMerger:
         self.dens = opts.densities(self.k)
         self.trims = opts.trim_fractions(self.k)
         self.dare = opts.method.startswith("dare")
-        self._cache: dict = {}
-        self._active_span: tuple[int, int] | None = None
+        self._stats: dict = {}
 
     def spans(self, name: str) -> list[tuple[int, int]]:
         shape = self.sources[0].shape(name)
@@ -231,142 +237,166 @@ class _TensorMerger:
         per = max(1, CHUNK_ELEMENTS // math.prod(shape[1:]))
         return [(a, min(a + per, shape[0])) for a in range(0, shape[0], per)]
 
-    def read(self, i: int, name: str, span: tuple[int, int]) -> torch.Tensor:
-        key = (i, name, span)
-        if key in self._cache:
-            return self._cache[key]
+    def read(self, i: int, name: str, span: tuple[int, int], check: bool = True
+             ) -> torch.Tensor:
+        """A float32 block of delta i that the caller may modify in place."""
         src = self.sources[i]
         d = src.get(name) if span[1] < 0 else src.get_rows(name, *span)
-        check_finite(d, name, src.label)
-        d = d.float()
-        if span == self._active_span or len(self.spans(name)) == 1:
-            self._cache[key] = d  # reused by the statistics passes and the merge step
-        return d
+        if check:
+            check_finite(d, name, src.label)
+        if d.dtype != torch.float32:
+            return d.float()
+        return d if getattr(src, "fresh", False) else d.clone()
 
     def _seed(self, name: str, block: int, i: int) -> int:
         return _mix_seed(_mix_seed(_mix_seed(self.opts.seed, name), block), i)
 
-    def dropped(self, i: int, name: str, block: int, span, scale: float | None = None
-                ) -> torch.Tensor:
-        """The DARE step on one row block (identity for task arithmetic and TIES)."""
-        d = self.read(i, name, span)
+    def drop(self, i: int, name: str, block: int, d: torch.Tensor, whole: bool,
+             l1: bool = True) -> torch.Tensor:
+        """The DARE step on one block, in place (identity for task arithmetic and TIES)."""
         density = self.dens[i]
         if not self.dare or density >= 1:
             return d
         opts = self.opts
+        before = float(d.abs().sum()) if opts.rescale == "l1" and l1 and whole else None
         if opts.mask_strategy == "magnitude":
-            kept = d.where(d.abs() >= self.threshold(i, name, "drop"), 0.0)
+            magnitude = d.abs()
+            if whole:
+                t = kth_largest(magnitude.reshape(-1), max(1, int(density * d.numel())))
+            else:
+                t = self.threshold(i, name, "drop")
+            d.masked_fill_(magnitude < t, 0.0)
+            del magnitude
         else:
             gen = torch.Generator().manual_seed(self._seed(name, block, i))
-            kept = d.where(torch.rand(d.shape, generator=gen) < density, 0.0)
+            d.masked_fill_(torch.rand(d.shape, generator=gen) >= density, 0.0)
         if opts.rescale == "inverse":
-            kept.div_(density)
-        elif opts.rescale == "l1" and scale is None:
-            kept.mul_(self.l1_scale(i, name))
-        return kept
+            d.div_(density)
+        elif opts.rescale == "l1" and l1:
+            if whole:
+                after = float(d.abs().sum())
+                if before >= 1e-7 and after >= 1e-7:  # mergekit's guard for empty tensors
+                    d.mul_(before / after)
+            else:
+                d.mul_(self.l1_scale(i, name))
+        return d
 
     def l1_scale(self, i: int, name: str) -> float:
-        """mergekit's `rescale`: restore the tensor's L1 norm after the drop."""
+        """mergekit's `rescale` over a split tensor: restore its L1 norm after the drop."""
         key = ("l1", i, name)
-        if key not in self._cache:
+        if key not in self._stats:
             before = after = 0.0
             for block, span in enumerate(self.spans(name)):
-                before += float(self.read(i, name, span).abs().sum())
-                after += float(self.dropped(i, name, block, span, scale=1.0).abs().sum())
-            ok = before >= 1e-7 and after >= 1e-7  # mergekit's guard for empty tensors
-            self._cache[key] = before / after if ok else 1.0
-        return self._cache[key]
+                d = self.read(i, name, span)
+                before += float(d.abs().sum())
+                after += float(self.drop(i, name, block, d, whole=False, l1=False).abs().sum())
+            ok = before >= 1e-7 and after >= 1e-7
+            self._stats[key] = before / after if ok else 1.0
+        return self._stats[key]
 
     def threshold(self, i: int, name: str, stage: str) -> float:
-        """The per-tensor magnitude threshold of the DARE-magnitude drop or the TIES trim."""
+        """The magnitude threshold of a split tensor: DARE-magnitude drop or TIES trim."""
         key = (stage, i, name)
-        if key not in self._cache:
-            fraction = self.dens[i] if stage == "drop" else self.trims[i]
+        if key not in self._stats:
             spans = self.spans(name)
+            fraction = self.dens[i] if stage == "drop" else self.trims[i]
             keep = max(1, int(fraction * math.prod(self.sources[0].shape(name))))
             if stage == "drop":
                 blocks = lambda: (self.read(i, name, s) for s in spans)  # noqa: E731
             else:
-                blocks = lambda: (self.dropped(i, name, b, s)  # noqa: E731
-                                  for b, s in enumerate(spans))
-            if len(spans) == 1:
-                self._cache[key] = kth_largest(next(iter(blocks())).abs().reshape(-1), keep)
-            else:
-                self._cache[key] = magnitude_threshold(blocks, keep)
-        return self._cache[key]
+                blocks = lambda: (  # noqa: E731
+                    self.drop(i, name, b, self.read(i, name, s), whole=False)
+                    for b, s in enumerate(spans))
+            self._stats[key] = magnitude_threshold(blocks, keep)
+        return self._stats[key]
 
-    def trimmed(self, i: int, name: str, block: int, span) -> torch.Tensor:
-        d = self.dropped(i, name, block, span)
-        if self.opts.thresholds is not None and self.trims[i] < 1:
-            t = self.opts.thresholds[i]
-        elif self.trims[i] < 1:
-            t = self.threshold(i, name, "trim")
-        else:
-            return d
-        return d.where(d.abs() >= t, 0.0)
+    def weighted(self, i: int, name: str, block: int, span, whole: bool) -> torch.Tensor:
+        """w_i · trim(drop(δ_i)) for one block."""
+        d = self.drop(i, name, block, self.read(i, name, span), whole)
+        if self.opts.method in ("ties", "dare_ties"):
+            fraction = self.trims[i]
+            if self.opts.thresholds is not None:
+                d.masked_fill_(d.abs() < self.opts.thresholds[i], 0.0)
+            elif fraction < 1 and whole:
+                magnitude = d.abs()
+                t = kth_largest(magnitude.reshape(-1), max(1, int(fraction * d.numel())))
+                d.masked_fill_(magnitude < t, 0.0)
+                del magnitude
+            elif fraction < 1:
+                d.masked_fill_(d.abs() < self.threshold(i, name, "trim"), 0.0)
+        return d.mul_(self.weights[i])
 
     def merge(self, name: str) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (first row, end row, merged float32 delta) per row block of `name`."""
-        self._cache.clear()
+        self._stats.clear()
         opts, consensus = self.opts, self.opts.method in ("ties", "dare_ties")
-        for block, span in enumerate(self.spans(name)):
-            for key in [key for key in self._cache if len(key) == 3 and key[2] != span]:
-                del self._cache[key]  # raw reads of the previous block
-            self._active_span = span
-            mixed: torch.Tensor | None = None
-            work: list[torch.Tensor] = []
-            for i in range(self.k):
-                raw = self.read(i, name, span)
-                d = self.trimmed(i, name, block, span)
-                w = self.weights[i]
-                d = d.mul_(w) if d is not raw else d * w
-                if consensus:
-                    work.append(d)
-                elif mixed is None:
-                    mixed = d
-                else:
-                    mixed.add_(d)
+        spans = self.spans(name)
+        whole = len(spans) == 1
+        for block, span in enumerate(spans):
             if consensus:
+                work = [self.weighted(i, name, block, span, whole) for i in range(self.k)]
                 mixed, divisor = _disjoint_sum(work, self.weights, opts.majority_sign_method)
                 del work
                 if opts.normalize:
                     divisor[divisor == 0] = 1
                     mixed.div_(divisor)
-            elif opts.normalize:
-                total = sum(self.weights)
-                mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+                del divisor
+            elif not self.dare:
+                # task arithmetic: NaN / Inf in any input reach the sum, so one check of the
+                # result replaces k checks of the inputs; add_(alpha) fuses weight and sum
+                mixed = self.read(0, name, span, check=False).mul_(self.weights[0])
+                for i in range(1, self.k):
+                    mixed.add_(self.read(i, name, span, check=False), alpha=self.weights[i])
+                if not math.isfinite(float(mixed.sum())):
+                    for i in range(self.k):
+                        self.read(i, name, span)  # raises, naming the source
+                if opts.normalize:
+                    total = sum(self.weights)
+                    mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+            else:
+                mixed = self.weighted(0, name, block, span, whole)
+                for i in range(1, self.k):
+                    mixed.add_(self.weighted(i, name, block, span, whole))
+                if opts.normalize:
+                    total = sum(self.weights)
+                    mixed.div_(total if abs(total) >= 1e-8 else 1.0)
             if opts.lambda_ != 1:
                 mixed.mul_(opts.lambda_)
             yield span[0], span[1], mixed
-        self._active_span = None
-        self._cache.clear()
+        self._stats.clear()
 
 
 def _disjoint_sum(weighted: list[torch.Tensor], weights: Sequence[float],
-                  sign_method: str) -> tuple[torch.Tensor, torch.Tensor]:
+                  sign_method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Σ of the weighted deltas that agree with the elected sign, and Σ of their weights.
 
     Same as PEFT's `calculate_majority_sign_mask` + `disjoint_merge` applied to the
-    *weighted* deltas (as mergekit does), but accumulated one delta at a time instead of
-    over a stacked (k, …) copy, which would double the memory of the largest tensor.
+    *weighted* deltas (as mergekit does), but in place over the list instead of a stacked
+    (k, …) copy: with e = ±1 the elected sign, an entry agrees iff e·d > 0, and the sum of
+    agreeing entries is e · Σ relu(e·d) (exact: multiplying by ±1 does not round).
+    Consumes `weighted`.
     """
     if sign_method == "total":
-        votes = weighted[0].clone()
+        elected = weighted[0].clone()
         for d in weighted[1:]:
-            votes.add_(d)
+            elected.add_(d)
     else:
-        votes = weighted[0].sign()
+        elected = weighted[0].sign()
         for d in weighted[1:]:
-            votes.add_(d.sign())
-    elected = torch.where(votes >= 0, 1.0, -1.0)  # ties go to +, as in mergekit and PEFT
-    del votes
-    mixed = torch.zeros_like(weighted[0])
-    divisor = torch.zeros_like(weighted[0])
+            elected.add_(d.sign())
+    positive = elected >= 0  # ties go to +, as in mergekit and PEFT
+    elected.fill_(-1.0).masked_fill_(positive, 1.0)
+    del positive
+    mixed = divisor = None
     for d, w in zip(weighted, weights, strict=True):
-        agree = d.mul(elected).gt_(0)  # zero entries never agree (their sign is 0)
-        mixed.addcmul_(d, agree)
-        divisor.add_(agree, alpha=w)
-    return mixed, divisor
+        agree_part = d.mul_(elected).clamp_(min=0)  # relu(e·d)
+        if mixed is None:
+            mixed, divisor = agree_part, (agree_part > 0).float().mul_(w)
+        else:
+            mixed.add_(agree_part)
+            divisor.add_(agree_part > 0, alpha=w)
+    weighted.clear()
+    return mixed.mul_(elected), divisor
 
 
 def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -425,7 +455,7 @@ def dare_drop(delta: torch.Tensor, density: float, rescale: str | None = "l1",
     merger = _TensorMerger([DictSource({"delta": delta})], [1.0], opts)
     if merger.spans("delta") != [(0, -1)]:
         raise MergeError("dare_drop takes tensors up to CHUNK_ELEMENTS; use merge_vectors")
-    return merger.dropped(0, "delta", 0, (0, -1))
+    return merger.drop(0, "delta", 0, merger.read(0, "delta", (0, -1)), whole=True)
 
 
 def _mix_seed(seed: int, salt: int | str) -> int:
@@ -489,10 +519,11 @@ def global_thresholds(sources: Sequence[TensorLike], names: Sequence[str] | None
 
         def blocks(i=i):
             for n in names:
-                merger._cache.clear()
-                for b, span in enumerate(merger.spans(n)):
-                    yield merger.dropped(i, n, b, span)
-            merger._cache.clear()
+                merger._stats.clear()
+                spans = merger.spans(n)
+                for b, span in enumerate(spans):
+                    yield merger.drop(i, n, b, merger.read(i, n, span), whole=len(spans) == 1)
+            merger._stats.clear()
 
         out.append(magnitude_threshold(blocks, max(1, int(fraction * total))))
     return out
@@ -841,7 +872,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
                     rows = base.get(name) if stop < 0 else base.get_rows(name, start, stop)
                     pending = next(merged, None)
                     last = pending is None or pending[0] != name
-                    writer.write_part(name, (rows.float() + block).to(dtype), last=last)
+                    writer.write_part(name, block.add_(rows).to(dtype), last=last)
                 weight_map[name] = shard_name
             writer.close()
         if pending is not None:

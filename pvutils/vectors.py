@@ -9,17 +9,23 @@ the difference between a few hundred MB and 64 GB.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import torch
+# huge pages for big CPU tensors (torch reads this once, so only before its first use):
+# page faults of fresh 100 MB tensors cost more than the arithmetic on them here
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from .artifacts import atomic_path
+import torch  # noqa: E402
+
+from .artifacts import atomic_path  # noqa: E402
 
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -87,12 +93,15 @@ class DictSource(TensorSource):
 class SafetensorsSource(TensorSource):
     """A safetensors file, or a model directory with one file or index-listed shards."""
 
+    fresh = True  # every read returns a new tensor that the caller may modify
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.label = str(self.path)
         self.files = _weight_files(self.path)  # name -> file
         self._headers = {f: _read_header(f) for f in dict.fromkeys(self.files.values())}
-        self._handles: dict[Path, object] = {}
+        self._header_len = {f: _header_length(f) for f in self._headers}
+        self._fds: dict[Path, int] = {}
 
     def keys(self) -> list[str]:
         return list(self.files)
@@ -117,25 +126,44 @@ class SafetensorsSource(TensorSource):
         return dict(first.get("__metadata__") or {})
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+        info = self._info(name)
+        return self._read(name, info["data_offsets"][0], tuple(info["shape"]))
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        return self._handle(name).get_slice(name)[start:stop]
+        shape = self.shape(name)
+        stop = min(stop, shape[0])
+        row_bytes = math.prod(shape[1:]) * _itemsize(self.dtype(name))
+        first = self._info(name)["data_offsets"][0] + start * row_bytes
+        return self._read(name, first, (max(0, stop - start), *shape[1:]))
 
-    def _handle(self, name: str):
-        from safetensors import safe_open
+    def _read(self, name: str, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+        # plain reads into a new tensor instead of safetensors' memory map: mapped file pages
+        # count as resident memory while the file stays open (GBs across k models)
+        file = self.files[name]
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        tensor = torch.empty(shape, dtype=self.dtype(name))
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        start = 8 + self._header_len[file] + offset
+        done = 0
+        while done < len(buffer):
+            n = os.preadv(fd, [buffer[done:]], start + done)
+            if n <= 0:
+                raise MergeError(f"{file}: truncated file (tensor {name!r})")
+            done += n
+        return tensor
 
-        file = self.files.get(name)
-        if file is None:
-            raise MergeError(f"{self.label}: no tensor named {name!r}")
-        handle = self._handles.get(file)
-        if handle is None:
-            handle = self._handles[file] = safe_open(str(file), framework="pt")
-        return handle
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class DeltaSource(TensorSource):
     """θ_fine-tuned − θ_base computed on the fly in float32 (a vector without a file)."""
+
+    fresh = True
 
     def __init__(self, finetuned: TensorSource, base: TensorSource):
         self.finetuned, self.base = finetuned, base
@@ -159,10 +187,11 @@ class DeltaSource(TensorSource):
         return self._diff(self.finetuned.get_rows(name, start, stop),
                           self.base.get_rows(name, start, stop))
 
-    @staticmethod
-    def _diff(ft: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    def _diff(self, ft: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         if not base.is_floating_point():
             return ft - base
+        if ft.dtype == torch.float32 and getattr(self.finetuned, "fresh", False):
+            return ft.sub_(base)  # the fresh read is ours: no second 4-byte-per-entry tensor
         return ft.float() - base.float()
 
 
@@ -195,8 +224,6 @@ def _weight_files(path: Path) -> dict[str, Path]:
             )
         if path.name.endswith(".index.json"):
             return _weight_files_from_index(path)
-        if path.suffix != ".safetensors":
-            raise MergeError(f"{path} is not a .safetensors file")
         return {name: path for name in _read_header(path) if name != "__metadata__"}
     index = path / INDEX_FILE
     if index.exists():
@@ -227,6 +254,15 @@ def _weight_files_from_index(index: Path) -> dict[str, Path]:
         if not shard.exists():
             raise MergeError(f"{index} lists shard {shard.name}, which is missing")
     return files
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _header_length(path: Path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(8), "little")
 
 
 def _read_header(path: Path) -> dict:
@@ -275,7 +311,11 @@ def _is_embedding(name: str) -> bool:
 
 
 def check_finite(tensor: torch.Tensor, name: str, label: str) -> None:
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    """Refuse NaN / Inf. A NaN or Inf makes the sum non-finite; the sum is one cheap pass
+    where `torch.isfinite(...).all()` costs ~15 (only an overflowing sum needs the second)."""
+    if not tensor.is_floating_point() or math.isfinite(float(tensor.sum())):
+        return
+    if not bool(torch.isfinite(tensor).all()):
         raise MergeError(f"{label}: tensor {name!r} contains NaN or Inf")
 
 
@@ -364,15 +404,21 @@ class StreamingSafetensorsWriter:
 def weights_fingerprint(source: str | Path | Mapping[str, torch.Tensor] | TensorSource) -> str:
     """A hash of every tensor's name, shape, dtype and bytes: which base a vector belongs to."""
     src = open_tensors(source)
-    digest = hashlib.blake2b(digest_size=8)
-    for name in sorted(src.keys()):
-        _hash_tensor(digest, name, src.get(name))
-    return digest.hexdigest()
+    return _combine_digests({name: _tensor_digest(name, src.get(name)) for name in src.keys()})
 
 
-def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{name}|{list(tensor.shape)}|{tensor.dtype}|".encode())
     digest.update(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return digest.digest()
+
+
+def _combine_digests(digests: Mapping[str, bytes]) -> str:
+    total = hashlib.blake2b(digest_size=8)
+    for name in sorted(digests):
+        total.update(digests[name])
+    return total.hexdigest()
 
 
 def extract_vector(base: str | Path, finetuned: str | Path, out: str | Path,
@@ -394,23 +440,17 @@ def extract_vector(base: str | Path, finetuned: str | Path, out: str | Path,
         "base_fingerprint": "0" * 16,
     }
     out = Path(out)
-    digest = hashlib.blake2b(digest_size=8)
-    by_sorted = {n: i for i, n in enumerate(sorted(names))}
+    digests: dict[str, bytes] = {}
     with atomic_path(out) as tmp:
         writer = StreamingSafetensorsWriter(tmp, specs, metadata)
-        hashes: list[tuple[int, bytes]] = []
         for name, _, dt in specs:
             b, f = base_src.get(name), ft_src.get(name)
             check_finite(f, name, ft_src.label)
             check_finite(b, name, base_src.label)
-            h = hashlib.blake2b(digest_size=16)
-            _hash_tensor(h, name, b)
-            hashes.append((by_sorted[name], h.digest()))
-            delta = f.float() - b.float() if b.is_floating_point() else f - b
+            digests[name] = _tensor_digest(name, b)
+            delta = f.float().sub_(b.float()) if b.is_floating_point() else f - b
             writer.write(name, delta.to(dt))
-        for _, h in sorted(hashes):
-            digest.update(h)
-        writer.close({"base_fingerprint": digest.hexdigest()})
+        writer.close({"base_fingerprint": _combine_digests(digests)})
     return out
 
 
