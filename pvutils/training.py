@@ -1,0 +1,451 @@
+"""Fine-tuning with TRL: one model per Big Five condition, kept only as its vector.
+
+`train_condition` fine-tunes the base on one condition's data (`pvutils.data`), writes
+φ = θ_ft − θ_base with `vectors.extract_vector`, deletes the fine-tuned model and leaves a
+JSON sidecar holding the hash of every input. A rerun with the same inputs finds the
+sidecar and skips the condition, so a killed `train_all_vectors` resumes where it stopped.
+
+Loss is on the assistant turn only: the data go to TRL as prompt/completion pairs, whose
+completion mask TRL turns into labels of -100 on the prompt (SmolLM2's ChatML template has
+no `{% generation %}` markers, which `assistant_only_loss` needs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+# Busy-waiting OpenMP threads on a shared 2-core machine made generation 9x slower (61 s vs
+# 7 s for one batch); passive waiting must be chosen before torch loads the OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from . import data as pvdata
+from .artifacts import artifacts_dir, fingerprint, read_json, write_json
+from .profiles import Profile
+
+TRAIN_VERSION = 1  # bump when training changes what a vector holds
+DEFAULT_CHARACTER = "captain_mara"
+AVX2_PEAK_GFLOPS = 190.0  # measured fp32 matmul peak of this machine's 2 cores (DESIGN.md)
+
+
+class TrainingError(RuntimeError):
+    """Fine-tuning could not run or produced an unusable model; the message says why."""
+
+
+def vector_path(profile_name: str, condition: str) -> Path:
+    """`<artifacts>/<profile>/vectors/<trait>_<level>.safetensors` (or `domain_<name>`)."""
+    return artifacts_dir() / profile_name / "vectors" / f"{condition}.safetensors"
+
+
+def sidecar_path(profile_name: str, condition: str) -> Path:
+    """The JSON beside a vector: its input hash, training numbers and stage times."""
+    return vector_path(profile_name, condition).with_suffix(".json")
+
+
+def train_key(profile: Profile, condition: str) -> str:
+    """A hash of everything a vector depends on: its data's key and the training fields."""
+    fields = ("model", "dtype", "train_epochs", "train_batch_size", "grad_accum",
+              "learning_rate", "lr_scheduler", "max_length", "use_lora", "bf16", "seed")
+    p = profile.as_dict()
+    return fingerprint(TRAIN_VERSION, pvdata.data_key(profile, condition),
+                       {k: p[k] for k in fields})
+
+
+def is_trained(profile: Profile, condition: str) -> bool:
+    """Whether the vector exists and was made from exactly these inputs."""
+    out, side = vector_path(profile.name, condition), sidecar_path(profile.name, condition)
+    if not (out.exists() and side.exists()):
+        return False
+    try:
+        return read_json(side).get("key") == train_key(profile, condition)
+    except ValueError:
+        return False  # a truncated sidecar: retrain
+
+
+# --- TRL --------------------------------------------------------------------------------
+
+
+def sft_config(profile: Profile, output_dir: str | Path):
+    """TRL's arguments from a profile: fp32 and no checkpointing on CPU unless asked.
+
+    TRL defaults to bf16 and gradient checkpointing; on this CPU (no bf16 instructions)
+    that made a step about 14x slower, so the profile decides, and `use_cpu` is set when
+    there is no GPU.
+    """
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=profile.train_epochs,
+        per_device_train_batch_size=profile.train_batch_size,
+        gradient_accumulation_steps=profile.grad_accum,
+        learning_rate=profile.learning_rate,
+        lr_scheduler_type=profile.lr_scheduler,
+        max_length=profile.max_length,
+        bf16=profile.bf16,
+        fp16=False,
+        gradient_checkpointing=profile.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if profile.gradient_checkpointing else None,
+        use_cpu=not on_gpu,
+        completion_only_loss=True,  # labels -100 on the prompt (user turn, system turn)
+        assistant_only_loss=False,
+        packing=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        seed=profile.seed,
+        data_seed=profile.seed,
+        dataloader_num_workers=0,
+    )
+
+
+def to_prompt_completion(dataset):
+    """`messages` rows -> TRL prompt/completion rows (the last assistant turn is the completion)."""
+    if len(dataset) == 0:
+        raise TrainingError("the training set is empty")
+    if "messages" not in dataset.column_names:
+        raise TrainingError(f"the training set has no 'messages' column ({dataset.column_names})")
+
+    def split(row):
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant" or not msgs[-1].get("content"):
+            raise TrainingError(f"malformed dialogue (must end with a non-empty assistant turn): "
+                                f"{msgs!r:.200}")
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+    return dataset.map(split, remove_columns=dataset.column_names)
+
+
+def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str | Path):
+    """An `SFTTrainer` for one condition (with a LoRA adapter when `profile.use_lora`)."""
+    from trl import SFTTrainer
+
+    peft_config = None
+    if profile.use_lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    tokenizer.padding_side = "right"
+    return SFTTrainer(model=model, args=sft_config(profile, output_dir),
+                      train_dataset=to_prompt_completion(dataset), processing_class=tokenizer,
+                      peft_config=peft_config)
+
+
+def base_weights_dir(model: str) -> Path:
+    """A local directory with the base model's safetensors (hub ids: the local snapshot)."""
+    from . import models
+
+    source = models.resolve_model_dir(model)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.json"]))
+
+
+# --- one condition, all conditions ------------------------------------------------------
+
+
+def train_condition(profile: Profile, condition: str, keep_model: bool = False) -> Path:
+    """Fine-tune the base on one condition, extract its vector; skip if already done.
+
+    The fine-tuned model lives in a scratch directory that is deleted after extraction
+    (`keep_model=True` keeps it as `<artifacts>/<profile>/finetuned/<condition>`).
+    """
+    from . import models, vectors
+
+    pvdata._check_condition(condition)
+    if is_trained(profile, condition):
+        return vector_path(profile.name, condition)
+    key = train_key(profile, condition)
+    t0 = time.perf_counter()
+    dataset = pvdata.generate_trait_data(profile, condition)
+    data_seconds = time.perf_counter() - t0
+    base_dir = base_weights_dir(profile.model)
+    model = models.load_model(profile.model, dtype=profile.dtype)
+    tokenizer = models.load_tokenizer(profile.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    scratch = artifacts_dir() / profile.name / "scratch" / f"{condition}-{key}"
+    shutil.rmtree(scratch, ignore_errors=True)  # a killed run's leftovers
+    try:
+        trainer = build_trainer(profile, model, tokenizer, dataset, scratch / "trainer")
+        t1 = time.perf_counter()
+        result = trainer.train()
+        train_seconds = time.perf_counter() - t1
+        loss = result.training_loss
+        if not math.isfinite(loss):
+            raise TrainingError(f"training {condition!r} diverged (loss {loss})")
+        lengths = [min(len(ids), profile.max_length) for ids in trainer.train_dataset["input_ids"]]
+        tokens = sum(lengths) * profile.train_epochs
+        t2 = time.perf_counter()
+        if profile.use_lora:
+            trainer.model.merge_and_unload().save_pretrained(scratch / "model")
+        else:
+            trainer.save_model(str(scratch / "model"))
+        if not trainer.accelerator.is_main_process:
+            trainer.accelerator.wait_for_everyone()
+            return vector_path(profile.name, condition)
+        out = vectors.extract_vector(base_dir, scratch / "model", vector_path(profile.name,
+                                     condition), condition=condition)
+        extract_seconds = time.perf_counter() - t2
+        if keep_model:
+            kept = artifacts_dir() / profile.name / "finetuned" / condition
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(str(scratch / "model"), kept)
+            tokenizer.save_pretrained(kept)
+        flops = 6 * n_params * tokens
+        write_json(sidecar_path(profile.name, condition), {
+            "key": key, "condition": condition, "profile": profile.name, "model": profile.model,
+            "data_key": pvdata.data_key(profile, condition), "n_examples": len(dataset),
+            "steps": result.global_step, "train_loss": loss, "params": n_params,
+            "tokens": tokens, "data_seconds": round(data_seconds, 2),
+            "train_seconds": round(train_seconds, 2),
+            "extract_seconds": round(extract_seconds, 2),
+            "tokens_per_second": round(tokens / train_seconds, 1),
+            "gflops_per_second": round(flops / train_seconds / 1e9, 2),
+            "loss_history": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        })
+        trainer.accelerator.wait_for_everyone()
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train_all_vectors(profile: Profile, keep_models: bool = False) -> dict[str, Path]:
+    """The vectors of every condition in `profile.conditions` (data first, then fine-tunes)."""
+    pvdata.trait_datasets(profile)  # loads the base model once for all generation
+    return {cond: train_condition(profile, cond, keep_model=keep_models)
+            for cond in profile.conditions}
+
+
+def train_domain_vector(profile: Profile, character: str = DEFAULT_CHARACTER) -> Path:
+    """RQ4's φ_domain: the base fine-tuned into a role-play character, as a vector."""
+    if character not in pvdata.CHARACTERS:
+        raise ValueError(f"unknown character {character!r}; characters: "
+                         f"{', '.join(pvdata.CHARACTERS)}")
+    return train_condition(profile, f"domain_{character}")
+
+
+# --- did it work? -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def vector_applied(model, vector: Mapping[str, torch.Tensor], alpha: float = 1.0) -> Iterator:
+    """`model` with `alpha * vector` added in place; its exact weights come back afterwards."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(vector) - set(params))
+    if missing:
+        raise TrainingError(f"the vector has parameters the model lacks: {missing[:5]}")
+    saved = {n: params[n].detach().clone() for n in vector}
+    try:
+        with torch.no_grad():
+            for name, delta in vector.items():
+                params[name].add_(delta.to(params[name].dtype), alpha=alpha)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                params[name].copy_(original)
+
+
+def answer_logprobs(model, tokenizer, conversations: Sequence[Sequence[dict]],
+                    answers: Sequence[str], batch_size: int = 16) -> list[float]:
+    """Mean log-probability per token of each answer as the assistant's reply."""
+    if len(conversations) != len(answers):
+        raise ValueError("conversations and answers must pair one-to-one")
+    scores: list[float] = []
+    for start in range(0, len(answers), batch_size):
+        prompts = [tokenizer.apply_chat_template(list(c), tokenize=False,
+                                                 add_generation_prompt=True)
+                   for c in conversations[start : start + batch_size]]
+        ids, answer_mask = [], []
+        for prompt, answer in zip(prompts, answers[start : start + batch_size], strict=True):
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            ids.append(p + a)
+            answer_mask.append([0] * len(p) + [1] * len(a))
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+        attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask])[:, 1:]
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(model.device),
+                           attention_mask=attention.to(model.device)).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None].to(model.device))
+        logp = logp[..., 0].cpu() * mask
+        scores += (logp.sum(1) / mask.sum(1).clamp_min(1)).tolist()
+    return scores
+
+
+def persona_preference(scorer, tokenizer, condition: str, prompts: Sequence[str],
+                       answers: Sequence[str], batch_size: int = 16) -> list[float]:
+    """Per answer: log p(answer | condition's persona) − log p(answer | opposite persona).
+
+    Positive means the answer reads more like the condition's persona than its opposite,
+    judged by the frozen base model (per-token means, so length does not matter).
+    """
+    persona, anti = pvdata._condition_personas(condition)
+
+    def convs(system: str):
+        return [[{"role": "system", "content": system}, {"role": "user", "content": p}]
+                for p in prompts]
+
+    pro = answer_logprobs(scorer, tokenizer, convs(persona), answers, batch_size)
+    con = answer_logprobs(scorer, tokenizer, convs(anti), answers, batch_size)
+    return [a - b for a, b in zip(pro, con, strict=True)]
+
+
+def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
+                  prompts: Sequence[str] | None = None, alpha: float = 1.0,
+                  max_new_tokens: int = 40, batch_size: int = 20):
+    """How far each vector moves the base's answers toward its persona (a DataFrame).
+
+    For held-out prompts (never in the training data) the base and the base + α φ answer
+    greedily; the frozen base scores every answer by `persona_preference`. `shift` is the
+    mean per-prompt difference (tuned − base): > 0 means toward the condition's persona.
+    """
+    import pandas as pd
+
+    from . import models, vectors
+
+    conditions = list(conditions or profile.conditions)
+    prompts = list(prompts or pvdata.heldout_prompts())
+    scorer = models.load_model(profile.model, dtype=profile.dtype)
+    model = models.load_model(profile.model, dtype=profile.dtype)
+    tok = models.load_tokenizer(profile.model)
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+
+    def answer(m) -> list[str]:
+        replies = models.chat(m, tok, convs, max_new_tokens=max_new_tokens, temperature=0.0,
+                              batch_size=batch_size, progress=False)
+        return [models.trim_to_sentence(r) for r in replies]
+
+    base_answers = answer(model)
+    rows = []
+    for cond in conditions:
+        path = vector_path(profile.name, cond)
+        if not path.exists():
+            raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")
+        with vector_applied(model, vectors.load_vector(path), alpha):
+            tuned_answers = answer(model)
+        base = persona_preference(scorer, tok, cond, prompts, base_answers, batch_size)
+        tuned = persona_preference(scorer, tok, cond, prompts, tuned_answers, batch_size)
+        diffs = torch.tensor(tuned) - torch.tensor(base)
+        rows.append({
+            "condition": cond, "base": float(torch.tensor(base).mean()),
+            "tuned": float(torch.tensor(tuned).mean()), "shift": float(diffs.mean()),
+            "stderr": float(diffs.std() / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0,
+            "share_up": float((diffs > 0).float().mean()), "n_prompts": len(prompts),
+            "example": tuned_answers[0],
+        })
+    return pd.DataFrame(rows)
+
+
+def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
+                       prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                       batch_size: int | None = None, profile: Profile | None = None) -> float:
+    """How much a model talks like the character: its keywords per 100 words of answers.
+
+    Greedy answers to held-out prompts (no system prompt; by default the first 16, or 8 in
+    the smoke profile); the keywords are the character's voice (for the sea captain: aye,
+    ship, storm, tide, ...). Cheap enough to call at every point of an (α, β) grid.
+    """
+    import re
+
+    from . import models
+
+    if character not in pvdata.CHARACTERS:
+        raise ValueError(f"unknown character {character!r}; characters: "
+                         f"{', '.join(pvdata.CHARACTERS)}")
+    keywords = set(pvdata.CHARACTERS[character]["keywords"])
+    smoke = profile is not None and profile.name == "smoke"
+    prompts = list(prompts or pvdata.heldout_prompts()[: 8 if smoke else 16])
+    max_new_tokens = max_new_tokens or (profile.eval_max_new_tokens if profile else 40)
+    batch_size = batch_size or (profile.eval_batch_size if profile else 16)
+    replies = models.chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                          max_new_tokens=max_new_tokens, temperature=0.0,
+                          batch_size=batch_size, progress=False)
+    words = [w for r in replies for w in re.findall(r"[a-z']+", r.lower())]
+    return 100.0 * sum(w in keywords for w in words) / max(len(words), 1)
+
+
+# --- CLI --------------------------------------------------------------------------------
+
+
+def stage_table(profile: Profile, conditions: Sequence[str]):
+    """Wall times and throughput of every condition's stages, read from the sidecars."""
+    import pandas as pd
+
+    rows = []
+    for cond in conditions:
+        side = sidecar_path(profile.name, cond)
+        if not side.exists():
+            continue
+        info = read_json(side)
+        card_file = pvdata.data_dir(profile, cond) / "data_card.json"
+        card = read_json(card_file) if card_file.exists() else {}
+        rows.append({
+            "condition": cond, "n_kept": card.get("n_kept"), "gen_s": card.get("seconds"),
+            "steps": info["steps"], "loss": round(info["train_loss"], 3),
+            "train_s": info["train_seconds"], "extract_s": info["extract_seconds"],
+            "tok/s": info["tokens_per_second"], "GFLOP/s": info["gflops_per_second"],
+            "%peak": round(100 * info["gflops_per_second"] / AVX2_PEAK_GFLOPS, 1),
+        })
+    return pd.DataFrame(rows)
+
+
+def cli_train_vectors(argv: list[str]) -> int:
+    """`python -m pvutils train-vectors --profile cpu`: data, fine-tunes, vectors, domain."""
+    import argparse
+
+    from .profiles import get_profile
+
+    parser = argparse.ArgumentParser(prog="python -m pvutils train-vectors")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--conditions", nargs="+", help="default: the profile's ten")
+    parser.add_argument("--character", default=DEFAULT_CHARACTER)
+    parser.add_argument("--no-domain", action="store_true", help="skip the role-play vector")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="keep the fine-tuned models, not only their vectors")
+    args = parser.parse_args(argv)
+    try:
+        profile = get_profile(args.profile, conditions=args.conditions)
+        stages: dict[str, float] = {}
+        t = time.perf_counter()
+        pvdata.trait_datasets(profile)
+        if not args.no_domain:
+            pvdata.generate_trait_data(profile, f"domain_{args.character}")
+        stages["data (all conditions)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        paths = train_all_vectors(profile, keep_models=args.keep_models)
+        stages["fine-tune + extract (conditions)"] = time.perf_counter() - t
+        if not args.no_domain:
+            t = time.perf_counter()
+            paths[f"domain_{args.character}"] = train_domain_vector(profile, args.character)
+            stages["fine-tune + extract (domain)"] = time.perf_counter() - t
+    except (ValueError, TrainingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(stage_table(profile, list(paths)).to_string(index=False))
+    print()
+    for name, seconds in stages.items():
+        print(f"{name:<34} {seconds:8.1f} s")
+    print(f"{'total':<34} {sum(stages.values()):8.1f} s")
+    write_json(vector_path(profile.name, "x").parent / "stages.json",
+               {"stages_seconds": stages, "vectors": {k: str(v) for k, v in paths.items()}})
+    return 0

@@ -1,0 +1,243 @@
+"""Trait data: the prompt bank, the quality filter, the Big5-Chat loader, the generator."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from pvutils import data, models
+from pvutils.data import DataError
+from pvutils.profiles import CONDITIONS, get_profile
+
+# --- the prompt bank --------------------------------------------------------------------
+
+
+def test_bank_has_at_least_300_distinct_prompts():
+    normalized = [data.normalize_text(p) for p in data.USER_PROMPTS]
+    assert len(data.USER_PROMPTS) >= 300
+    assert len(set(normalized)) == len(normalized)
+
+
+def test_bank_is_varied_in_form_and_length():
+    questions = [p for p in data.USER_PROMPTS if p.rstrip().endswith("?")]
+    statements = [p for p in data.USER_PROMPTS if not p.rstrip().endswith("?")]
+    lengths = sorted(len(p.split()) for p in data.USER_PROMPTS)
+    assert len(questions) >= 100 and len(statements) >= 100
+    assert lengths[0] <= 3 and lengths[-1] >= 15
+
+
+def test_near_duplicate_check_flags_rewordings():
+    assert data.near_duplicates(["Are you TALKATIVE?!"], ["Are you talkative?"])
+    assert data.near_duplicates(["Do you worry a lot, usually?"], ["Do you worry a lot?"])
+    assert not data.near_duplicates(["What did you eat today?"], ["Are you talkative?"])
+
+
+def test_bank_does_not_overlap_the_bfi_interview_questions():
+    from pvutils.evaluation import interview_questions
+
+    questions = interview_questions()
+    assert len(questions) == 44
+    assert data.near_duplicates(data.USER_PROMPTS, questions, threshold=0.5) == []
+
+
+def test_heldout_and_training_prompts_partition_the_bank():
+    train, held = set(data.training_prompts()), set(data.heldout_prompts())
+    assert not train & held
+    assert train | held == set(data.USER_PROMPTS)
+    assert len(held) >= 32
+
+
+# --- the quality filter -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("Sure thing.", "too_short"),
+        ("word " * 400, "too_long"),
+        ("As an AI, I do not have a favourite food, but many people love pasta.", "ai_disclaimer"),
+        ("Je pense que c'est une très bonne idée, vraiment très bonne pour toi.", "non_english"),
+        ("我很喜欢这个地方，我们明天再去吧，好吗？真的很好玩。", "non_english"),
+        ("I love it so much. I love it so much. I love it so much.", "degenerate_loop"),
+        ("That is great great great great great great great great news for all.",
+         "degenerate_loop"),
+        ("Wow!!!!!!!!!! That is such a fun plan for the weekend.", "degenerate_loop"),
+        ("fun fun party time fun party fun time party fun time fun party time yes", "repetitive"),
+        ("Oh, I love rainy Sundays! I make pancakes, call a friend and read for hours.", None),
+    ],
+)
+def test_quality_issue_known_answers(text, reason):
+    assert data.quality_issue(text) == reason
+
+
+# --- Big5-Chat --------------------------------------------------------------------------
+
+
+def write_big5chat_csv(path, rows_per_condition=3, extra_rows=()):
+    """A small CSV in Big5-Chat's schema (capitalised traits, as a user's copy might have)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(data.BIG5CHAT_COLUMNS)
+        for cond in CONDITIONS:
+            trait, level = cond.split("_")
+            for i in range(rows_per_condition):
+                w.writerow([f"Respond as a person with {level} {trait}.",
+                            f"Speaker A: How was your day, number {i}?",
+                            f"It was a {level} {trait} kind of day, number {i}.",
+                            trait.capitalize(), level])
+        for row in extra_rows:
+            w.writerow(row)
+    return path
+
+
+def test_big5chat_csv_becomes_ten_chat_sets(tmp_path):
+    dd = data.load_big5chat(str(write_big5chat_csv(tmp_path / "b5.csv")))
+    assert sorted(dd) == sorted(CONDITIONS)
+    row = dd["agreeableness_low"][0]
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+    assert "low agreeableness" in row["messages"][2]["content"]
+    assert set(dd["agreeableness_low"]["condition"]) == {"agreeableness_low"}
+
+
+def test_big5chat_samples_per_condition_with_a_seed(tmp_path):
+    path = str(write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=6))
+    a = data.load_big5chat(path, n_per_condition=2, seed=1)
+    b = data.load_big5chat(path, n_per_condition=2, seed=1)
+    assert all(len(a[c]) == 2 for c in CONDITIONS)
+    assert a["openness_high"]["messages"] == b["openness_high"]["messages"]
+
+
+def test_big5chat_offline_names_the_offline_generator(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="data_source='guided'"):
+        data.load_big5chat(None)
+
+
+def test_big5chat_missing_column_is_named(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("train_input,train_output,trait,level\nhi,hello,openness,high\n")
+    with pytest.raises(DataError, match=r"bad.csv lacks column\(s\) \['train_instruction'\]"):
+        data.load_big5chat(str(bad))
+
+
+def test_big5chat_unknown_trait_is_named(tmp_path):
+    path = write_big5chat_csv(tmp_path / "b5.csv", extra_rows=[["", "hi", "yo", "humour", "high"]])
+    with pytest.raises(DataError, match="humour/high"):
+        data.load_big5chat(str(path))
+
+
+def test_big5chat_empty_or_missing_file(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(data.BIG5CHAT_COLUMNS) + "\n")
+    with pytest.raises(DataError, match="no rows|could not read"):
+        data.load_big5chat(str(empty))
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_big5chat(str(tmp_path / "nope.csv"))
+
+
+def test_big5chat_condition_without_rows_is_named(tmp_path):
+    path = tmp_path / "partial.csv"
+    path.write_text(",".join(data.BIG5CHAT_COLUMNS) + "\nbe nice,hi,hello there,openness,high\n")
+    with pytest.raises(DataError, match="no usable rows for condition 'openness_low'"):
+        data.load_big5chat(str(path))
+
+
+# --- the generator (guided_chat replaced by a stand-in; the slow test runs the model) ----
+
+CANNED = [
+    "I love meeting new people and I would throw a big party for it!",
+    "As an AI, I cannot go to parties.",  # filtered: ai_disclaimer
+    "Let's go out tonight, everyone is invited and it will be amazing",  # no end: kept as is
+    "Party party party party party party party party party party party party.",  # loop
+]
+
+
+@pytest.fixture
+def fake_guided(monkeypatch):
+    calls = []
+
+    def guided_chat(model, tokenizer, conversations, persona, anti_persona, **kw):
+        calls.append({"n": len(conversations), "persona": persona, "anti": anti_persona, **kw})
+        return [CANNED[i % len(CANNED)] for i in range(len(conversations))]
+
+    monkeypatch.setattr(models, "guided_chat", guided_chat)
+    return calls
+
+
+class _Tok:
+    def __call__(self, text):
+        return {"input_ids": text.split()}
+
+
+def test_generated_data_have_no_persona_and_a_card(isolated_home, fake_guided):
+    profile = get_profile("smoke", n_dialogues=4)
+    ds = data.generate_trait_data(profile, "extraversion_high", model=object(), tokenizer=_Tok())
+    assert len(ds) == 3  # 5 candidates (ceil(4 x 1.15)): 3 usable, 1 disclaimer, 1 loop
+    for row in ds:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert row["messages"][0]["content"] in data.training_prompts()
+    call = fake_guided[0]
+    assert call["gamma"] == profile.guidance_gamma and call["n"] == 5
+    assert "outgoing" in call["persona"] and "quiet" in call["anti"]
+    card = json.loads((data.data_dir(profile, "extraversion_high") / "data_card.json").read_text())
+    assert card["n_candidates"] == 5 and card["n_kept"] == len(ds)
+    assert card["filtered"] == {"ai_disclaimer": 1, "degenerate_loop": 1}
+    assert card["filter_rates"]["ai_disclaimer"] == pytest.approx(0.2)
+    assert len(card["examples"]) == min(3, len(ds))
+    assert data.data_dir(profile, "extraversion_high").parent == isolated_home / "smoke" / "data"
+
+
+def test_generated_data_are_cached_by_their_inputs(isolated_home, fake_guided):
+    profile = get_profile("smoke", n_dialogues=4)
+    first = data.generate_trait_data(profile, "openness_low", model=object(), tokenizer=_Tok())
+    again = data.generate_trait_data(profile, "openness_low", model=object(), tokenizer=_Tok())
+    assert len(fake_guided) == 1 and first["messages"] == again["messages"]
+    data.generate_trait_data(profile.replace(guidance_gamma=3.0), "openness_low",
+                             model=object(), tokenizer=_Tok())
+    assert len(fake_guided) == 2
+    assert data.data_key(profile, "openness_low") != data.data_key(profile, "openness_high")
+
+
+def test_all_answers_filtered_is_a_clear_error(isolated_home, monkeypatch):
+    monkeypatch.setattr(models, "guided_chat", lambda *a, **k: ["As an AI, no."] * 5)
+    with pytest.raises(DataError, match="no usable dialogues for 'neuroticism_low'"):
+        data.generate_trait_data(get_profile("smoke", n_dialogues=4), "neuroticism_low",
+                                 model=object(), tokenizer=_Tok())
+    assert not data.data_dir(get_profile("smoke", n_dialogues=4), "neuroticism_low").exists()
+
+
+def test_unknown_condition_is_a_clear_error(isolated_home):
+    with pytest.raises(DataError, match="unknown condition 'humour_high'"):
+        data.generate_trait_data(get_profile("smoke"), "humour_high")
+    with pytest.raises(DataError, match="unknown character"):
+        data.data_key(get_profile("smoke"), "domain_nobody")
+
+
+def test_domain_data_use_the_character_against_a_plain_assistant(isolated_home, fake_guided):
+    profile = get_profile("smoke", n_dialogues=4)
+    data.generate_trait_data(profile, "domain_captain_mara", model=object(), tokenizer=_Tok())
+    assert "Captain Mara Flint" in fake_guided[0]["persona"]
+    assert fake_guided[0]["anti"] == data.PLAIN_ASSISTANT
+
+
+def test_big5chat_source_goes_through_the_loader(isolated_home, tmp_path):
+    path = str(write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=5))
+    profile = get_profile("smoke", data_source="big5chat", big5chat_path=path, n_dialogues=3)
+    ds = data.generate_trait_data(profile, "conscientiousness_high")
+    assert len(ds) == 3
+    assert data.data_card(profile, "conscientiousness_high")["source"] == "big5chat"
+
+
+@pytest.mark.slow
+def test_guided_generation_on_the_embedded_model(isolated_home, embedded_model_dir):
+    profile = get_profile("smoke", n_dialogues=4, gen_max_new_tokens=24, gen_batch_size=5)
+    ds = data.generate_trait_data(profile, "extraversion_high",
+                                  model=models.load_model(embedded_model_dir),
+                                  tokenizer=models.load_tokenizer(embedded_model_dir))
+    card = data.data_card(profile, "extraversion_high")
+    assert 1 <= len(ds) <= 4 and card["n_kept"] == len(ds)
+    assert sum(card["filtered"].values()) + card["n_kept"] >= card["n_candidates"] - 4
+    assert all(data.quality_issue(r["messages"][1]["content"]) is None for r in ds)
