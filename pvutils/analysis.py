@@ -639,3 +639,60 @@ def layerwise_sweep(
                 )
             )
     return pd.concat(frames, ignore_index=True)
+
+
+def p2_scores(model, tokenizer, conditions: Iterable[str], seeds: Iterable[int] = range(3)):
+    """The P2 baseline: the contrast score of each condition's trait with a P2 prompt
+    (random trait adjectives with intensity modifiers) placed before the interview frame.
+
+    Rows: condition, trait, level, seed, score.
+    """
+    from .baselines import p2_prompt
+    from .evaluation import REAL_PERSON_PROMPT, contrast_scores
+
+    rows = []
+    for condition in conditions:
+        trait, level = condition.rsplit("_", 1)
+        for seed in seeds:
+            system = f"{p2_prompt(trait, level, seed)} {REAL_PERSON_PROMPT}"
+            score = contrast_scores(model, tokenizer, [trait], system_prompt=system)[trait]
+            rows.append(
+                {
+                    "condition": condition,
+                    "trait": trait,
+                    "level": level,
+                    "seed": seed,
+                    "score": score,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def npti_sweep(
+    model,
+    tokenizer,
+    conditions: Iterable[str],
+    gammas: Sequence[float],
+    profile,
+    cache_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """The NPTI baseline: trait neurons found once per trait, then steered toward the
+    condition's level with strength gamma (forward hooks, removed after each point).
+
+    Rows: condition, trait, level, gamma, score.
+    """
+    from .baselines import npti_intervention, npti_neurons
+    from .evaluation import contrast_scores
+
+    neurons: dict[str, Any] = {}
+    points = [{"condition": c, "gamma": float(g)} for c in conditions for g in gammas]
+
+    def evaluate(point):
+        trait, level = point["condition"].rsplit("_", 1)
+        if trait not in neurons:
+            neurons[trait] = npti_neurons(model, tokenizer, trait)
+        with npti_intervention(model, neurons[trait], point["gamma"], level):
+            score = contrast_scores(model, tokenizer, [trait])[trait]
+        return {"trait": trait, "level": level, "score": score}
+
+    return run_sweep(points, evaluate, cache_file, desc="NPTI")
