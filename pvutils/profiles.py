@@ -123,7 +123,10 @@ PROFILES: dict[str, Profile] = {
         transfer_betas=(0.0, 1.0),
         layerwise_alphas=(1.0,),
     ),
-    "cpu": Profile(name="cpu"),
+    # 32 dialogues of <= 40 new tokens, 8 steps at 1e-4: what fits the shared 2-core
+    # machine (64 x 56 tokens took ~16 min per condition there under load 8)
+    "cpu": Profile(name="cpu", n_dialogues=32, gen_max_new_tokens=40, gen_batch_size=40,
+                   learning_rate=1e-4),
     "paper": Profile(
         name="paper",
         model="meta-llama/Llama-3.1-8B-Instruct",
