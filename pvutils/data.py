@@ -579,24 +579,44 @@ def generate_trait_data(profile: Profile, condition: str, model=None,
     trimmed to a sentence, quality-filtered; a data card (`data_card.json`) sits beside it.
     Big5-Chat data (`profile.data_source == "big5chat"`) are sampled from the loader.
     """
-    _check_condition(condition)
-    folder = data_dir(profile, condition)
-    if (folder / "data_card.json").exists():
-        return datasets.load_from_disk(str(folder / "dataset"))["train"]
-    if profile.data_source == "big5chat" and not condition.startswith("domain_"):
-        ds, card = _from_big5chat(profile, condition)
-    elif profile.data_source in ("guided", "big5chat"):
-        ds, card = _guided(profile, condition, model, tokenizer)
-    else:
+    return _generate(profile, [condition], model, tokenizer)[condition]
+
+
+def trait_datasets(profile: Profile, extra_conditions: tuple[str, ...] = (),
+                   model=None, tokenizer=None) -> datasets.DatasetDict:
+    """Every selected condition's SFT set (cached), plus `extra_conditions` (e.g. a domain).
+
+    Missing guided sets are generated together, in shared batches, so the fixed cost of
+    each generation step is paid once for all conditions.
+    """
+    conditions = list(dict.fromkeys([*profile.conditions, *extra_conditions]))
+    return datasets.DatasetDict(_generate(profile, conditions, model, tokenizer))
+
+
+def _generate(profile: Profile, conditions: list[str], model, tokenizer) -> dict:
+    for cond in conditions:
+        _check_condition(cond)
+    if profile.data_source not in ("guided", "big5chat"):
         raise DataError(f"unknown data_source {profile.data_source!r}; use 'guided' or 'big5chat'")
-    if len(ds) == 0:
-        raise DataError(f"no usable dialogues for {condition!r} (data card: {card['filtered']}); "
-                        "raise n_dialogues or lower guidance_gamma")
-    card["key"] = data_key(profile, condition)
-    with atomic_dir(folder) as tmp:
-        datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp / "dataset"))
-        write_json(tmp / "data_card.json", card)
-    return datasets.load_from_disk(str(folder / "dataset"))["train"]
+    todo = [c for c in conditions if not (data_dir(profile, c) / "data_card.json").exists()]
+    guided = [c for c in todo if profile.data_source == "guided" or c.startswith("domain_")]
+    made = {c: _from_big5chat(profile, c) for c in todo if c not in guided}
+    if guided:
+        made.update(_guided(profile, guided, model, tokenizer))
+    empty = []
+    for cond, (ds, card) in made.items():
+        if len(ds) == 0:
+            empty.append(f"{cond} (filtered: {card['filtered']})")
+            continue
+        card["key"] = data_key(profile, cond)
+        with atomic_dir(data_dir(profile, cond)) as tmp:
+            datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp / "dataset"))
+            write_json(tmp / "data_card.json", card)
+    if empty:
+        raise DataError(f"no usable dialogues for {', '.join(empty)}; raise n_dialogues or "
+                        "lower guidance_gamma")
+    return {c: datasets.load_from_disk(str(data_dir(profile, c) / "dataset"))["train"]
+            for c in conditions}
 
 
 def _from_big5chat(profile: Profile, condition: str) -> tuple[datasets.Dataset, dict]:
@@ -611,68 +631,77 @@ def _from_big5chat(profile: Profile, condition: str) -> tuple[datasets.Dataset, 
     return ds, card
 
 
-def _guided(profile: Profile, condition: str, model, tokenizer) -> tuple[datasets.Dataset, dict]:
+def _guided(profile: Profile, conditions: list[str], model, tokenizer) -> dict:
+    """Guided answers for several conditions in shared batches: {condition: (data, card)}.
+
+    The same as `models.guided_chat` per condition (system prompt = persona, negative
+    prompt = anti-persona, guidance scale 1 + gamma), with rows of many conditions mixed.
+    """
     from . import models
 
     if model is None or tokenizer is None:
         model = models.load_model(profile.model, dtype=profile.dtype, device=profile.device)
         tokenizer = models.load_tokenizer(profile.model)
-    persona, anti = _condition_personas(condition)
     bank = training_prompts()
     wanted = profile.n_dialogues
     n_candidates = math.ceil(wanted * OVERSAMPLE)
     # the same prompts in the same order for every condition: conditions differ only in answers
     order = random.Random(profile.seed).sample(range(len(bank)), len(bank))
     ids = [order[k % len(bank)] for k in range(n_candidates)]
+    convs, negs = [], []
+    for cond in conditions:
+        persona, anti = _condition_personas(cond)
+        for i in ids:
+            user = {"role": "user", "content": bank[i]}
+            convs.append([{"role": "system", "content": persona}, user])
+            negs.append([{"role": "system", "content": anti}, user])
     start = time.perf_counter()
-    replies = models.guided_chat(
-        model, tokenizer, [[{"role": "user", "content": bank[i]}] for i in ids],
-        persona=persona, anti_persona=anti, gamma=profile.guidance_gamma,
-        max_new_tokens=profile.gen_max_new_tokens, temperature=profile.gen_temperature,
-        top_p=profile.gen_top_p, seed=profile.seed, batch_size=profile.gen_batch_size,
+    replies = models.chat(
+        model, tokenizer, convs, negative_conversations=negs,
+        guidance_scale=1.0 + profile.guidance_gamma, max_new_tokens=profile.gen_max_new_tokens,
+        temperature=profile.gen_temperature, top_p=profile.gen_top_p, seed=profile.seed,
+        batch_size=profile.gen_batch_size,
     )
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() - start) / len(conditions)
+    out = {}
+    for k, cond in enumerate(conditions):
+        mine = replies[k * n_candidates : (k + 1) * n_candidates]
+        out[cond] = _filtered(profile, cond, bank, ids, mine, seconds, tokenizer)
+    return out
+
+
+def _filtered(profile: Profile, condition: str, bank, ids, replies, seconds: float,
+              tokenizer) -> tuple[datasets.Dataset, dict]:
+    from . import models
+
+    persona, anti = _condition_personas(condition)
     rows, reasons = [], Counter()
     for i, reply in zip(ids, replies, strict=True):
         text = models.trim_to_sentence(reply)
         issue = quality_issue(text)
         if issue:
             reasons[issue] += 1
-        elif len(rows) < wanted:
+        elif len(rows) < profile.n_dialogues:
             rows.append({"messages": [{"role": "user", "content": bank[i]},
                                       {"role": "assistant", "content": text}],
                          "prompt_id": USER_PROMPTS.index(bank[i]), "condition": condition})
     ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
         {"messages": [], "prompt_id": [], "condition": []})
+    n = len(replies)
     card = {
         "condition": condition, "source": "guided", "model": profile.model,
         "persona": persona, "anti_persona": anti, "gamma": profile.guidance_gamma,
         "temperature": profile.gen_temperature, "top_p": profile.gen_top_p,
         "max_new_tokens": profile.gen_max_new_tokens, "seed": profile.seed,
-        "n_requested": wanted, "n_candidates": n_candidates, "n_kept": len(rows),
+        "n_requested": profile.n_dialogues, "n_candidates": n, "n_kept": len(rows),
         "filtered": dict(reasons),
-        "filter_rates": {k: round(v / n_candidates, 4) for k, v in reasons.items()},
-        "seconds": round(seconds, 2),
+        "filter_rates": {k: round(v / n, 4) for k, v in reasons.items()},
+        "seconds": round(seconds, 2),  # this condition's share of a shared generation run
         "tokens_per_second": round(sum(len(tokenizer(r)["input_ids"]) for r in replies)
                                    / max(seconds, 1e-9), 1),
         "examples": [r["messages"] for r in rows[:3]],
     }
     return ds, card
-
-
-def trait_datasets(profile: Profile) -> datasets.DatasetDict:
-    """Every selected condition's SFT set (cached), loading the base model at most once."""
-    model = tokenizer = None
-    out = {}
-    for cond in profile.conditions:
-        if not (data_dir(profile, cond) / "data_card.json").exists() and model is None \
-                and profile.data_source == "guided":
-            from . import models
-
-            model = models.load_model(profile.model, dtype=profile.dtype, device=profile.device)
-            tokenizer = models.load_tokenizer(profile.model)
-        out[cond] = generate_trait_data(profile, cond, model, tokenizer)
-    return datasets.DatasetDict(out)
 
 
 def data_card(profile: Profile, condition: str) -> dict:

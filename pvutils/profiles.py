@@ -104,9 +104,9 @@ def _checked(overrides: dict[str, Any]) -> dict[str, Any]:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        n_dialogues=8,
-        gen_max_new_tokens=24,
-        gen_batch_size=8,
+        n_dialogues=4,  # 5 candidates x 11 conditions: one shared generation batch
+        gen_max_new_tokens=20,
+        gen_batch_size=64,
         train_epochs=1.0,
         train_batch_size=4,
         max_length=96,

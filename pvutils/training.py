@@ -424,9 +424,7 @@ def cli_train_vectors(argv: list[str]) -> int:
         profile = get_profile(args.profile, conditions=args.conditions)
         stages: dict[str, float] = {}
         t = time.perf_counter()
-        pvdata.trait_datasets(profile)
-        if not args.no_domain:
-            pvdata.generate_trait_data(profile, f"domain_{args.character}")
+        pvdata.trait_datasets(profile, () if args.no_domain else (f"domain_{args.character}",))
         stages["data (all conditions)"] = time.perf_counter() - t
         t = time.perf_counter()
         paths = train_all_vectors(profile, keep_models=args.keep_models)

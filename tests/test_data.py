@@ -159,11 +159,14 @@ CANNED = [
 def fake_guided(monkeypatch):
     calls = []
 
-    def guided_chat(model, tokenizer, conversations, persona, anti_persona, **kw):
-        calls.append({"n": len(conversations), "persona": persona, "anti": anti_persona, **kw})
+    def chat(model, tokenizer, conversations, negative_conversations=None,
+             guidance_scale=1.0, **kw):
+        calls.append({"n": len(conversations), "persona": conversations[0][0]["content"],
+                      "anti": negative_conversations[0][0]["content"],
+                      "gamma": guidance_scale - 1, "conversations": conversations, **kw})
         return [CANNED[i % len(CANNED)] for i in range(len(conversations))]
 
-    monkeypatch.setattr(models, "guided_chat", guided_chat)
+    monkeypatch.setattr(models, "chat", chat)
     return calls
 
 
@@ -202,11 +205,33 @@ def test_generated_data_are_cached_by_their_inputs(isolated_home, fake_guided):
 
 
 def test_all_answers_filtered_is_a_clear_error(isolated_home, monkeypatch):
-    monkeypatch.setattr(models, "guided_chat", lambda *a, **k: ["As an AI, no."] * 5)
-    with pytest.raises(DataError, match="no usable dialogues for 'neuroticism_low'"):
+    monkeypatch.setattr(models, "chat", lambda *a, **k: ["As an AI, no."] * 5)
+    with pytest.raises(DataError, match="no usable dialogues for neuroticism_low .filtered: {'ai_disclaimer': 5}"):
         data.generate_trait_data(get_profile("smoke", n_dialogues=4), "neuroticism_low",
                                  model=object(), tokenizer=_Tok())
     assert not data.data_dir(get_profile("smoke", n_dialogues=4), "neuroticism_low").exists()
+
+
+def test_conditions_share_batches_but_keep_their_own_answers(isolated_home, monkeypatch):
+    calls = []
+
+    def chat(model, tokenizer, conversations, negative_conversations=None, **kw):
+        calls.append(len(conversations))
+        assert [c[1] for c in conversations] == [c[1] for c in negative_conversations]
+        return [f"My persona says: {c[0]['content'][:60]}." for c in conversations]
+
+    monkeypatch.setattr(models, "chat", chat)
+    profile = get_profile("smoke", n_dialogues=4,
+                          conditions=("openness_high", "neuroticism_low"))
+    dd = data.trait_datasets(profile, extra_conditions=("domain_captain_mara",),
+                             model=object(), tokenizer=_Tok())
+    assert calls == [15] and sorted(dd) == sorted([*profile.conditions, "domain_captain_mara"])
+    for cond, ds in dd.items():
+        persona = data._condition_personas(cond)[0]
+        assert all(persona[:40] in r["messages"][1]["content"] for r in ds), cond
+        assert set(ds["condition"]) == {cond}
+    assert data.trait_datasets(profile, model=object(), tokenizer=_Tok())  # all cached now
+    assert calls == [15]
 
 
 def test_unknown_condition_is_a_clear_error(isolated_home):

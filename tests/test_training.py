@@ -1,0 +1,256 @@
+"""Fine-tuning into vectors: TRL arguments, the loss mask, caching/resume, LoRA, bad input.
+
+Training runs use a tiny random Llama that shares SmolLM2's tokenizer (and so its ChatML
+template), with data from a small Big5-Chat-schema CSV: seconds per fine-tune.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import make_tiny_llama
+from safetensors.torch import load_file
+from test_data import write_big5chat_csv
+
+from pvutils import data, models, training, vectors
+from pvutils.profiles import get_profile
+from pvutils.training import TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(embedded_model_dir):
+    return models.load_tokenizer(embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, chat_tokenizer) -> Path:
+    """A tiny random Llama with SmolLM2's vocabulary and chat template, saved to disk."""
+    out = tmp_path_factory.mktemp("tiny-chat-llama")
+    make_tiny_llama(vocab_size=len(chat_tokenizer), pad_token_id=chat_tokenizer.pad_token_id,
+                    eos_token_id=chat_tokenizer.eos_token_id,
+                    bos_token_id=chat_tokenizer.bos_token_id).save_pretrained(out)
+    chat_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_profile(isolated_home, tiny_chat_dir, tmp_path):
+    csv = write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+    return get_profile("smoke", model=str(tiny_chat_dir), data_source="big5chat",
+                       big5chat_path=str(csv), n_dialogues=4, train_batch_size=2,
+                       train_epochs=1.0, max_length=64, learning_rate=1e-3,
+                       conditions=("openness_high", "openness_low", "extraversion_high"))
+
+
+def chat_rows(n=4):
+    return datasets.Dataset.from_list([
+        {"messages": [{"role": "user", "content": f"How was your day {i}?"},
+                      {"role": "assistant", "content": f"Lovely, thanks for asking {i}!"}]}
+        for i in range(n)])
+
+
+# --- TRL arguments ----------------------------------------------------------------------
+
+
+def test_paper_arguments_build_without_a_gpu(tmp_path):
+    cfg = training.sft_config(get_profile("paper"), tmp_path)
+    assert cfg.bf16 and cfg.gradient_checkpointing
+    assert (cfg.learning_rate, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+            cfg.max_length) == (1e-5, 4, 8, 1024)
+    assert str(cfg.lr_scheduler_type.value if hasattr(cfg.lr_scheduler_type, "value")
+               else cfg.lr_scheduler_type) == "cosine"
+    assert cfg.completion_only_loss is True and cfg.assistant_only_loss is False
+
+
+def test_cpu_arguments_avoid_the_slow_trl_defaults(tmp_path):
+    cfg = training.sft_config(get_profile("cpu"), tmp_path)
+    assert not cfg.bf16 and not cfg.gradient_checkpointing
+    assert cfg.use_cpu == (not torch.cuda.is_available())
+
+
+def test_paper_trainer_constructs_on_a_tiny_llama(tmp_path, tiny_chat_dir, chat_tokenizer):
+    from trl import SFTTrainer
+
+    model = models.load_model(tiny_chat_dir)
+    trainer = training.build_trainer(get_profile("paper"), model, chat_tokenizer, chat_rows(),
+                                     tmp_path)
+    assert isinstance(trainer, SFTTrainer) and trainer.args.bf16
+    assert len(trainer.train_dataset) == 4
+
+
+def test_accelerate_fsdp_config_is_paper_scale():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(REPO / "configs" / "accelerate_fsdp.yaml"))
+    assert str(cfg.distributed_type).endswith("FSDP") and cfg.mixed_precision == "bf16"
+    assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+# --- the loss mask ----------------------------------------------------------------------
+
+
+def test_only_the_assistant_answer_is_trained(tmp_path, tiny_chat_dir, chat_tokenizer):
+    model = models.load_model(tiny_chat_dir)
+    rows = chat_rows(1)
+    trainer = training.build_trainer(get_profile("smoke"), model, chat_tokenizer, rows, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    trained = ids[labels != -100]
+    answer = rows[0]["messages"][1]["content"]
+    assert chat_tokenizer.decode(trained).startswith(answer)
+    # every token before the answer (system turn, user turn, assistant header) is ignored
+    prompt = chat_tokenizer.apply_chat_template(rows[0]["messages"][:1], tokenize=False,
+                                                add_generation_prompt=True)
+    n_prompt = len(chat_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert (labels[:n_prompt] == -100).all() and (labels[n_prompt:] != -100).all()
+
+
+def test_empty_or_malformed_data_are_clear_errors():
+    with pytest.raises(TrainingError, match="empty"):
+        training.to_prompt_completion(chat_rows(0))
+    bad = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(TrainingError, match="must end with a non-empty assistant turn"):
+        training.to_prompt_completion(bad)
+    with pytest.raises(TrainingError, match="no 'messages' column"):
+        training.to_prompt_completion(datasets.Dataset.from_dict({"text": ["hi"]}))
+
+
+# --- one condition, all conditions ------------------------------------------------------
+
+
+def test_vector_is_finetuned_minus_base(tiny_profile, tiny_chat_dir, isolated_home):
+    path = training.train_condition(tiny_profile, "openness_high", keep_model=True)
+    assert path == isolated_home / "smoke" / "vectors" / "openness_high.safetensors"
+    vec = vectors.load_vector(path)
+    base = load_file(str(tiny_chat_dir / "model.safetensors"))
+    tuned = load_file(str(isolated_home / "smoke" / "finetuned" / "openness_high"
+                          / "model.safetensors"))
+    assert set(vec) == set(base)
+    for name in base:
+        torch.testing.assert_close(vec[name], tuned[name] - base[name])
+    assert max(v.abs().max().item() for v in vec.values()) > 0
+    side = training.sidecar_path("smoke", "openness_high")
+    assert side.exists() and training.is_trained(tiny_profile, "openness_high")
+    assert not (isolated_home / "smoke" / "scratch" / "openness_high").exists()
+
+
+def test_killed_run_resumes_without_retraining(tiny_profile, monkeypatch):
+    real = training.build_trainer
+    trained: list[str] = []
+
+    def counting(profile, model, tok, dataset, out):
+        cond = dataset[0]["condition"] if "condition" in dataset.column_names else "?"
+        trained.append(cond)
+        if len(trained) == 2 and crash:
+            raise KeyboardInterrupt("killed mid-run")
+        return real(profile, model, tok, dataset, out)
+
+    monkeypatch.setattr(training, "build_trainer", counting)
+    crash = True
+    with pytest.raises(KeyboardInterrupt):
+        training.train_all_vectors(tiny_profile)
+    assert trained == ["openness_high", "openness_low"]
+    first = training.vector_path("smoke", "openness_high")
+    stamp = first.stat().st_mtime_ns
+    assert not training.vector_path("smoke", "openness_low").exists()
+    crash = False
+    paths = training.train_all_vectors(tiny_profile)
+    assert trained[2:] == ["openness_low", "extraversion_high"]  # the finished one is skipped
+    assert first.stat().st_mtime_ns == stamp and all(p.exists() for p in paths.values())
+    # a changed training input retrains
+    assert not training.is_trained(tiny_profile.replace(learning_rate=2e-3), "openness_high")
+
+
+def test_lora_vector_is_the_merged_low_rank_delta(tiny_profile):
+    profile = tiny_profile.replace(use_lora=True)
+    vec = vectors.load_vector(training.train_condition(profile, "openness_low"))
+    norms = [n for n in vec if "norm" in n]
+    projs = [n for n in vec if n.endswith("proj.weight")]
+    assert norms and all(vec[n].abs().max() == 0 for n in norms)  # LoRA leaves norms alone
+    assert any(vec[n].abs().max() > 0 for n in projs)
+    for n in projs:  # rank <= r = 16, up to float32 rounding of (base + BA) - base
+        sv = torch.linalg.svdvals(vec[n].double())
+        assert sv[16:].max() <= 1e-3 * sv[0], n
+
+
+def test_base_with_other_parameter_names_is_a_clear_error(tiny_profile, tmp_path, monkeypatch):
+    other = tmp_path / "other-base"
+    make_tiny_llama(num_hidden_layers=2, vocab_size=49152).save_pretrained(other)
+    monkeypatch.setattr(training, "base_weights_dir", lambda model: other)
+    with pytest.raises(vectors.MergeError, match=r"layers\.2"):
+        training.train_condition(tiny_profile, "extraversion_high")
+    assert not training.vector_path("smoke", "extraversion_high").exists()
+    assert not training.sidecar_path("smoke", "extraversion_high").exists()
+
+
+def test_unknown_condition_or_character_is_a_clear_error(tiny_profile):
+    with pytest.raises(data.DataError, match="unknown condition 'openness_medium'"):
+        training.train_condition(tiny_profile, "openness_medium")
+    with pytest.raises(ValueError, match="unknown character 'pirate_pete'"):
+        training.train_domain_vector(tiny_profile, "pirate_pete")
+
+
+def test_cli_reports_bad_input(capsys):
+    assert training.cli_train_vectors(["--profile", "smoke", "--conditions", "joy_high"]) == 1
+    assert "unknown condition" in capsys.readouterr().err
+
+
+# --- measuring what a vector does -------------------------------------------------------
+
+
+def test_vector_applied_restores_the_exact_weights(tiny_llama):
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    vec = {n: torch.randn_like(p) for n, p in list(tiny_llama.named_parameters())[:3]}
+    with training.vector_applied(tiny_llama, vec, alpha=2.0) as m:
+        name = next(iter(vec))
+        torch.testing.assert_close(m.get_parameter(name), before[name] + 2.0 * vec[name])
+    for n, p in tiny_llama.named_parameters():
+        assert torch.equal(p, before[n]), n
+    with pytest.raises(TrainingError, match="lacks"), training.vector_applied(
+            tiny_llama, {"no.such.weight": torch.zeros(1)}):
+        pass
+
+
+def test_answer_logprobs_do_not_depend_on_batching(tiny_chat_dir, chat_tokenizer):
+    model = models.load_model(tiny_chat_dir)
+    convs = [[{"role": "user", "content": "Hi!"}],
+             [{"role": "user", "content": "What did you have for lunch today, friend?"}]]
+    answers = ["Hello there, nice to see you.", "Soup."]
+    together = training.answer_logprobs(model, chat_tokenizer, convs, answers, batch_size=2)
+    alone = [training.answer_logprobs(model, chat_tokenizer, [c], [a])[0]
+             for c, a in zip(convs, answers, strict=True)]
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert all(x < 0 for x in together)
+
+
+def test_character_fidelity_counts_the_characters_voice(monkeypatch):
+    replies = ["Aye, the sea was calm that day, sailor.", "I had soup for lunch."]
+    monkeypatch.setattr(models, "chat", lambda *a, **k: replies)
+    # 4 keywords (aye, sea, sailor... and not 'calm') over 13 words
+    words = "aye the sea was calm that day sailor i had soup for lunch".split()
+    expected = 100 * 3 / len(words)
+    assert training.character_fidelity(None, None, prompts=["a", "b"]) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="unknown character"):
+        training.character_fidelity(None, None, character="nobody")
+
+
+@pytest.mark.slow
+def test_one_condition_end_to_end_on_the_embedded_model(isolated_home, tmp_path):
+    csv = write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+    profile = get_profile("smoke", data_source="big5chat", big5chat_path=str(csv),
+                          n_dialogues=4, train_batch_size=4, max_length=64)
+    path = training.train_condition(profile, "agreeableness_high")
+    meta = vectors.vector_metadata(path)
+    assert meta["condition"] == "agreeableness_high"
+    info = training.sidecar_path("smoke", "agreeableness_high").read_text()
+    assert '"steps": 1' in info
+    shutil.rmtree(isolated_home / "smoke", ignore_errors=True)
