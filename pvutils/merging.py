@@ -34,6 +34,7 @@ from typing import Any
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # see pvutils.vectors: before torch
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .artifacts import atomic_dir  # noqa: E402
@@ -229,6 +230,7 @@ class _TensorMerger:
         self.trims = opts.trim_fractions(self.k)
         self.dare = opts.method.startswith("dare")
         self._stats: dict = {}
+        self._pool: torch.Tensor | None = None
 
     def spans(self, name: str) -> list[tuple[int, int]]:
         shape = self.sources[0].shape(name)
@@ -326,6 +328,44 @@ class _TensorMerger:
                 d.masked_fill_(d.abs() < self.threshold(i, name, "trim"), 0.0)
         return d.mul_(self.weights[i])
 
+    def ties_block(self, name: str, span, whole: bool) -> torch.Tensor:
+        """TIES on one block with the compiled kernels: the k deltas are read into one
+        reused (k, n) buffer, then trimmed, weighted, elected and merged in one pass."""
+        shape = self.sources[0].shape(name)
+        shape = shape if span[1] < 0 else (min(span[1], shape[0]) - span[0], *shape[1:])
+        n = math.prod(shape)
+        if self._pool is None or self._pool.numel() < self.k * n:
+            self._pool = torch.empty(self.k * n)  # reused: no page faults after the first
+        buf = self._pool[: self.k * n].view(self.k, n)
+        thresholds = np.zeros(self.k, dtype=np.float32)
+        for i, src in enumerate(self.sources):
+            label = f"{src.label}: tensor {name!r}"
+            fused = self.trims[i] < 1 and whole and self.opts.thresholds is None
+            if fused and isinstance(src, DeltaSource) and \
+                    src.finetuned.dtype(name) == src.base.dtype(name) == torch.float32:
+                # fine-tuned − base and the trim's histogram in one pass
+                src.finetuned.read_into(name, span, buf[i])
+                base = src.base.block(name, span)
+                keep = max(1, int(self.trims[i] * n))
+                thresholds[i] = _ties_threshold(buf[i], keep, base.contiguous(), label)
+                continue
+            src.read_into(name, span, buf[i])
+            if self.opts.thresholds is not None:
+                thresholds[i] = self.opts.thresholds[i]
+            elif fused:
+                keep = max(1, int(self.trims[i] * n))
+                thresholds[i] = _ties_threshold(buf[i], keep, None, label)
+            elif self.trims[i] < 1:
+                thresholds[i] = self.threshold(i, name, "trim")
+        out = torch.empty(n)
+        bad = np.zeros(self.k, dtype=np.int8)
+        _ties_kernel(buf.numpy(), np.asarray(self.weights, dtype=np.float32), thresholds,
+                     self.opts.majority_sign_method == "frequency", self.opts.normalize,
+                     np.float32(1.0), out.numpy(), bad)  # λ: applied by the caller
+        for i in np.flatnonzero(bad):
+            raise MergeError(f"{self.sources[i].label}: tensor {name!r} contains NaN or Inf")
+        return out.view(shape)
+
     def merge(self, name: str) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (first row, end row, merged float32 delta) per row block of `name`."""
         self._stats.clear()
@@ -333,7 +373,9 @@ class _TensorMerger:
         spans = self.spans(name)
         whole = len(spans) == 1
         for block, span in enumerate(spans):
-            if consensus:
+            if opts.method == "ties" and numba is not None:
+                mixed = self.ties_block(name, span, whole)
+            elif consensus:
                 work = [self.weighted(i, name, block, span, whole) for i in range(self.k)]
                 mixed, divisor = _disjoint_sum(work, self.weights, opts.majority_sign_method)
                 del work
@@ -463,10 +505,158 @@ def _mix_seed(seed: int, salt: int | str) -> int:
     return (seed * 1_000_003 + zlib.crc32(str(salt).encode())) % (2**63 - 1)
 
 
+# --- compiled kernels for TIES ----------------------------------------------------------
+# Element-wise torch steps each make a full pass (and often a new tensor) over every delta;
+# TIES needs ~15 of them per vector. These numba kernels fuse the trim threshold (an exact
+# radix select, 2 read-only passes) and trim + sign election + disjoint merge (1 pass).
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; the torch path still works
+    numba = None
+
+if numba is not None:
+
+    @numba.njit(parallel=True, cache=True)
+    def _bits_histogram(bits, high, out):  # pragma: no cover - compiled
+        """Histogram of |x|'s top 16 bits (high < 0) or, inside bin `high`, its low 16 bits."""
+        chunks = out.shape[0]
+        n = bits.shape[0]
+        step = (n + chunks - 1) // chunks
+        for c in numba.prange(chunks):
+            row = out[c]
+            for j in range(c * step, min(n, (c + 1) * step)):
+                b = bits[j] & 0x7FFFFFFF
+                if high < 0:
+                    row[b >> 16] += 1
+                elif (b >> 16) == high:
+                    row[b & 0xFFFF] += 1
+
+    @numba.njit(parallel=True, cache=True)
+    def _first_pass(x, base, subtract, first_bin, out, low_out):  # pragma: no cover
+        """Optionally x -= base; histogram |x|'s top 16 bits into `out`, and the low 16 bits
+        of entries whose top bits fall in the guessed bins first_bin.. into `low_out`."""
+        chunks, n_guess = out.shape[0], low_out.shape[1]
+        n = x.shape[0]
+        bits = x.view(np.int32)
+        step = (n + chunks - 1) // chunks
+        for c in numba.prange(chunks):
+            row, low = out[c], low_out[c]
+            for j in range(c * step, min(n, (c + 1) * step)):
+                if subtract:
+                    x[j] = x[j] - base[j]
+                b = bits[j] & 0x7FFFFFFF
+                top = b >> 16
+                row[top] += 1
+                if first_bin <= top < first_bin + n_guess:
+                    low[top - first_bin, b & 0xFFFF] += 1
+
+    @numba.njit(parallel=True, cache=True)
+    def _ties_kernel(deltas, weights, thresholds, by_count, normalize, lam, out, bad
+                     ):  # pragma: no cover - compiled
+        """mergekit's TIES per entry: trim, weight, elect the sign, disjoint (mean|sum), λ."""
+        k, n = deltas.shape
+        one = np.float32(1.0)
+        for j in numba.prange(n):
+            votes = np.float32(0.0)
+            for i in range(k):
+                v = deltas[i, j]
+                if not abs(v) < np.inf:
+                    bad[i] = 1
+                if abs(v) >= thresholds[i]:
+                    wv = v * weights[i]
+                    votes += np.sign(wv) if by_count else wv
+            elected = one if votes >= 0 else -one
+            mixed = np.float32(0.0)
+            divisor = np.float32(0.0)
+            for i in range(k):
+                v = deltas[i, j]
+                if abs(v) >= thresholds[i]:
+                    wv = v * weights[i]
+                    if wv * elected > 0:
+                        mixed += wv
+                        divisor += weights[i]
+            if normalize:
+                if divisor == 0:
+                    divisor = one
+                mixed = mixed / divisor
+            if lam != one:
+                mixed = mixed * lam
+            out[j] = mixed
+
+
+def _bits(tensor: torch.Tensor):
+    return tensor.detach().reshape(-1).view(torch.int32).numpy()
+
+
+def _histogram(tensor: torch.Tensor, high: int = -1):
+    """65536-bin numpy histogram of |x|'s bit pattern (see `magnitude_threshold`)."""
+    if numba is None or tensor.dtype != torch.float32 or not tensor.is_contiguous():
+        bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
+        if high >= 0:
+            bits = bits[(bits >> 16) == high] & 0xFFFF
+        else:
+            bits = bits >> 16
+        return torch.bincount(bits, minlength=1 << 16).numpy()
+    rows = np.zeros((2 * numba.get_num_threads(), 1 << 16), dtype=np.int64)
+    _bits_histogram(_bits(tensor), high, rows)
+    return rows.sum(axis=0)
+
+
+_HISTOGRAMS: dict = {}  # reused histogram buffers: zeroing is cheaper than allocating
+
+
+def _zeroed(shape: tuple[int, ...], dtype) -> np.ndarray:
+    buf = _HISTOGRAMS.get((shape, dtype))
+    if buf is None:
+        buf = _HISTOGRAMS[(shape, dtype)] = np.zeros(shape, dtype=dtype)
+    else:
+        buf.fill(0)
+    return buf
+
+
+def _ties_threshold(row: torch.Tensor, keep: int, base: torch.Tensor | None, label: str
+                    ) -> float:
+    """Exact keep-th largest |row| (compiled); with `base`, first row -= base in the same pass.
+
+    A sample guesses which top-16-bit bin holds the answer, so the first pass can also
+    histogram the low bits there; the second pass runs only if the guess missed. (numpy
+    rather than torch for the small steps: under load, torch's thread pool wake-ups cost
+    milliseconds per call.)
+    """
+    x = row.numpy()
+    n, chunks = x.size, numba.get_num_threads()
+    b = None if base is None else base.reshape(-1).numpy()
+    if n <= 1 << 18:  # small: an exact selection costs less than histograms
+        if b is not None:
+            np.subtract(x, b, out=x)
+        if not np.isfinite(x.sum()) and not np.isfinite(x).all():
+            raise MergeError(f"{label} contains NaN or Inf")
+        return float(np.partition(np.abs(x), n - keep)[n - keep])
+    idx = np.random.default_rng(n).integers(0, n, size=min(n, 1 << 16))
+    sample = np.abs(x[idx] if b is None else x[idx] - b[idx])
+    rank = min(sample.size - 1, max(0, sample.size - round(keep / n * sample.size)))
+    guess = np.partition(sample, rank)[rank].astype(np.float32)
+    first_bin = max(0, (int(guess.view(np.int32)) >> 16) - 2)  # ±2 bins: ~4 sd of the guess
+    rows = _zeroed((chunks, 1 << 16), np.int64)
+    low = _zeroed((chunks, 5, 1 << 16), np.int32)
+    _first_pass(x, np.zeros(0, dtype=np.float32) if b is None else b, b is not None,
+                first_bin, rows, low)
+
+    def low_histogram(high):
+        if first_bin <= high < first_bin + 5:
+            return low[:, high - first_bin].sum(axis=0, dtype=np.int64)
+        again = _zeroed((chunks, 1 << 16), np.int64)
+        _bits_histogram(_bits(row), high, again)
+        return again.sum(axis=0)
+
+    return _select(rows.sum(axis=0), keep, low_histogram, label)
+
+
 # --- global trim: one exact threshold over a whole vector, streamed ----------------------
 
 
-def magnitude_threshold(chunks, keep: int) -> float:
+def magnitude_threshold(chunks, keep: int, label: str = "magnitude_threshold") -> float:
     """The exact `keep`-th largest |x| over the tensors yielded by `chunks()` (called twice).
 
     A two-pass radix select on the float32 bit patterns (which order like the non-negative
@@ -475,25 +665,26 @@ def magnitude_threshold(chunks, keep: int) -> float:
     """
     if keep < 1:
         raise MergeError(f"keep = {keep} must be at least 1")
-    hist = torch.zeros(1 << 16, dtype=torch.int64)
-    total = 0
+    hist, total = np.zeros(1 << 16, dtype=np.int64), 0
     for tensor in chunks():
-        bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
-        hist += torch.bincount(bits >> 16, minlength=1 << 16)
-        total += bits.numel()
+        hist += _histogram(tensor)
+        total += tensor.numel()
     if keep > total:
         raise MergeError(f"cannot keep {keep} of {total} entries")
-    from_top = hist.flip(0).cumsum(0)
-    j = int(torch.searchsorted(from_top, keep))
+    return _select(hist, keep, lambda high: sum(_histogram(t, high) for t in chunks()), label)
+
+
+def _select(hist, keep: int, low_histogram, label: str) -> float:
+    """The radix select's arithmetic on the two histograms (numpy: no thread pool wake-ups)."""
+    if hist[0x7F80:].any():  # exponent all ones: Inf or NaN
+        raise MergeError(f"{label} contains NaN or Inf")
+    from_top = np.cumsum(hist[::-1])
+    j = int(np.searchsorted(from_top, keep))
     high = (1 << 16) - 1 - j
     need = keep - (int(from_top[j - 1]) if j > 0 else 0)
-    hist2 = torch.zeros(1 << 16, dtype=torch.int64)
-    for tensor in chunks():
-        bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
-        hist2 += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
-    from_top2 = hist2.flip(0).cumsum(0)
-    low = (1 << 16) - 1 - int(torch.searchsorted(from_top2, need))
-    return float(torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32)[0])
+    from_top2 = np.cumsum(low_histogram(high)[::-1])
+    low = (1 << 16) - 1 - int(np.searchsorted(from_top2, need))
+    return float(np.array([(high << 16) | low], dtype=np.int32).view(np.float32)[0])
 
 
 def global_thresholds(sources: Sequence[TensorLike], names: Sequence[str] | None,

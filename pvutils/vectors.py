@@ -67,6 +67,14 @@ class TensorSource:
         """Rows start:stop of a tensor (big tensors are merged in row blocks)."""
         return self.get(name)[start:stop]
 
+    def block(self, name: str, span: tuple[int, int]) -> torch.Tensor:
+        """The whole tensor (span end −1) or rows span[0]:span[1]."""
+        return self.get(name) if span[1] < 0 else self.get_rows(name, *span)
+
+    def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
+        """Copy a block into the flat float32 tensor `out` (reused buffers, no new tensor)."""
+        out.copy_(self.block(name, span).reshape(-1))
+
     def __contains__(self, name: str) -> bool:
         return name in set(self.keys())
 
@@ -136,14 +144,23 @@ class SafetensorsSource(TensorSource):
         first = self._info(name)["data_offsets"][0] + start * row_bytes
         return self._read(name, first, (max(0, stop - start), *shape[1:]))
 
-    def _read(self, name: str, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
+        if self.dtype(name) != torch.float32:
+            return super().read_into(name, span, out)
+        offset = self._info(name)["data_offsets"][0]
+        if span[1] >= 0:
+            offset += span[0] * math.prod(self.shape(name)[1:]) * 4
+        self._read(name, offset, tuple(out.shape), out=out)
+
+    def _read(self, name: str, offset: int, shape: tuple[int, ...],
+              out: torch.Tensor | None = None) -> torch.Tensor:
         # plain reads into a new tensor instead of safetensors' memory map: mapped file pages
         # count as resident memory while the file stays open (GBs across k models)
         file = self.files[name]
         fd = self._fds.get(file)
         if fd is None:
             fd = self._fds[file] = os.open(file, os.O_RDONLY)
-        tensor = torch.empty(shape, dtype=self.dtype(name))
+        tensor = torch.empty(shape, dtype=self.dtype(name)) if out is None else out
         buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         start = 8 + self._header_len[file] + offset
         done = 0
@@ -186,6 +203,10 @@ class DeltaSource(TensorSource):
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         return self._diff(self.finetuned.get_rows(name, start, stop),
                           self.base.get_rows(name, start, stop))
+
+    def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
+        self.finetuned.read_into(name, span, out)
+        out.sub_(self.base.block(name, span).reshape(-1))
 
     def _diff(self, ft: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         if not base.is_floating_point():
