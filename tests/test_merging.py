@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -81,8 +82,14 @@ weights_st = st.lists(st.floats(-2, 2).filter(lambda w: abs(w) > 1e-3), min_size
 @given(seed=st.integers(0, 10**6), weights=weights_st,
        method=st.sampled_from(["task_arithmetic", "ties"]),
        density=st.floats(0.05, 1.0), normalize=st.sampled_from([None, True, False]),
-       lambda_=st.sampled_from([1.0, 0.5, 1.7]))
-def test_matches_the_mergekit_reference(seed, weights, method, density, normalize, lambda_):
+       lambda_=st.sampled_from([1.0, 0.5, 1.7]), compiled=st.booleans())
+def test_matches_the_mergekit_reference(seed, weights, method, density, normalize, lambda_,
+                                        compiled):
+    with mock.patch.object(merging, "numba", merging.numba if compiled else None):
+        _check_against_reference(seed, weights, method, density, normalize, lambda_)
+
+
+def _check_against_reference(seed, weights, method, density, normalize, lambda_):
     deltas = random_deltas(seed, len(weights))
     densities = [density] * len(weights)
     params = {"lambda_": lambda_}
@@ -206,6 +213,37 @@ def test_global_trim_keeps_the_requested_fraction(seed, sizes, density):
     merged = merge_vectors([vector], [1.0], "ties", trim_scope="global", density=density,
                            normalize=False)
     assert sum(int((t != 0).sum()) for t in merged.values()) == keep
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 18) + 1, 600_000])
+def test_compiled_trim_threshold_is_exact(n):
+    """The fused subtract + radix-select kernel (and its small-tensor path) vs a sort."""
+    gen = torch.Generator().manual_seed(n)
+    finetuned, base = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    for keep in (1, n // 5, n // 2 + 3, n):
+        row = finetuned.clone()
+        t = merging._ties_threshold(row, keep, base, "test")
+        assert torch.equal(row, finetuned - base)
+        assert t == float((finetuned - base).abs().sort(descending=True).values[keep - 1])
+    broken = finetuned.clone()
+    broken[n // 3] = math.nan
+    with pytest.raises(MergeError, match="tensor 'w' contains NaN"):
+        merging._ties_threshold(broken, n // 5, None, "tensor 'w'")
+
+
+def test_compiled_and_torch_ties_agree(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    vectors = [{"big": torch.randn(700, 500, generator=gen),
+                "small": torch.randn(30, generator=gen)} for _ in range(4)]
+    weights = [0.5, -1.0, 0.8, 0.3]
+    for params in ({"density": 0.2}, {"density": 0.5, "majority_sign_method": "frequency"},
+                   {"density": 0.3, "normalize": False, "lambda_": 0.6}):
+        for scope in ("per_tensor", "global"):
+            compiled = merge_vectors(vectors, weights, "ties", trim_scope=scope, **params)
+            with mock.patch.object(merging, "numba", None):
+                plain = merge_vectors(vectors, weights, "ties", trim_scope=scope, **params)
+            for name in compiled:
+                torch.testing.assert_close(compiled[name], plain[name], rtol=1e-6, atol=1e-7)
 
 
 def test_magnitude_threshold_is_exact_with_ties_and_zeros():
