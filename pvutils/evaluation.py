@@ -796,6 +796,73 @@ def judge_interview(transcripts: pd.DataFrame, judge: Judge) -> dict[str, float]
     return {d: r.score for d, r in judge_interview_results(transcripts, judge).items()}
 
 
+# --- validity: do the measures see persona-guided traits? -----------------------------------
+
+
+def guided_answers(
+    model, tokenizer, n_questions: int = 3, gamma: float = 2.0, max_new_tokens: int = 40,
+    seed: int = 0, dimensions: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Answers to each dimension's first BFI questions, steered to its high and its low pole
+    by contrastive persona guidance (the offline data generator's method), one batch."""
+    from .models import guided_chat, trim_to_sentence
+    from .personas import opposite, persona
+
+    jobs = [(d, lv, it) for d in _check_dimensions(dimensions) for lv in ("high", "low")
+            for it in items_for([d])[:n_questions]]
+    answers: list[str] = []
+    for dim, level in dict.fromkeys((d, lv) for d, lv, _ in jobs):
+        questions = [[{"role": "user", "content": it.question}]
+                     for d, lv, it in jobs if (d, lv) == (dim, level)]
+        answers += guided_chat(model, tokenizer, questions, persona(dim, level),
+                               persona(dim, opposite(level)), gamma=gamma,
+                               max_new_tokens=max_new_tokens, seed=seed, progress=False)
+    return pd.DataFrame([dict(dimension=d, level=lv, item=it.number, question=it.question,
+                              answer=trim_to_sentence(a))
+                         for (d, lv, it), a in zip(jobs, answers, strict=True)])
+
+
+def measure_validity(
+    model, tokenizer, answers: pd.DataFrame, judges: Mapping[str, Judge],
+    contrast: bool = True,
+) -> pd.DataFrame:
+    """Per dimension and level: each judge's score of the guided answers, and the contrast
+    measure of the model under that level's persona as system prompt.
+
+    The contrast measure cannot read free answers, so it is checked on what it can see: the
+    same model asked to be the high or the low persona (a weaker manipulation than guidance).
+    """
+    from .personas import persona
+
+    rows = []
+    for (dim, level), part in answers.groupby(["dimension", "level"], sort=False):
+        pairs = list(zip(part["question"], part["answer"], strict=True))
+        row: dict[str, Any] = dict(dimension=dim, level=level)
+        for name, judge in judges.items():
+            row[name] = judge.score(dim, pairs).score
+        if contrast:
+            row["contrast"] = contrast_scores(model, tokenizer, [dim],
+                                              system_prompt=persona(dim, level))[dim]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def validity_summary(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-dimension high - low separation of every measure, Spearman rho between measures
+    over the dimension x level scores)."""
+    measures = [c for c in table.columns if c not in ("dimension", "level")]
+    wide = table.pivot(index="dimension", columns="level", values=measures)
+    separation = pd.DataFrame({m: wide[(m, "high")] - wide[(m, "low")] for m in measures})
+    from scipy.stats import spearmanr
+
+    agreement = pd.DataFrame(1.0, index=measures, columns=measures)
+    for i, a in enumerate(measures):
+        for b in measures[i + 1 :]:
+            rho = spearmanr(table[a], table[b]).statistic
+            agreement.loc[a, b] = agreement.loc[b, a] = rho
+    return separation, agreement
+
+
 # --- command line --------------------------------------------------------------------------
 
 
