@@ -805,18 +805,21 @@ def guided_answers(
 ) -> pd.DataFrame:
     """Answers to each dimension's first BFI questions, steered to its high and its low pole
     by contrastive persona guidance (the offline data generator's method), one batch."""
-    from .models import guided_chat, trim_to_sentence
+    from .models import chat, trim_to_sentence
     from .personas import opposite, persona
 
     jobs = [(d, lv, it) for d in _check_dimensions(dimensions) for lv in ("high", "low")
             for it in items_for([d])[:n_questions]]
-    answers: list[str] = []
-    for dim, level in dict.fromkeys((d, lv) for d, lv, _ in jobs):
-        questions = [[{"role": "user", "content": it.question}]
-                     for d, lv, it in jobs if (d, lv) == (dim, level)]
-        answers += guided_chat(model, tokenizer, questions, persona(dim, level),
-                               persona(dim, opposite(level)), gamma=gamma,
-                               max_new_tokens=max_new_tokens, seed=seed, progress=False)
+
+    def convos(flip: bool) -> list[list[dict]]:
+        return [[{"role": "system", "content": persona(d, opposite(lv) if flip else lv)},
+                 {"role": "user", "content": it.question}] for d, lv, it in jobs]
+
+    # guided_chat's guidance with a persona per row, so all conditions share one batch
+    answers = chat(model, tokenizer, convos(False), max_new_tokens=max_new_tokens,
+                   temperature=0.7, top_p=0.9, seed=seed, batch_size=len(jobs),
+                   progress=False, negative_conversations=convos(True),
+                   guidance_scale=1.0 + gamma)
     return pd.DataFrame([dict(dimension=d, level=lv, item=it.number, question=it.question,
                               answer=trim_to_sentence(a))
                          for (d, lv, it), a in zip(jobs, answers, strict=True)])
