@@ -155,19 +155,32 @@ def test_killed_run_resumes_without_retraining(tiny_profile, monkeypatch):
         return real(profile, model, tok, dataset, out)
 
     monkeypatch.setattr(training, "build_trainer", counting)
+    profile = tiny_profile.replace(conditions=("openness_high", "openness_low"))
     crash = True
     with pytest.raises(KeyboardInterrupt):
-        training.train_all_vectors(tiny_profile)
+        training.train_all_vectors(profile)
     assert trained == ["openness_high", "openness_low"]
     first = training.vector_path("smoke", "openness_high")
     stamp = first.stat().st_mtime_ns
     assert not training.vector_path("smoke", "openness_low").exists()
     crash = False
-    paths = training.train_all_vectors(tiny_profile)
-    assert trained[2:] == ["openness_low", "extraversion_high"]  # the finished one is skipped
+    paths = training.train_all_vectors(profile)
+    assert trained[2:] == ["openness_low"]  # the finished condition is not retrained
     assert first.stat().st_mtime_ns == stamp and all(p.exists() for p in paths.values())
     # a changed training input retrains
-    assert not training.is_trained(tiny_profile.replace(learning_rate=2e-3), "openness_high")
+    assert not training.is_trained(profile.replace(learning_rate=2e-3), "openness_high")
+
+
+def test_persona_shift_compares_tuned_and_base_answers(tiny_profile, monkeypatch):
+    training.train_condition(tiny_profile, "extraversion_high")
+    table = training.persona_shift(tiny_profile, conditions=["extraversion_high"],
+                                   prompts=["How was your weekend?", "Any plans tonight?"],
+                                   max_new_tokens=6)
+    row = table.iloc[0]
+    assert row["condition"] == "extraversion_high" and row["n_prompts"] == 2
+    assert row["shift"] == pytest.approx(row["tuned"] - row["base"], abs=1e-6)
+    with pytest.raises(TrainingError, match="no vector for 'extraversion_low'"):
+        training.persona_shift(tiny_profile, conditions=["extraversion_low"], prompts=["Hi"])
 
 
 def test_lora_vector_is_the_merged_low_rank_delta(tiny_profile):
