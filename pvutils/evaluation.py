@@ -502,6 +502,8 @@ class PersonaJudge(Judge):
     A frozen reference model (the base model) scores each answer's length-normalised
     log-likelihood given the question under the high persona and under the low persona as
     system prompt; the mean difference d (nats per token) maps to 3 + 2 tanh(d / scale).
+    The default scale (0.5) was set on a pilot where persona-guided answers to BFI questions
+    gave d from -1.4 to +0.9: extreme answers approach 1 or 5 without saturating.
 
     Not independent of persona-guided training data: the offline trait data are sampled
     from this same base model steered by these same persona prompts, so a model fine-tuned
@@ -512,7 +514,7 @@ class PersonaJudge(Judge):
 
     name = "persona"
 
-    def __init__(self, model, tokenizer, scale: float = 0.1, batch_size: int = 64):
+    def __init__(self, model, tokenizer, scale: float = 0.5, batch_size: int = 64):
         self.model, self.tokenizer = model, tokenizer
         self.scale, self.batch_size = scale, batch_size
 
@@ -545,11 +547,13 @@ class EmbeddingJudge(Judge):
     gives t = (e - m)·(h - l) / (|h - l|² / 2), with h, l the anchor centroids and m their
     midpoint (t = +1 at the high centroid, -1 at the low one); the mean t maps to
     3 + 2 tanh(t / scale). It never sees the persona prompts, unlike the persona judge.
+    The default scale (1.5) was set on a pilot where persona-guided answers gave mean t from
+    -1.7 to +2.3 (single answers reach +-3: answers are more extreme than the anchors).
     """
 
     name = "embedding"
 
-    def __init__(self, encoder=None, scale: float = 0.5, batch_size: int = 64):
+    def __init__(self, encoder=None, scale: float = 1.5, batch_size: int = 64):
         self.encoder = encoder if encoder is not None else load_sentence_encoder()
         self.scale, self.batch_size = scale, batch_size
         self._axes: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}

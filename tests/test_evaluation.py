@@ -195,3 +195,22 @@ def test_cli_score_bad_arguments(tiny_chat_dir, tmp_path, capsys):
                       "--alpha", "2", "--alpha", "3"])
     assert ev.cli_score([str(tmp_path / "missing-model")]) == 1
     assert "unknown model" in capsys.readouterr().err
+
+
+# --- validity on the embedded model -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_measures_order_guided_high_above_low(embedded_model_dir):
+    """Persona-guided answers (γ = 2): each offline judge, and the contrast measure under the
+    high vs the low persona, rank high above low for at least 4 of the 5 traits."""
+    from pvutils.models import load_model, load_tokenizer
+
+    model, tok = load_model(EMBEDDED), load_tokenizer(EMBEDDED)
+    answers = ev.guided_answers(model, tok, n_questions=3, max_new_tokens=40)
+    judges = {"persona": ev.PersonaJudge(model, tok), "embedding": ev.EmbeddingJudge()}
+    table = ev.measure_validity(model, tok, answers, judges)
+    separation, agreement = ev.validity_summary(table)
+    print(f"\n{table}\n{separation}\n{agreement}")
+    for measure in ("persona", "embedding", "contrast"):
+        assert (separation[measure] > 0).sum() >= 4, (measure, separation[measure])
