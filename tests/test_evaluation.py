@@ -187,6 +187,15 @@ def test_cli_score_with_a_vector_scores_the_merged_model(tiny_chat, tokenizer, t
     assert abs(merged - base) > 1e-3  # the vector did change what was scored
 
 
+def test_cli_score_interview_with_a_judge(tiny_chat_dir, isolated_home, capsys):
+    argv = [str(tiny_chat_dir), "--measure", "interview", "--judge", "persona", "--samples", "1",
+            "--max-new-tokens", "3", "--dimensions", "openness", "extraversion"]
+    assert ev.cli_score(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"openness", "extraversion"}
+    assert all(1 <= v <= 5 for v in printed.values())
+
+
 def test_cli_score_bad_arguments(tiny_chat_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         ev.cli_score([str(tiny_chat_dir), "--alpha", "1"])
