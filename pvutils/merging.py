@@ -328,15 +328,45 @@ class _TensorMerger:
                 d.masked_fill_(d.abs() < self.threshold(i, name, "trim"), 0.0)
         return d.mul_(self.weights[i])
 
+    def block_shape(self, name: str, span) -> tuple[int, ...]:
+        shape = self.sources[0].shape(name)
+        return shape if span[1] < 0 else (min(span[1], shape[0]) - span[0], *shape[1:])
+
+    def buffer(self, numel: int) -> torch.Tensor:
+        """A reused float32 scratch buffer (no page faults after the first tensor)."""
+        if self._pool is None or self._pool.numel() < numel:
+            self._pool = torch.empty(numel)
+        return self._pool[:numel]
+
+    def ta_block(self, name: str, span) -> torch.Tensor:
+        """Σ w_i (θ_i − θ_base) with the compiled kernel: each model is read into one reused
+        buffer and subtracted, weighted and accumulated in a single pass."""
+        kernels, shape = _compiled(), self.block_shape(name, span)
+        n = math.prod(shape)
+        buf, mixed = self.buffer(n), torch.empty(n)
+        for i, src in enumerate(self.sources):
+            weight = np.float32(self.weights[i])
+            if isinstance(src, DeltaSource) and src.finetuned.dtype(name) == torch.float32 \
+                    and src.base.dtype(name) == torch.float32:
+                src.finetuned.read_into(name, span, buf)
+                base = src.base.block(name, span).reshape(-1).contiguous()
+                kernels.weighted_difference(mixed.numpy(), buf.numpy(), base.numpy(), weight,
+                                            True, i == 0)
+            else:
+                src.read_into(name, span, buf)
+                kernels.weighted_difference(mixed.numpy(), buf.numpy(), buf.numpy(), weight,
+                                            False, i == 0)
+        if not math.isfinite(float(mixed.sum())):
+            for i in range(self.k):
+                self.read(i, name, span)  # raises, naming the source
+        return mixed.view(shape)
+
     def ties_block(self, name: str, span, whole: bool) -> torch.Tensor:
         """TIES on one block with the compiled kernels: the k deltas are read into one
         reused (k, n) buffer, then trimmed, weighted, elected and merged in one pass."""
-        shape = self.sources[0].shape(name)
-        shape = shape if span[1] < 0 else (min(span[1], shape[0]) - span[0], *shape[1:])
+        shape = self.block_shape(name, span)
         n = math.prod(shape)
-        if self._pool is None or self._pool.numel() < self.k * n:
-            self._pool = torch.empty(self.k * n)  # reused: no page faults after the first
-        buf = self._pool[: self.k * n].view(self.k, n)
+        buf = self.buffer(self.k * n).view(self.k, n)
         thresholds = np.zeros(self.k, dtype=np.float32)
         for i, src in enumerate(self.sources):
             label = f"{src.label}: tensor {name!r}"
@@ -359,9 +389,9 @@ class _TensorMerger:
                 thresholds[i] = self.threshold(i, name, "trim")
         out = torch.empty(n)
         bad = np.zeros(self.k, dtype=np.int8)
-        _ties_kernel(buf.numpy(), np.asarray(self.weights, dtype=np.float32), thresholds,
-                     self.opts.majority_sign_method == "frequency", self.opts.normalize,
-                     np.float32(1.0), out.numpy(), bad)  # λ: applied by the caller
+        _compiled().ties(buf.numpy(), np.asarray(self.weights, dtype=np.float32), thresholds,
+                         self.opts.majority_sign_method == "frequency", self.opts.normalize,
+                         out.numpy(), bad)  # λ: applied by the caller
         for i in np.flatnonzero(bad):
             raise MergeError(f"{self.sources[i].label}: tensor {name!r} contains NaN or Inf")
         return out.view(shape)
@@ -373,8 +403,13 @@ class _TensorMerger:
         spans = self.spans(name)
         whole = len(spans) == 1
         for block, span in enumerate(spans):
-            if opts.method == "ties" and numba is not None:
+            if opts.method == "ties" and _compiled() is not None:
                 mixed = self.ties_block(name, span, whole)
+            elif opts.method == "task_arithmetic" and _compiled() is not None:
+                mixed = self.ta_block(name, span)
+                if opts.normalize:
+                    total = sum(self.weights)
+                    mixed.div_(total if abs(total) >= 1e-8 else 1.0)
             elif consensus:
                 work = [self.weighted(i, name, block, span, whole) for i in range(self.k)]
                 mixed, divisor = _disjoint_sum(work, self.weights, opts.majority_sign_method)
@@ -505,84 +540,20 @@ def _mix_seed(seed: int, salt: int | str) -> int:
     return (seed * 1_000_003 + zlib.crc32(str(salt).encode())) % (2**63 - 1)
 
 
-# --- compiled kernels for TIES ----------------------------------------------------------
-# Element-wise torch steps each make a full pass (and often a new tensor) over every delta;
-# TIES needs ~15 of them per vector. These numba kernels fuse the trim threshold (an exact
-# radix select, 2 read-only passes) and trim + sign election + disjoint merge (1 pass).
+# --- compiled kernels (pvutils._kernels, numba) -------------------------------------------
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; the torch path still works
-    numba = None
+USE_COMPILED = True  # False: plain torch everywhere (same results; tests compare the two)
 
-if numba is not None:
 
-    @numba.njit(parallel=True, cache=True)
-    def _bits_histogram(bits, high, out):  # pragma: no cover - compiled
-        """Histogram of |x|'s top 16 bits (high < 0) or, inside bin `high`, its low 16 bits."""
-        chunks = out.shape[0]
-        n = bits.shape[0]
-        step = (n + chunks - 1) // chunks
-        for c in numba.prange(chunks):
-            row = out[c]
-            for j in range(c * step, min(n, (c + 1) * step)):
-                b = bits[j] & 0x7FFFFFFF
-                if high < 0:
-                    row[b >> 16] += 1
-                elif (b >> 16) == high:
-                    row[b & 0xFFFF] += 1
-
-    @numba.njit(parallel=True, cache=True)
-    def _first_pass(x, base, subtract, first_bin, out, low_out):  # pragma: no cover
-        """Optionally x -= base; histogram |x|'s top 16 bits into `out`, and the low 16 bits
-        of entries whose top bits fall in the guessed bins first_bin.. into `low_out`."""
-        chunks, n_guess = out.shape[0], low_out.shape[1]
-        n = x.shape[0]
-        bits = x.view(np.int32)
-        step = (n + chunks - 1) // chunks
-        for c in numba.prange(chunks):
-            row, low = out[c], low_out[c]
-            for j in range(c * step, min(n, (c + 1) * step)):
-                if subtract:
-                    x[j] = x[j] - base[j]
-                b = bits[j] & 0x7FFFFFFF
-                top = b >> 16
-                row[top] += 1
-                if first_bin <= top < first_bin + n_guess:
-                    low[top - first_bin, b & 0xFFFF] += 1
-
-    @numba.njit(parallel=True, cache=True)
-    def _ties_kernel(deltas, weights, thresholds, by_count, normalize, lam, out, bad
-                     ):  # pragma: no cover - compiled
-        """mergekit's TIES per entry: trim, weight, elect the sign, disjoint (mean|sum), λ."""
-        k, n = deltas.shape
-        one = np.float32(1.0)
-        for j in numba.prange(n):
-            votes = np.float32(0.0)
-            for i in range(k):
-                v = deltas[i, j]
-                if not abs(v) < np.inf:
-                    bad[i] = 1
-                if abs(v) >= thresholds[i]:
-                    wv = v * weights[i]
-                    votes += np.sign(wv) if by_count else wv
-            elected = one if votes >= 0 else -one
-            mixed = np.float32(0.0)
-            divisor = np.float32(0.0)
-            for i in range(k):
-                v = deltas[i, j]
-                if abs(v) >= thresholds[i]:
-                    wv = v * weights[i]
-                    if wv * elected > 0:
-                        mixed += wv
-                        divisor += weights[i]
-            if normalize:
-                if divisor == 0:
-                    divisor = one
-                mixed = mixed / divisor
-            if lam != one:
-                mixed = mixed * lam
-            out[j] = mixed
+def _compiled():
+    """The numba kernels, or None when switched off or numba is not installed."""
+    if not USE_COMPILED:
+        return None
+    try:
+        from . import _kernels
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return _kernels
 
 
 def _bits(tensor: torch.Tensor):
@@ -591,15 +562,16 @@ def _bits(tensor: torch.Tensor):
 
 def _histogram(tensor: torch.Tensor, high: int = -1):
     """65536-bin numpy histogram of |x|'s bit pattern (see `magnitude_threshold`)."""
-    if numba is None or tensor.dtype != torch.float32 or not tensor.is_contiguous():
+    kernels = _compiled()
+    if kernels is None or tensor.dtype != torch.float32 or not tensor.is_contiguous():
         bits = tensor.detach().float().abs().reshape(-1).view(torch.int32)
         if high >= 0:
             bits = bits[(bits >> 16) == high] & 0xFFFF
         else:
             bits = bits >> 16
         return torch.bincount(bits, minlength=1 << 16).numpy()
-    rows = np.zeros((2 * numba.get_num_threads(), 1 << 16), dtype=np.int64)
-    _bits_histogram(_bits(tensor), high, rows)
+    rows = np.zeros((2 * kernels.threads(), 1 << 16), dtype=np.int64)
+    kernels.bits_histogram(_bits(tensor), high, rows)
     return rows.sum(axis=0)
 
 
@@ -624,8 +596,9 @@ def _ties_threshold(row: torch.Tensor, keep: int, base: torch.Tensor | None, lab
     rather than torch for the small steps: under load, torch's thread pool wake-ups cost
     milliseconds per call.)
     """
+    kernels = _compiled()
     x = row.numpy()
-    n, chunks = x.size, numba.get_num_threads()
+    n, chunks = x.size, kernels.threads()
     b = None if base is None else base.reshape(-1).numpy()
     if n <= 1 << 18:  # small: an exact selection costs less than histograms
         if b is not None:
@@ -640,14 +613,14 @@ def _ties_threshold(row: torch.Tensor, keep: int, base: torch.Tensor | None, lab
     first_bin = max(0, (int(guess.view(np.int32)) >> 16) - 2)  # ±2 bins: ~4 sd of the guess
     rows = _zeroed((chunks, 1 << 16), np.int64)
     low = _zeroed((chunks, 5, 1 << 16), np.int32)
-    _first_pass(x, np.zeros(0, dtype=np.float32) if b is None else b, b is not None,
-                first_bin, rows, low)
+    kernels.first_pass(x, np.zeros(0, dtype=np.float32) if b is None else b, b is not None,
+                       first_bin, rows, low)
 
     def low_histogram(high):
         if first_bin <= high < first_bin + 5:
             return low[:, high - first_bin].sum(axis=0, dtype=np.int64)
         again = _zeroed((chunks, 1 << 16), np.int64)
-        _bits_histogram(_bits(row), high, again)
+        kernels.bits_histogram(_bits(row), high, again)
         return again.sum(axis=0)
 
     return _select(rows.sum(axis=0), keep, low_histogram, label)
@@ -834,8 +807,16 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
             seen.add(id(params_by_name[n]))
             names.append(n)
     originals: dict[str, torch.Tensor] = {}
+    opts = MergeOptions.from_params(method, params)
     try:
         with torch.no_grad():
+            if method == "task_arithmetic":
+                # θ + Σ w_i φ_i straight into the new tensor,
+                # one pass per vector instead of copying, scaling and adding
+                _apply_task_arithmetic(params_by_name, sources, weights, names, opts,
+                                       originals)
+                yield model
+                return
             new, current = None, None
             for name, start, stop, block in iter_merged_blocks(sources, weights, names, method,
                                                                trim_scope, **params):
@@ -859,6 +840,29 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
     finally:
         for name, tensor in originals.items():
             params_by_name[name].data = tensor
+
+
+def _apply_task_arithmetic(params_by_name, sources, weights, names, opts, originals) -> None:
+    weights = _check_weights(weights)
+    if len(weights) != len(sources):
+        raise MergeError(f"{len(sources)} vectors but {len(weights)} weights")
+    total = sum(weights)
+    scale = opts.lambda_ / (total if opts.normalize and abs(total) >= 1e-8 else 1.0)
+    for name in names:
+        param = params_by_name[name]
+        new = torch.empty_like(param.data)
+        for i, src in enumerate(sources):
+            delta = src.get(name).to(param.device)
+            if i == 0:
+                torch.add(param.data, delta, alpha=weights[0] * scale, out=new)
+            else:
+                new.add_(delta, alpha=weights[i] * scale)
+        if new.is_floating_point() and not math.isfinite(float(new.sum())):
+            for src in sources:
+                check_finite(src.get(name), name, src.label)  # names the culprit
+            raise MergeError(f"merged tensor {name!r} overflowed")
+        originals[name] = param.data
+        param.data = new
 
 
 # --- the mergekit YAML path -------------------------------------------------------------
