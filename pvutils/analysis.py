@@ -309,12 +309,8 @@ def sweep_cache(profile, name: str, *inputs: Any) -> Path:
             return [key(v) for v in x]
         return x
 
-    return (
-        artifacts_dir()
-        / profile.name
-        / "sweeps"
-        / f"{name}-{fingerprint(profile.model, key(list(inputs)))}.json"
-    )
+    key_inputs = [profile.model, profile.contrast_pairs, profile.seed, key(list(inputs))]
+    return artifacts_dir() / profile.name / "sweeps" / f"{name}-{fingerprint(*key_inputs)}.json"
 
 
 def vector_sweep(
@@ -324,6 +320,7 @@ def vector_sweep(
     alphas: Sequence[float],
     cache_file: str | Path | None = None,
     desc: str = "alpha sweep",
+    n_pairs: int | None = None,
 ) -> pd.DataFrame:
     """RQ1: the contrast score of each vector's own trait at every alpha (theta + alpha phi).
 
@@ -343,10 +340,10 @@ def vector_sweep(
     def evaluate(point):
         trait, level = point["condition"].rsplit("_", 1)
         if level == "base":
-            score = contrast_scores(model, tokenizer, [trait])[trait]
+            score = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
         else:
             with applied(model, [vectors[point["condition"]]], [point["alpha"]]):
-                score = contrast_scores(model, tokenizer, [trait])[trait]
+                score = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
         return {"trait": trait, "level": level, "score": score}
 
     return run_sweep(points, evaluate, cache_file, desc=desc)
@@ -360,6 +357,7 @@ def composition_sweep(
     alphas: Sequence[float],
     methods: Mapping[str, Mapping[str, Any]],
     cache_file: str | Path | None = None,
+    n_pairs: int | None = None,
 ) -> pd.DataFrame:
     """RQ2: merge one vector per trait (its level from the profile) with a shared alpha.
 
@@ -386,7 +384,7 @@ def composition_sweep(
         if params.pop("scale", "weight") == "lambda":
             weights, params = [1.0] * len(chosen), {**params, "normalize": True, "lambda_": alpha}
         with applied(model, chosen, weights, method=method, **params):
-            scores = contrast_scores(model, tokenizer, list(profile))
+            scores = contrast_scores(model, tokenizer, list(profile), n_pairs=n_pairs)
         targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in profile.items()}
         return {**targets, **scores}
 
@@ -549,7 +547,9 @@ def negation_sweep(
         trait, level = point["condition"].rsplit("_", 1)
         chosen = [vectors[point["condition"]]] if level != "base" else []
         with applied(model, chosen, [point["alpha"]]) if chosen else _nullcontext():
-            score = contrast_scores(model, tokenizer, [trait])[trait]
+            score = contrast_scores(model, tokenizer, [trait], n_pairs=profile.contrast_pairs)[
+                trait
+            ]
             answers = interview(
                 model,
                 tokenizer,
@@ -584,6 +584,7 @@ def transfer_sweep(
     betas: Sequence[float],
     fidelity: Callable[[Any, Any], float],
     cache_file: str | Path | None = None,
+    n_pairs: int | None = None,
 ) -> pd.DataFrame:
     """RQ4: theta_base + alpha phi_domain + beta phi_p over an (alpha, beta) grid.
 
@@ -605,7 +606,7 @@ def transfer_sweep(
         with applied(
             model, [domain_vector, vectors[point["condition"]]], [point["alpha"], point["beta"]]
         ):
-            score = contrast_scores(model, tokenizer, [trait])[trait]
+            score = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
             fid = fidelity(model, tokenizer)
         return {"trait": trait, "level": level, "score": score, "fidelity": fid}
 
@@ -641,7 +642,13 @@ def layerwise_sweep(
     return pd.concat(frames, ignore_index=True)
 
 
-def p2_scores(model, tokenizer, conditions: Iterable[str], seeds: Iterable[int] = range(3)):
+def p2_scores(
+    model,
+    tokenizer,
+    conditions: Iterable[str],
+    seeds: Iterable[int] = range(3),
+    n_pairs: int | None = None,
+) -> pd.DataFrame:
     """The P2 baseline: the contrast score of each condition's trait with a P2 prompt
     (random trait adjectives with intensity modifiers) placed before the interview frame.
 
@@ -655,7 +662,9 @@ def p2_scores(model, tokenizer, conditions: Iterable[str], seeds: Iterable[int] 
         trait, level = condition.rsplit("_", 1)
         for seed in seeds:
             system = f"{p2_prompt(trait, level, seed)} {REAL_PERSON_PROMPT}"
-            score = contrast_scores(model, tokenizer, [trait], system_prompt=system)[trait]
+            score = contrast_scores(
+                model, tokenizer, [trait], system_prompt=system, n_pairs=n_pairs
+            )[trait]
             rows.append(
                 {
                     "condition": condition,
@@ -692,7 +701,9 @@ def npti_sweep(
         if trait not in neurons:
             neurons[trait] = npti_neurons(model, tokenizer, trait)
         with npti_intervention(model, neurons[trait], point["gamma"], level):
-            score = contrast_scores(model, tokenizer, [trait])[trait]
+            score = contrast_scores(model, tokenizer, [trait], n_pairs=profile.contrast_pairs)[
+                trait
+            ]
         return {"trait": trait, "level": level, "score": score}
 
     return run_sweep(points, evaluate, cache_file, desc="NPTI")

@@ -383,16 +383,20 @@ def contrast_item_scores(
     system_prompt: str | None = REAL_PERSON_PROMPT,
     batch_size: int = 64,
     share_prefix: bool = True,
+    n_pairs: int | None = None,
 ) -> pd.DataFrame:
     """One row per item: p(agree) averaged over its answer pairs, raw and keyed 1-5 scores.
 
     p(agree) is the softmax over one pair of the two answers' mean token log-probabilities.
+    `n_pairs` uses only the first n answer pairs of each item (None: all; fewer is faster).
     """
+    if n_pairs is not None and n_pairs < 1:
+        raise ValueError(f"n_pairs must be at least 1, got {n_pairs}")
     items = items_for(dimensions)
     table = contrast_pairs()
     seqs, index = [], []
     for it in items:
-        for k, (agree, disagree) in enumerate(table[it.number]):
+        for k, (agree, disagree) in enumerate(table[it.number][:n_pairs]):
             seqs += [(it.question, agree), (it.question, disagree)]
             index.append((it.number, k))
     lp = answer_logprobs(model, tokenizer, system_prompt, seqs, batch_size, share_prefix)
@@ -417,10 +421,11 @@ def contrast_scores(
     batch_size: int = 64,
     system_prompt: str | None = REAL_PERSON_PROMPT,
     share_prefix: bool = True,
+    n_pairs: int | None = None,
 ) -> dict[str, float]:
     """Likelihood-contrast BFI: 1-5 per dimension, deterministic, seconds on a CPU."""
     detail = contrast_item_scores(model, tokenizer, dimensions, system_prompt, batch_size,
-                                  share_prefix)
+                                  share_prefix, n_pairs)
     return score_items(dict(zip(detail["item"], detail["raw"], strict=True)))
 
 

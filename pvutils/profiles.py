@@ -74,6 +74,8 @@ class Profile:
     transfer_betas: tuple[float, ...] = (0.0, 0.5, 1.0)  # RQ4: personality vector coefficient
     layerwise_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     n_heldout: int = 40  # held-out prompts for persona-shift and layer-wise inputs
+    contrast_pairs: int = 3  # answer pairs per BFI item in the contrast measure (max 3)
+    p2_seeds: int = 3  # P2 prompts drawn per condition
 
     def replace(self, **overrides: Any) -> Profile:
         """A copy with `overrides` applied; `None` values mean 'keep the profile's'."""
@@ -124,6 +126,8 @@ PROFILES: dict[str, Profile] = {
         transfer_betas=(0.0, 1.0),
         layerwise_alphas=(1.0,),
         n_heldout=4,
+        contrast_pairs=1,
+        p2_seeds=1,
     ),
     # 32 dialogues of <= 40 new tokens, 8 steps at 1e-4: what fits the shared 2-core
     # machine (64 x 56 tokens took ~16 min per condition there under load 8)
