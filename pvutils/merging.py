@@ -328,6 +328,12 @@ class _TensorMerger:
                 d.masked_fill_(d.abs() < self.threshold(i, name, "trim"), 0.0)
         return d.mul_(self.weights[i])
 
+    def weight_sum(self) -> torch.Tensor:
+        """Σ w_i as mergekit's float32 divisor (a tensor: dividing by a Python float would
+        multiply by its reciprocal and round differently)."""
+        total = torch.tensor(self.weights, dtype=torch.float32).sum()
+        return total if abs(float(total)) >= 1e-8 else torch.tensor(1.0)
+
     def block_shape(self, name: str, span) -> tuple[int, ...]:
         shape = self.sources[0].shape(name)
         return shape if span[1] < 0 else (min(span[1], shape[0]) - span[0], *shape[1:])
@@ -408,8 +414,7 @@ class _TensorMerger:
             elif opts.method == "task_arithmetic" and _compiled() is not None:
                 mixed = self.ta_block(name, span)
                 if opts.normalize:
-                    total = sum(self.weights)
-                    mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+                    mixed.div_(self.weight_sum())
             elif consensus:
                 work = [self.weighted(i, name, block, span, whole) for i in range(self.k)]
                 mixed, divisor = _disjoint_sum(work, self.weights, opts.majority_sign_method)
@@ -428,15 +433,13 @@ class _TensorMerger:
                     for i in range(self.k):
                         self.read(i, name, span)  # raises, naming the source
                 if opts.normalize:
-                    total = sum(self.weights)
-                    mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+                    mixed.div_(self.weight_sum())
             else:
                 mixed = self.weighted(0, name, block, span, whole)
                 for i in range(1, self.k):
                     mixed.add_(self.weighted(i, name, block, span, whole))
                 if opts.normalize:
-                    total = sum(self.weights)
-                    mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+                    mixed.div_(self.weight_sum())
             if opts.lambda_ != 1:
                 mixed.mul_(opts.lambda_)
             yield span[0], span[1], mixed

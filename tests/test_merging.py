@@ -78,7 +78,7 @@ weights_st = st.lists(st.floats(-2, 2).filter(lambda w: abs(w) > 1e-3), min_size
 # --- the formulas ---------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10**6), weights=weights_st,
        method=st.sampled_from(["task_arithmetic", "ties"]),
        density=st.floats(0.05, 1.0), normalize=st.sampled_from([None, True, False]),
@@ -184,7 +184,7 @@ def test_dare_ties_trim_density_trims_after_the_drop():
 # --- exact thresholds -----------------------------------------------------------------
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10**6), n=st.sampled_from([10, 1000, 200_003]),
        frac=st.floats(1e-5, 1.0), duplicates=st.booleans())
 def test_kth_largest_is_exact(seed, n, frac, duplicates):
@@ -196,7 +196,7 @@ def test_kth_largest_is_exact(seed, n, frac, duplicates):
     assert kth_largest(values, k) == float(torch.sort(values, descending=True).values[k - 1])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10**6), sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=6),
        density=st.floats(1e-3, 1.0))
 def test_global_trim_keeps_the_requested_fraction(seed, sizes, density):
