@@ -192,7 +192,7 @@ def test_lora_vector_is_the_merged_low_rank_delta(tiny_profile):
     assert any(vec[n].abs().max() > 0 for n in projs)
     for n in projs:  # rank <= r = 16, up to float32 rounding of (base + BA) - base
         sv = torch.linalg.svdvals(vec[n].double())
-        assert sv[16:].max() <= 1e-3 * sv[0], n
+        assert len(sv) <= 16 or sv[16:].max() <= 1e-3 * sv[0], n
 
 
 def test_base_with_other_parameter_names_is_a_clear_error(tiny_profile, tmp_path, monkeypatch):
