@@ -206,7 +206,8 @@ def test_generated_data_are_cached_by_their_inputs(isolated_home, fake_guided):
 
 def test_all_answers_filtered_is_a_clear_error(isolated_home, monkeypatch):
     monkeypatch.setattr(models, "chat", lambda *a, **k: ["As an AI, no."] * 5)
-    with pytest.raises(DataError, match="no usable dialogues for neuroticism_low .filtered: {'ai_disclaimer': 5}"):
+    with pytest.raises(DataError,
+                       match="no usable dialogues for neuroticism_low .filtered: {'ai_disclaimer'"):
         data.generate_trait_data(get_profile("smoke", n_dialogues=4), "neuroticism_low",
                                  model=object(), tokenizer=_Tok())
     assert not data.data_dir(get_profile("smoke", n_dialogues=4), "neuroticism_low").exists()
