@@ -139,8 +139,8 @@ def layerwise_cosine(base: Sequence[torch.Tensor], other: Sequence[torch.Tensor]
 
 DISCLAIMER_PATTERNS = (
     r"\bas an? (ai|artificial intelligence|language model|assistant|chatbot|machine)\b",
-    r"\b(i am|i'm) (just )?(an? )?"
-    r"(ai|artificial intelligence|language model|chatbot|computer program|machine)\b",
+    r"\b(i am|i'm) (just |only )?(an? )?([\w-]+ ){0,2}"
+    r"(ai|artificial intelligence|language model|chatbot|assistant|computer program|machine)\b",
     r"\bi (do not|don't|cannot|can't) (have|experience) (personal |any )?"
     r"(feelings|emotions|experiences|opinions|preferences|a body)\b",
     r"\blanguage model\b",
