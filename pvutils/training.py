@@ -12,13 +12,12 @@ no `{% generation %}` markers, which `assistant_only_loss` needs).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 # Busy-waiting OpenMP threads on a shared 2-core machine made generation 9x slower (61 s vs
@@ -240,55 +239,6 @@ def train_domain_vector(profile: Profile, character: str = DEFAULT_CHARACTER) ->
 # --- did it work? -----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def vector_applied(model, vector: Mapping[str, torch.Tensor], alpha: float = 1.0) -> Iterator:
-    """`model` with `alpha * vector` added in place; its exact weights come back afterwards."""
-    params = dict(model.named_parameters())
-    missing = sorted(set(vector) - set(params))
-    if missing:
-        raise TrainingError(f"the vector has parameters the model lacks: {missing[:5]}")
-    saved = {n: params[n].detach().clone() for n in vector}
-    try:
-        with torch.no_grad():
-            for name, delta in vector.items():
-                params[name].add_(delta.to(params[name].dtype), alpha=alpha)
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, original in saved.items():
-                params[name].copy_(original)
-
-
-def answer_logprobs(model, tokenizer, conversations: Sequence[Sequence[dict]],
-                    answers: Sequence[str], batch_size: int = 16) -> list[float]:
-    """Mean log-probability per token of each answer as the assistant's reply."""
-    if len(conversations) != len(answers):
-        raise ValueError("conversations and answers must pair one-to-one")
-    scores: list[float] = []
-    for start in range(0, len(answers), batch_size):
-        prompts = [tokenizer.apply_chat_template(list(c), tokenize=False,
-                                                 add_generation_prompt=True)
-                   for c in conversations[start : start + batch_size]]
-        ids, answer_mask = [], []
-        for prompt, answer in zip(prompts, answers[start : start + batch_size], strict=True):
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            ids.append(p + a)
-            answer_mask.append([0] * len(p) + [1] * len(a))
-        width = max(map(len, ids))
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-        attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-        mask = torch.tensor([m + [0] * (width - len(m)) for m in answer_mask])[:, 1:]
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(model.device),
-                           attention_mask=attention.to(model.device)).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None].to(model.device))
-        logp = logp[..., 0].cpu() * mask
-        scores += (logp.sum(1) / mask.sum(1).clamp_min(1)).tolist()
-    return scores
-
-
 def persona_preference(scorer, tokenizer, condition: str, prompts: Sequence[str],
                        answers: Sequence[str], batch_size: int = 16) -> list[float]:
     """Per answer: log p(answer | condition's persona) − log p(answer | opposite persona).
@@ -296,15 +246,13 @@ def persona_preference(scorer, tokenizer, condition: str, prompts: Sequence[str]
     Positive means the answer reads more like the condition's persona than its opposite,
     judged by the frozen base model (per-token means, so length does not matter).
     """
+    from .evaluation import answer_logprobs
+
     persona, anti = pvdata._condition_personas(condition)
-
-    def convs(system: str):
-        return [[{"role": "system", "content": system}, {"role": "user", "content": p}]
-                for p in prompts]
-
-    pro = answer_logprobs(scorer, tokenizer, convs(persona), answers, batch_size)
-    con = answer_logprobs(scorer, tokenizer, convs(anti), answers, batch_size)
-    return [a - b for a, b in zip(pro, con, strict=True)]
+    pairs = list(zip(prompts, answers, strict=True))
+    pro = answer_logprobs(scorer, tokenizer, persona, pairs, batch_size)
+    con = answer_logprobs(scorer, tokenizer, anti, pairs, batch_size)
+    return (pro - con).tolist()
 
 
 def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
@@ -318,7 +266,8 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
     """
     import pandas as pd
 
-    from . import models, vectors
+    from . import models
+    from .merging import applied
 
     conditions = list(conditions or profile.conditions)
     prompts = list(prompts or pvdata.heldout_prompts())
@@ -338,7 +287,7 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
         path = vector_path(profile.name, cond)
         if not path.exists():
             raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")
-        with vector_applied(model, vectors.load_vector(path), alpha):
+        with applied(model, [path], [alpha]):
             tuned_answers = answer(model)
         base = persona_preference(scorer, tok, cond, prompts, base_answers, batch_size)
         tuned = persona_preference(scorer, tok, cond, prompts, tuned_answers, batch_size)
@@ -358,9 +307,9 @@ def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
                        batch_size: int | None = None, profile: Profile | None = None) -> float:
     """How much a model talks like the character: its keywords per 100 words of answers.
 
-    Greedy answers to held-out prompts (no system prompt; by default the first 16, or 8 in
-    the smoke profile); the keywords are the character's voice (for the sea captain: aye,
-    ship, storm, tide, ...). Cheap enough to call at every point of an (α, β) grid.
+    Greedy answers to held-out prompts (no system prompt; by default the first 16, or the
+    profile's `n_heldout` if fewer); the keywords are the character's voice (for the sea
+    captain: aye, ship, storm, tide, ...). Cheap enough to call at every point of an (α, β) grid.
     """
     import re
 
@@ -370,8 +319,8 @@ def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
         raise ValueError(f"unknown character {character!r}; characters: "
                          f"{', '.join(pvdata.CHARACTERS)}")
     keywords = set(pvdata.CHARACTERS[character]["keywords"])
-    smoke = profile is not None and profile.name == "smoke"
-    prompts = list(prompts or pvdata.heldout_prompts()[: 8 if smoke else 16])
+    n_prompts = min(16, profile.n_heldout) if profile is not None else 16
+    prompts = list(prompts or pvdata.heldout_prompts()[:n_prompts])
     max_new_tokens = max_new_tokens or (profile.eval_max_new_tokens if profile else 40)
     batch_size = batch_size or (profile.eval_batch_size if profile else 16)
     replies = models.chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],

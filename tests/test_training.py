@@ -220,31 +220,6 @@ def test_cli_reports_bad_input(capsys):
 # --- measuring what a vector does -------------------------------------------------------
 
 
-def test_vector_applied_restores_the_exact_weights(tiny_llama):
-    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
-    vec = {n: torch.randn_like(p) for n, p in list(tiny_llama.named_parameters())[:3]}
-    with training.vector_applied(tiny_llama, vec, alpha=2.0) as m:
-        name = next(iter(vec))
-        torch.testing.assert_close(m.get_parameter(name), before[name] + 2.0 * vec[name])
-    for n, p in tiny_llama.named_parameters():
-        assert torch.equal(p, before[n]), n
-    with pytest.raises(TrainingError, match="lacks"), training.vector_applied(
-            tiny_llama, {"no.such.weight": torch.zeros(1)}):
-        pass
-
-
-def test_answer_logprobs_do_not_depend_on_batching(tiny_chat_dir, chat_tokenizer):
-    model = models.load_model(tiny_chat_dir)
-    convs = [[{"role": "user", "content": "Hi!"}],
-             [{"role": "user", "content": "What did you have for lunch today, friend?"}]]
-    answers = ["Hello there, nice to see you.", "Soup."]
-    together = training.answer_logprobs(model, chat_tokenizer, convs, answers, batch_size=2)
-    alone = [training.answer_logprobs(model, chat_tokenizer, [c], [a])[0]
-             for c, a in zip(convs, answers, strict=True)]
-    assert together == pytest.approx(alone, abs=1e-4)
-    assert all(x < 0 for x in together)
-
-
 def test_character_fidelity_counts_the_characters_voice(monkeypatch):
     replies = ["Aye, the sea was calm that day, sailor.", "I had soup for lunch."]
     monkeypatch.setattr(models, "chat", lambda *a, **k: replies)
