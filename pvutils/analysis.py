@@ -328,22 +328,13 @@ def vector_sweep(
     per trait as the common reference.
     """
     from .evaluation import contrast_scores
-    from .merging import applied
-    from .personas import split_condition
 
-    points = [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
-    points += [
-        {"condition": f"{t}_base", "alpha": 0.0}
-        for t in dict.fromkeys(split_condition(c)[0] for c in vectors)
-    ]
+    points = _sweep_points(vectors, alphas)
 
     def evaluate(point):
         trait, level = point["condition"].rsplit("_", 1)
-        if level == "base":
+        with _at_point(model, vectors, point):
             score = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
-        else:
-            with applied(model, [vectors[point["condition"]]], [point["alpha"]]):
-                score = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
         return {"trait": trait, "level": level, "score": score}
 
     return run_sweep(points, evaluate, cache_file, desc=desc)
@@ -431,33 +422,15 @@ def interview_sweep(
 
     Rows: condition, trait, level, alpha, judge, score, analysis.
     """
-    from .evaluation import get_judge, interview, judge_interview_results
-    from .merging import applied
-    from .personas import split_condition
+    from .evaluation import get_judge, judge_interview_results
 
     judge_objs = {name: _make_judge(name, profile, get_judge) for name in judges}
-    points = [
-        {"condition": f"{t}_base", "alpha": 0.0}
-        for t in dict.fromkeys(split_condition(c)[0] for c in vectors)
-    ]
-    points += [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
+    points = _sweep_points(vectors, alphas)
 
     def evaluate(point):
         trait, level = point["condition"].rsplit("_", 1)
-        weights = [point["alpha"]] if level != "base" else []
-        chosen = [vectors[point["condition"]]] if level != "base" else []
-        with applied(model, chosen, weights) if chosen else _nullcontext():
-            transcripts = interview(
-                model,
-                tokenizer,
-                n_samples=profile.n_samples,
-                temperature=profile.eval_temperature,
-                max_new_tokens=profile.eval_max_new_tokens,
-                seed=profile.seed,
-                batch_size=profile.eval_batch_size,
-                dimensions=[trait],
-                progress=False,
-            )
+        with _at_point(model, vectors, point):
+            transcripts = _trait_interview(model, tokenizer, profile, trait)
         rows = []
         for name, judge in judge_objs.items():
             result = judge_interview_results(transcripts, judge)[trait]
@@ -483,10 +456,41 @@ def _make_judge(name: str, profile, get_judge):
     return get_judge(name)
 
 
-def _nullcontext():
+def _sweep_points(vectors: Mapping[str, Any], alphas: Sequence[float]) -> list[dict]:
+    """One point per (vector, alpha), plus the base model (alpha 0) once per trait."""
+    from .personas import split_condition
+
+    traits = dict.fromkeys(split_condition(c)[0] for c in vectors)
+    points = [{"condition": f"{t}_base", "alpha": 0.0} for t in traits]
+    return points + [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
+
+
+def _at_point(model, vectors: Mapping[str, Any], point: Mapping[str, Any]):
+    """The model at a sweep point: the base as it is, or with alpha phi applied in place."""
     import contextlib
 
-    return contextlib.nullcontext()
+    from .merging import applied
+
+    if point["condition"].endswith("_base"):
+        return contextlib.nullcontext(model)
+    return applied(model, [vectors[point["condition"]]], [point["alpha"]])
+
+
+def _trait_interview(model, tokenizer, profile, trait: str) -> pd.DataFrame:
+    """The BFI interview of one trait with the profile's sampling settings."""
+    from .evaluation import interview
+
+    return interview(
+        model,
+        tokenizer,
+        n_samples=profile.n_samples,
+        temperature=profile.eval_temperature,
+        max_new_tokens=profile.eval_max_new_tokens,
+        seed=profile.seed,
+        batch_size=profile.eval_batch_size,
+        dimensions=[trait],
+        progress=False,
+    )
 
 
 def example_answers(
@@ -533,34 +537,16 @@ def negation_sweep(
 
     Rows: condition, trait, level, alpha, score, disclaimer_rate, perplexity, n_answers.
     """
-    from .evaluation import contrast_scores, interview
-    from .merging import applied
-    from .personas import split_condition
+    from .evaluation import contrast_scores
 
-    points = [
-        {"condition": f"{t}_base", "alpha": 0.0}
-        for t in dict.fromkeys(split_condition(c)[0] for c in vectors)
-    ]
-    points += [{"condition": c, "alpha": float(a)} for c in vectors for a in alphas]
+    points = _sweep_points(vectors, alphas)
 
     def evaluate(point):
         trait, level = point["condition"].rsplit("_", 1)
-        chosen = [vectors[point["condition"]]] if level != "base" else []
-        with applied(model, chosen, [point["alpha"]]) if chosen else _nullcontext():
-            score = contrast_scores(model, tokenizer, [trait], n_pairs=profile.contrast_pairs)[
-                trait
-            ]
-            answers = interview(
-                model,
-                tokenizer,
-                n_samples=profile.n_samples,
-                temperature=profile.eval_temperature,
-                max_new_tokens=profile.eval_max_new_tokens,
-                seed=profile.seed,
-                batch_size=profile.eval_batch_size,
-                dimensions=[trait],
-                progress=False,
-            )["answer"]
+        with _at_point(model, vectors, point):
+            pairs = profile.contrast_pairs
+            score = contrast_scores(model, tokenizer, [trait], n_pairs=pairs)[trait]
+            answers = _trait_interview(model, tokenizer, profile, trait)["answer"]
             ppl = perplexity(model, tokenizer)
         return {
             "trait": trait,
