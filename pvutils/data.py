@@ -3,8 +3,9 @@
 Big5-Chat (Li et al. 2024) holds 10k dialogues per Big Five condition. Where it cannot be
 downloaded (no model hub here, nor in CI) the base model writes its own: for each everyday
 user prompt it answers under contrastive persona guidance (the condition's persona against
-the opposite level's, `models.guided_chat`). The stored example keeps only user -> assistant,
-without the persona prompt, so fine-tuning must put the trait into the weights.
+the opposite level's: `models.chat` with guidance scale 1 + gamma). The stored example
+keeps only user -> assistant, without the persona prompt, so fine-tuning must put the
+trait into the weights.
 """
 
 from __future__ import annotations
@@ -634,7 +635,7 @@ def _from_big5chat(profile: Profile, condition: str) -> tuple[datasets.Dataset, 
 def _guided(profile: Profile, conditions: list[str], model, tokenizer) -> dict:
     """Guided answers for several conditions in shared batches: {condition: (data, card)}.
 
-    The same as `models.guided_chat` per condition (system prompt = persona, negative
+    Contrastive persona guidance through `models.chat` (system prompt = persona, negative
     prompt = anti-persona, guidance scale 1 + gamma), with rows of many conditions mixed.
     """
     from . import models

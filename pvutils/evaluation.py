@@ -824,7 +824,7 @@ def guided_answers(
         return [[{"role": "system", "content": persona(d, opposite(lv) if flip else lv)},
                  {"role": "user", "content": it.question}] for d, lv, it in jobs]
 
-    # guided_chat's guidance with a persona per row, so all conditions share one batch
+    # contrastive persona guidance with a persona per row, so all conditions share one batch
     answers = chat(model, tokenizer, convos(False), max_new_tokens=max_new_tokens,
                    temperature=0.7, top_p=0.9, seed=seed, batch_size=len(jobs),
                    progress=False, negative_conversations=convos(True),

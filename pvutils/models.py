@@ -252,7 +252,9 @@ def chat(
     """Reply to each conversation (a list of chat messages); greedy when temperature is 0.
 
     With `negative_conversations` and `guidance_scale` g != 1, sampling follows transformers'
-    classifier-free guidance: `l_neg + g (l_pos - l_neg)` on log-probabilities.
+    classifier-free guidance: `l_neg + g (l_pos - l_neg)` on log-probabilities. Contrastive
+    persona guidance, `l_p + gamma (l_p - l_anti)`, is g = 1 + gamma with the persona's
+    conversation as positive and the opposite persona's as negative.
     """
     if negative_conversations is not None and len(negative_conversations) != len(conversations):
         raise ValueError("negative_conversations must pair one-to-one with conversations")
@@ -292,37 +294,6 @@ def _encode(tokenizer, conversations: Sequence[Sequence[dict]]):
         for c in conversations
     ]
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-
-
-def guided_chat(
-    model,
-    tokenizer,
-    conversations: Sequence[Sequence[dict]],
-    persona: str,
-    anti_persona: str,
-    gamma: float = 2.0,
-    max_new_tokens: int = 56,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> list[str]:
-    """Contrastive persona guidance: sample from `l_p + gamma (l_p - l_anti)`.
-
-    `l_p` and `l_anti` are next-token log-probabilities of the same conversation with the
-    persona and with the opposite persona as system prompt. This is classifier-free
-    guidance with scale `1 + gamma` and the anti-persona conversation as negative prompt.
-    """
-    def with_system(text: str) -> list[list[dict]]:
-        return [[{"role": "system", "content": text}, *c] for c in conversations]
-
-    return chat(
-        model, tokenizer, with_system(persona), max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-        progress=progress, negative_conversations=with_system(anti_persona),
-        guidance_scale=1.0 + gamma,
-    )
 
 
 def trim_to_sentence(text: str) -> str:

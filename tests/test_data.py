@@ -145,7 +145,7 @@ def test_big5chat_condition_without_rows_is_named(tmp_path):
         data.load_big5chat(str(path))
 
 
-# --- the generator (guided_chat replaced by a stand-in; the slow test runs the model) ----
+# --- the generator (generation replaced by a stand-in; the slow test runs the model) ----
 
 CANNED = [
     "I love meeting new people and I would throw a big party for it!",
