@@ -93,6 +93,123 @@ def composition_correlation(df: pd.DataFrame, traits: Sequence[str]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def _direction(condition: str) -> int:
+    """+1 for a `<trait>_high` vector, -1 for a `<trait>_low` one."""
+    return 1 if condition.endswith("_high") else -1
+
+
+def dial_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """RQ1 per vector: Spearman ρ(α, score), the sign its level calls for, whether it moves
+    that way, ρ signed toward the level (1 = a perfect dial), and the score's range."""
+    swept = sweep[sweep.level != "base"]
+    rho = spearman_by(swept, "condition", "alpha", "score")
+    sign = rho["condition"].map(_direction)
+    rho["expected sign"] = sign.map({1: "+", -1: "-"})
+    rho["moves as intended"] = np.sign(rho["spearman"]) == sign
+    rho["signed spearman"] = rho["spearman"] * sign
+    span = swept.groupby("condition")["score"].agg(lambda s: s.max() - s.min())
+    rho["score range"] = rho["condition"].map(span)
+    return rho
+
+
+def composition_table(comp: pd.DataFrame, traits: Sequence[str]) -> pd.DataFrame:
+    """RQ2: `composition_correlation` per (method, α), one row per trait."""
+    return pd.concat([
+        composition_correlation(sub, traits).assign(method=method, alpha=alpha)
+        for (method, alpha), sub in comp.groupby(["method", "alpha"])
+    ], ignore_index=True)
+
+
+def inversion_table(neg: pd.DataFrame) -> pd.DataFrame:
+    """RQ3 per vector: the trait score of the base, at α = +1 and at α = −1; `inverted`
+    when −1 lands on the other side of the base from +1."""
+    base = neg[neg.level == "base"].set_index("trait")["score"]
+    rows = []
+    for cond, sub in neg[neg.level != "base"].groupby("condition"):
+        trait = cond.rsplit("_", 1)[0]
+        by_alpha = sub.set_index("alpha")["score"]
+        plus, minus = by_alpha[1.0] - base[trait], by_alpha[-1.0] - base[trait]
+        rows.append({"condition": cond, "base": base[trait], "α = +1": by_alpha[1.0],
+                     "α = -1": by_alpha[-1.0], "inverted": bool(plus * minus < 0)})
+    return pd.DataFrame(rows)
+
+
+def carry_table(grid: pd.DataFrame) -> pd.DataFrame:
+    """RQ4 per (vector, domain α): how far the trait moves toward the vector's level and
+    how much character fidelity changes, from β = 0 to the largest β."""
+    rows = []
+    for (cond, alpha), sub in grid.groupby(["condition", "alpha"]):
+        sub = sub.sort_values("beta")
+        rows.append({"condition": cond, "α (domain)": alpha,
+                     "trait change β=0→max": _direction(cond)
+                     * (sub.score.iloc[-1] - sub.score.iloc[0]),
+                     "fidelity change β=0→max": sub.fidelity.iloc[-1] - sub.fidelity.iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def layer_thirds(df: pd.DataFrame) -> dict[str, Any]:
+    """The layer-wise summary: per vector, the mean cosine over the first and last third
+    of the layers, and the mean token-wise spread there."""
+    n_layers = df.layer.max()
+    first, last = df[df.layer <= n_layers // 3], df[df.layer > 2 * n_layers // 3]
+    return {"early": first.groupby("condition").cosine.mean(),
+            "late": last.groupby("condition").cosine.mean(),
+            "sd_early": float(first.cosine_sd.mean()), "sd_late": float(last.cosine_sd.mean())}
+
+
+def tiny_llava(seed: int = 0):
+    """A tiny random LLaVA (CLIP vision tower + Llama language model) for the VLM code path."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=8, patch_size=4),
+        text_config=LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=1),
+        image_token_index=3)
+    return LlavaForConditionalGeneration(cfg)
+
+
+LANGUAGE_MODEL = ("*language_model*", "lm_head*")  # a LLaVA's language model and its head
+
+
+def language_only_merge(workdir: str | Path, include: Sequence[str] = LANGUAGE_MODEL
+                        ) -> pd.Series:
+    """RQ4's VLM case on a tiny random LLaVA: a "fine-tuned" copy differs everywhere, its
+    vector is merged with `include` patterns, and the share of tensors that changed is
+    returned per part (vision tower, projector, language model, head)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from . import merging, vectors
+
+    workdir = Path(workdir)
+    base, tuned = tiny_llava(0), tiny_llava(0)
+    with torch.no_grad():
+        for param in tuned.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    base.save_pretrained(workdir / "base")
+    tuned.save_pretrained(workdir / "tuned")
+    phi = vectors.extract_vector(workdir / "base", workdir / "tuned", workdir / "phi.safetensors")
+    merging.merge_from_config({"merge_method": "task_arithmetic",
+                               "base_model": str(workdir / "base"),
+                               "models": [{"vector": str(phi), "parameters": {"weight": 1.0}}],
+                               "include": list(include), "dtype": "float32"},
+                              workdir / "merged")
+    merged = LlavaForConditionalGeneration.from_pretrained(workdir / "merged")
+    before = dict(base.named_parameters())
+    changed = pd.Series({name: not torch.equal(p, before[name])
+                         for name, p in merged.named_parameters()})
+    part = changed.index.str.extract(r"^(model\.\w+|lm_head)")[0].values
+    return changed.groupby(part).mean().rename("share of tensors changed")
+
+
 # --- hidden-state similarity (the layer-wise analysis) ----------------------------------
 
 

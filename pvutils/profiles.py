@@ -129,10 +129,10 @@ PROFILES: dict[str, Profile] = {
         contrast_pairs=1,
         p2_seeds=1,
     ),
-    # 32 dialogues of <= 40 new tokens, 8 steps at 1e-4: what fits the shared 2-core
-    # machine (64 x 56 tokens took ~16 min per condition there under load 8)
+    # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
+    # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores
     "cpu": Profile(name="cpu", n_dialogues=32, gen_max_new_tokens=40, gen_batch_size=40,
-                   learning_rate=1e-4,
+                   learning_rate=1e-4, train_epochs=4.0,
                    # RQ2 scores all five traits per merged model (~30 s each on 2 cores):
                    # 32 profiles x 2 alphas x 4 methods keeps the chapter near two hours
                    composition_alphas=(0.2, 0.4)),

@@ -130,3 +130,72 @@ def test_disclaimer_detection(text, expected):
 
 def test_disclaimer_rate():
     assert analysis.disclaimer_rate(["As an AI model I cannot", "Sure!", "Yes", "No"]) == 0.25
+
+
+def test_dial_table_signs_rho_toward_the_vector_level():
+    alphas = [0.5, 1.0, 2.0]
+    sweep = pd.DataFrame(
+        [{"condition": "x_base", "level": "base", "alpha": 0.0, "score": 3.0}]
+        + [{"condition": "extraversion_high", "level": "high", "alpha": a, "score": 3 + a}
+           for a in alphas]
+        + [{"condition": "extraversion_low", "level": "low", "alpha": a, "score": 3 + a / 10}
+           for a in alphas])
+    table = analysis.dial_table(sweep).set_index("condition")
+    assert table.loc["extraversion_high", "signed spearman"] == pytest.approx(1.0)
+    assert table.loc["extraversion_low", "signed spearman"] == pytest.approx(-1.0)
+    assert table["moves as intended"].to_dict() == {"extraversion_high": True,
+                                                    "extraversion_low": False}
+    assert table.loc["extraversion_high", "score range"] == pytest.approx(1.5)
+    assert table.loc["extraversion_low", "expected sign"] == "-"
+
+
+def test_inversion_table_needs_opposite_sides_of_the_base():
+    neg = pd.DataFrame([
+        {"condition": "openness_base", "trait": "openness", "level": "base", "alpha": 0.0,
+         "score": 3.0},
+        {"condition": "openness_high", "trait": "openness", "level": "high", "alpha": 1.0,
+         "score": 3.5},
+        {"condition": "openness_high", "trait": "openness", "level": "high", "alpha": -1.0,
+         "score": 2.8},
+        {"condition": "openness_low", "trait": "openness", "level": "low", "alpha": 1.0,
+         "score": 2.5},
+        {"condition": "openness_low", "trait": "openness", "level": "low", "alpha": -1.0,
+         "score": 2.9},  # both below the base: not inverted
+    ])
+    table = analysis.inversion_table(neg).set_index("condition")
+    assert table["inverted"].to_dict() == {"openness_high": True, "openness_low": False}
+    assert table.loc["openness_low", "base"] == 3.0
+
+
+def test_carry_table_measures_change_from_beta_zero_to_max_toward_the_level():
+    grid = pd.DataFrame([
+        {"condition": c, "alpha": 1.0, "beta": b, "score": 3 + s * b, "fidelity": 0.5 - 0.1 * b}
+        for c, s in (("agreeableness_high", 0.4), ("agreeableness_low", -0.2))
+        for b in (1.0, 0.0, 0.5)])  # unsorted on purpose
+    table = analysis.carry_table(grid).set_index("condition")
+    assert table.loc["agreeableness_high", "trait change β=0→max"] == pytest.approx(0.4)
+    assert table.loc["agreeableness_low", "trait change β=0→max"] == pytest.approx(0.2)
+    assert table["fidelity change β=0→max"].tolist() == pytest.approx([-0.1, -0.1])
+
+
+def test_composition_table_has_one_row_per_method_alpha_and_trait():
+    comp = pd.DataFrame([
+        {"method": m, "alpha": a, "target_openness": t, "openness": 3 + 0.1 * t,
+         "target_neuroticism": u, "neuroticism": 3.0 + 0.01 * (t + u)}
+        for m in ("TA", "TIES") for a in (0.2, 0.4) for t in (1, -1) for u in (1, -1)])
+    table = analysis.composition_table(comp, ["openness", "neuroticism"])
+    assert len(table) == 2 * 2 * 2
+    assert table[table.trait == "openness"].pearson_r.tolist() == pytest.approx([1.0] * 4)
+
+
+def test_layer_thirds_splits_the_layers():
+    df = pd.DataFrame({"condition": "c", "layer": list(range(1, 10)),
+                       "cosine": [1.0] * 3 + [0.9] * 3 + [0.5] * 3, "cosine_sd": [0.0] * 9})
+    thirds = analysis.layer_thirds(df)
+    assert thirds["early"]["c"] == 1.0 and thirds["late"]["c"] == 0.5
+
+
+def test_language_only_merge_changes_only_the_language_model(tmp_path):
+    share = analysis.language_only_merge(tmp_path)
+    assert share["model.language_model"] == 1.0 and share["lm_head"] == 1.0
+    assert share["model.vision_tower"] == 0.0 and share["model.multi_modal_projector"] == 0.0

@@ -231,6 +231,24 @@ def test_compiled_trim_threshold_is_exact(n):
         merging._ties_threshold(broken, n // 5, None, "tensor 'w'")
 
 
+@pytest.mark.parametrize("keep_fraction", [0.05, 0.5, 0.7, 0.95])
+def test_compiled_trim_threshold_is_exact_with_heavy_ties(keep_fraction):
+    """60 % of the entries share one magnitude: the sample's bracket holds too many entries
+    (or misses), so the exact fallback decides; the answer must still be the sort's."""
+    n = 200_000
+    gen = torch.Generator().manual_seed(3)
+    values = torch.cat([2 + torch.rand(n * 3 // 10, generator=gen),
+                        torch.full((n * 6 // 10,), -1.0), torch.rand(n // 10, generator=gen)])
+    values = values[torch.randperm(n, generator=gen)]
+    keep = int(keep_fraction * n)
+    want = float(values.abs().sort(descending=True).values[keep - 1])
+    assert merging._ties_threshold(values.clone(), keep, None, "test") == want
+    inf = values.clone()
+    inf[7] = math.inf
+    with pytest.raises(MergeError, match="NaN or Inf"):
+        merging._ties_threshold(inf, keep, None, "test")
+
+
 def test_compiled_and_torch_ties_agree(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     vectors = [{"big": torch.randn(700, 500, generator=gen),
