@@ -7,6 +7,7 @@ reader builds.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -42,8 +43,31 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None) -> fl
     return time.perf_counter() - start
 
 
+MATHJAX_DIR = REPO_ROOT / "_static" / "mathjax"  # `mathjax_path` in _config.yml points here
+
+
+def vendor_mathjax(dest: Path = MATHJAX_DIR) -> Path:
+    """Copy MathJax 3 (the `django-static-mathjax` wheel: static files only) next to the
+    book, so formulas render for a reader without internet; a CDN would leave raw TeX."""
+    import importlib.resources
+
+    es5 = importlib.resources.files("mathjax") / "static" / "mathjax" / "es5"
+    script, fonts = es5 / "tex-mml-chtml.js", es5 / "output" / "chtml" / "fonts" / "woff-v2"
+    if (dest / "tex-mml-chtml.js").exists():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "output" / "chtml").mkdir(parents=True)
+    shutil.copyfile(str(script), tmp / "tex-mml-chtml.js")
+    shutil.copytree(str(fonts), tmp / "output" / "chtml" / "fonts" / "woff-v2")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
 def build_book(warnings_as_errors: bool = True) -> Path:
     """`jupyter-book build` of the repository root (notebooks are not re-executed)."""
+    vendor_mathjax()
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe), "build", str(REPO_ROOT), "--builder", "html"]
     if warnings_as_errors:

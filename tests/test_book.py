@@ -100,8 +100,8 @@ def test_every_page_loads_cleanly_in_chromium(served_book):
             ],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        # The book is read offline here: requests leaving localhost (CDN fonts, MathJax) are
-        # aborted; only failures of the book's own files count.
+        # The book is read offline here: requests leaving localhost are aborted; only
+        # failures of the book's own files (MathJax included) count.
         page.route(
             "**/*",
             lambda route: (
@@ -136,6 +136,15 @@ def test_every_page_loads_cleanly_in_chromium(served_book):
                 "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)",
             )
             problems += [f"{url}: image did not load: {src}" for src in broken]
+            # formulas come from the book's own MathJax: every one must be typeset
+            n_math = page.eval_on_selector_all(".math", "els => els.length")
+            if n_math:
+                typeset = page.evaluate(
+                    "() => window.MathJax && MathJax.startup ? MathJax.startup.promise.then("
+                    "() => document.querySelectorAll('mjx-container').length) : -1"
+                )
+                if typeset < n_math:
+                    problems.append(f"{url}: {n_math} formulas, {typeset} typeset by MathJax")
             for href in page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)"):
                 target = urljoin(url, href).split("#")[0]
                 if not target.startswith(served_book):
