@@ -23,7 +23,6 @@ import contextlib
 import fnmatch
 import json
 import math
-import os
 import shutil
 import sys
 import weakref
@@ -33,13 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # see pvutils.vectors: before torch
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .artifacts import atomic_dir  # noqa: E402
-from .vectors import (  # noqa: E402
+from .artifacts import atomic_dir
+from .vectors import (
     DeltaSource,
     DictSource,
     MergeError,

@@ -13,18 +13,13 @@ no `{% generation %}` markers, which `assistant_only_loss` needs).
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# Busy-waiting OpenMP threads on a shared 2-core machine made generation 9x slower (61 s vs
-# 7 s for one batch); passive waiting must be chosen before torch loads the OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
+import torch
 
 from . import data as pvdata
 from .artifacts import artifacts_dir, fingerprint, read_json, write_json

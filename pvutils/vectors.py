@@ -19,13 +19,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-# huge pages for big CPU tensors (torch reads this once, so only before its first use):
-# page faults of fresh 100 MB tensors cost more than the arithmetic on them here
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+import torch
 
-import torch  # noqa: E402
-
-from .artifacts import atomic_path  # noqa: E402
+from .artifacts import atomic_path
 
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
