@@ -351,7 +351,9 @@ def part_scale(layers: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Run {res['date']} on {res['machine']} (`{res['command']}`).", ""]
+    lines = [f"Run {res['date']} on {res['machine']} (`{res['command']}`); load average "
+             f"(1, 5, 15 min) {res.get('load_before')} before, {res.get('load_after')} after.",
+             ""]
     if "equivalence" in res:
         lines += ["**(a) Equivalence with mergekit 0.1.5** (random Llama, 3 models, weights "
                   "0.6 / −0.4 / 1.1, densities 0.2 / 0.5 / 0.9, float32)", "",
@@ -401,7 +403,8 @@ def main() -> int:
     res: dict = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                  "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, torch "
                             f"{torch.__version__}, {torch.get_num_threads()} threads",
-                 "command": "python benchmarks/bench_merge.py " + " ".join(sys.argv[1:])}
+                 "command": "python benchmarks/bench_merge.py " + " ".join(sys.argv[1:]),
+                 "load_before": [round(x, 2) for x in os.getloadavg()]}
     if "equivalence" in parts:
         log("(a) equivalence with mergekit")
         res["equivalence"] = part_equivalence()
@@ -411,6 +414,7 @@ def main() -> int:
     if "scale" in parts:
         log("(c) paper-scale memory")
         res["scale"] = part_scale(args.layers)
+    res["load_after"] = [round(x, 2) for x in os.getloadavg()]
     (OUT / "bench_merge.json").write_text(json.dumps(res, indent=2))
     print(markdown(res))
     return 0
