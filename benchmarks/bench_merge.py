@@ -234,8 +234,9 @@ def part_performance(repeats: int) -> dict:
 
 
 def time_applied(base: Path, finetuned: Path, root: Path) -> dict:
-    """Enter + exit `applied` with one vector on the loaded model (TA, weight 1)."""
-    from pvutils.merging import applied
+    """Enter + exit `applied` with one vector on the loaded model (TA, weight 1): a fresh
+    merged tensor per call, and with `reuse_buffers=True` as the sweeps use it."""
+    from pvutils.merging import applied, release_buffers
     from pvutils.models import load_model
     from pvutils.vectors import extract_vector
 
@@ -243,18 +244,30 @@ def time_applied(base: Path, finetuned: Path, root: Path) -> dict:
     model = load_model(base)
     vector = load_vector(vec_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    timings = {"in_memory_vector": [], "vector_file": []}
-    for _ in range(5):
-        for kind, source in (("in_memory_vector", vector), ("vector_file", vec_path)):
+    cases = {"in_memory_vector": (vector, False), "vector_file": (vec_path, False),
+             "in_memory_vector_reuse_buffers": (vector, True)}
+    timings = {kind: [] for kind in cases}
+    for _ in range(7):
+        for kind, (source, reuse) in cases.items():
             start = time.perf_counter()
-            with applied(model, [source], [1.0]):
+            with applied(model, [source], [1.0], reuse_buffers=reuse):
                 pass
             timings[kind].append(time.perf_counter() - start)
+    release_buffers(model)
     restored = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     out = {k: round(statistics.median(v), 4) for k, v in timings.items()}
     out["restored_bitwise"] = restored
-    log(f"  applied + restore (median of 5): {out}")
+    log(f"  applied + restore (median of 7): {out}")
     return out
+
+
+def part_applied() -> dict:
+    from pvutils.models import provision_embedded
+
+    base = provision_embedded("smollm2-135m-instruct")
+    root = OUT / "performance"
+    root.mkdir(parents=True, exist_ok=True)
+    return time_applied(base, perturbed_copy(base, root / "ft0", seed=200, scale=1e-3), root)
 
 
 # --- (c) paper-scale memory -------------------------------------------------------------
@@ -350,6 +363,14 @@ def part_scale(layers: int) -> dict:
 # --- report -----------------------------------------------------------------------------
 
 
+def applied_line(a: dict) -> str:
+    return (f"`applied` (one vector, enter + exit, median of 7): "
+            f"{a['in_memory_vector']} s with the vector in memory, "
+            f"{a['in_memory_vector_reuse_buffers']} s with `reuse_buffers=True` (as in the "
+            f"sweeps), {a['vector_file']} s reading it from its file; "
+            f"restored bitwise: {a['restored_bitwise']}.")
+
+
 def markdown(res: dict) -> str:
     lines = [f"Run {res['date']} on {res['machine']} (`{res['command']}`); load average "
              f"(1, 5, 15 min) {res.get('load_before')} before, {res.get('load_after')} after.",
@@ -374,11 +395,9 @@ def markdown(res: dict) -> str:
                          f"{r['wall_ratio']} | {r['mergekit']['peak_rss_gb']} GB | "
                          f"{r['ours']['peak_rss_gb']} GB | {r['rss_ratio']} | "
                          f"{r['diff']['max_abs_diff']:.3g} |")
-        a = p["applied"]
-        lines += ["", f"`applied` (one vector, enter + exit, median of 5): "
-                  f"{a['in_memory_vector']} s with the vector in memory, "
-                  f"{a['vector_file']} s reading it from its file; "
-                  f"restored bitwise: {a['restored_bitwise']}.", ""]
+        lines += ["", applied_line(p["applied"]), ""]
+    if "applied" in res:
+        lines += [applied_line(res["applied"]), ""]
     if "scale" in res:
         s = res["scale"]
         lines += [f"**(c) Paper scale, simulated**: base + 2 models shaped like "
@@ -411,6 +430,9 @@ def main() -> int:
     if "performance" in parts:
         log("(b) performance on SmolLM2-135M")
         res["performance"] = part_performance(args.repeats)
+    if "applied" in parts and "performance" not in parts:
+        log("(b') applied on SmolLM2-135M")
+        res["applied"] = part_applied()
     if "scale" in parts:
         log("(c) paper-scale memory")
         res["scale"] = part_scale(args.layers)

@@ -491,7 +491,7 @@ def composition_sweep(
         weights = [alpha] * len(chosen)
         if params.pop("scale", "weight") == "lambda":
             weights, params = [1.0] * len(chosen), {**params, "normalize": True, "lambda_": alpha}
-        with applied(model, chosen, weights, method=method, **params):
+        with applied(model, chosen, weights, method=method, reuse_buffers=True, **params):
             scores = contrast_scores(model, tokenizer, list(profile), n_pairs=n_pairs)
         targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in profile.items()}
         return {**targets, **scores}
@@ -590,7 +590,7 @@ def _at_point(model, vectors: Mapping[str, Any], point: Mapping[str, Any]):
 
     if point["condition"].endswith("_base"):
         return contextlib.nullcontext(model)
-    return applied(model, [vectors[point["condition"]]], [point["alpha"]])
+    return applied(model, [vectors[point["condition"]]], [point["alpha"]], reuse_buffers=True)
 
 
 def _trait_interview(model, tokenizer, profile, trait: str) -> pd.DataFrame:
@@ -628,7 +628,7 @@ def example_answers(
     ]
     out = {}
     for alpha in alphas:
-        with applied(model, [vector], [alpha]):
+        with applied(model, [vector], [alpha], reuse_buffers=True):
             (reply,) = chat(
                 model,
                 tokenizer,
@@ -707,7 +707,8 @@ def transfer_sweep(
     def evaluate(point):
         trait, level = point["condition"].rsplit("_", 1)
         with applied(
-            model, [domain_vector, vectors[point["condition"]]], [point["alpha"], point["beta"]]
+            model, [domain_vector, vectors[point["condition"]]], [point["alpha"], point["beta"]],
+            reuse_buffers=True,
         ):
             score = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
             fid = fidelity(model, tokenizer)
@@ -735,7 +736,7 @@ def layerwise_sweep(
     for condition, vector in tqdm(list(vectors.items()), desc="layer-wise"):
         trait, level = condition.rsplit("_", 1)
         for alpha in alphas:
-            with applied(model, [vector], [alpha]):
+            with applied(model, [vector], [alpha], reuse_buffers=True):
                 other = hidden_states(model, tokenizer, texts)
             frames.append(
                 layerwise_cosine(base, other).assign(

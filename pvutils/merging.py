@@ -51,7 +51,8 @@ from .vectors import (
 )
 
 __all__ = [
-    "METHODS", "MergeError", "merge_deltas", "merge_vectors", "applied", "merge_from_config",
+    "METHODS", "MergeError", "merge_deltas", "merge_vectors", "applied", "release_buffers",
+    "merge_from_config",
     "magnitude_threshold", "global_thresholds", "iter_merged_deltas", "cli_merge",
 ]
 
@@ -775,7 +776,7 @@ def _open_all(vectors: Sequence[TensorLike]) -> list[TensorSource]:
 def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequence[float],
             method: str = "task_arithmetic", trim_scope: str = "per_tensor",
             include: str | Sequence[str] | None = None,
-            exclude: str | Sequence[str] | None = None,
+            exclude: str | Sequence[str] | None = None, reuse_buffers: bool = False,
             **params: Any) -> Iterator[torch.nn.Module]:
     """Temporarily set θ = θ_model + merge(vectors): α sweeps without writing models.
 
@@ -783,6 +784,11 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
     leaving the block (normally or by an exception) puts back the very same storage:
     bitwise equal, with no round-off from subtracting Δ. Tied parameters (SmolLM2's lm_head
     is embed_tokens) are one Parameter object and are updated once.
+
+    `reuse_buffers=True` keeps the merged tensors after exit and writes the next merge into
+    them: no fresh allocation (its page faults cost more than the add on a CPU), at the
+    price of one extra copy of the touched weights held until `release_buffers(model)` or
+    until the model is gone. The sweeps use it.
     """
     sources = _open_all(vectors)
     params_by_name = dict(model.named_parameters(remove_duplicate=False))
@@ -803,13 +809,14 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
             names.append(n)
     originals: dict[str, torch.Tensor] = {}
     opts = MergeOptions.from_params(method, params)
+    spares = _SPARES.setdefault(model, {}) if reuse_buffers else {}
     try:
         with torch.no_grad():
             if method == "task_arithmetic":
                 # θ + Σ w_i φ_i straight into the new tensor,
                 # one pass per vector instead of copying, scaling and adding
                 _apply_task_arithmetic(params_by_name, sources, weights, names, opts,
-                                       originals)
+                                       originals, spares)
                 yield model
                 return
             new, current = None, None
@@ -820,7 +827,7 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
                     if current is not None:
                         originals[current] = params_by_name[current].data
                         params_by_name[current].data = new
-                    current, new = name, torch.empty_like(param.data)
+                    current, new = name, _spare_or_new(spares, name, param.data)
                 rows = slice(None) if stop < 0 else slice(start, stop)
                 block = block.to(param.device)
                 if param.dtype == torch.float32:
@@ -834,7 +841,25 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
         yield model
     finally:
         for name, tensor in originals.items():
+            if reuse_buffers:
+                spares[name] = params_by_name[name].data
             params_by_name[name].data = tensor
+
+
+_SPARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {name: tensor}
+
+
+def release_buffers(model: torch.nn.Module) -> None:
+    """Free the merged tensors `applied(..., reuse_buffers=True)` kept for `model`."""
+    _SPARES.pop(model, None)
+
+
+def _spare_or_new(spares: dict, name: str, like: torch.Tensor) -> torch.Tensor:
+    spare = spares.pop(name, None)
+    if spare is not None and spare.shape == like.shape and spare.dtype == like.dtype \
+            and spare.device == like.device:
+        return spare
+    return torch.empty_like(like)
 
 
 # in-memory deltas already checked, by id (a WeakSet would compare tensors elementwise)
@@ -851,7 +876,8 @@ def _check_delta_once(delta: torch.Tensor, fresh: bool, name: str, label: str) -
         _CHECKED_FINITE[id(delta)] = delta
 
 
-def _apply_task_arithmetic(params_by_name, sources, weights, names, opts, originals) -> None:
+def _apply_task_arithmetic(params_by_name, sources, weights, names, opts, originals,
+                           spares) -> None:
     weights = _check_weights(weights)
     if len(weights) != len(sources):
         raise MergeError(f"{len(sources)} vectors but {len(weights)} weights")
@@ -860,8 +886,8 @@ def _apply_task_arithmetic(params_by_name, sources, weights, names, opts, origin
     small = [n for n in names if params_by_name[n].numel() < SMALL_TENSOR]
     large = [n for n in names if params_by_name[n].numel() >= SMALL_TENSOR]
     with _torch_threads(1):
-        _add_deltas(params_by_name, sources, weights, scale, small, originals)
-    _add_deltas(params_by_name, sources, weights, scale, large, originals)
+        _add_deltas(params_by_name, sources, weights, scale, small, originals, spares)
+    _add_deltas(params_by_name, sources, weights, scale, large, originals, spares)
 
 
 SMALL_TENSOR = 1 << 22  # below this an elementwise op is faster on one thread
@@ -882,10 +908,10 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _add_deltas(params_by_name, sources, weights, scale, names, originals) -> None:
+def _add_deltas(params_by_name, sources, weights, scale, names, originals, spares) -> None:
     for name in names:
         param = params_by_name[name]
-        new = torch.empty_like(param.data)
+        new = _spare_or_new(spares, name, param.data)
         for i, src in enumerate(sources):
             delta = src.get(name)
             _check_delta_once(delta, getattr(src, "fresh", False), name, src.label)

@@ -282,7 +282,7 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
         path = vector_path(profile.name, cond)
         if not path.exists():
             raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")
-        with applied(model, [path], [alpha]):
+        with applied(model, [path], [alpha], reuse_buffers=True):
             tuned_answers = answer(model)
         base = persona_preference(scorer, tok, cond, prompts, base_answers, batch_size)
         tuned = persona_preference(scorer, tok, cond, prompts, tuned_answers, batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from unittest import mock
 
@@ -99,6 +100,10 @@ def _check_against_reference(seed, weights, method, density, normalize, lambda_)
         params["density"] = density
     total = sum(weights)
     assume(method == "ties" or not normalize or abs(total) > 1e-2)  # no near-zero division
+    if method == "ties" and normalize is not False:  # the disjoint mean divides by Σ w_i over
+        subsets = itertools.chain.from_iterable(  # the agreeing entries: any subset's sum
+            itertools.combinations(weights, r) for r in range(1, len(weights) + 1))
+        assume(all(abs(sum(sub)) > 1e-2 for sub in subsets))  # must be away from 0
     got = merge_deltas(deltas, weights, method, **params)
     want = reference_merge(deltas, weights, method, densities, normalize, lambda_)
     scale = float(want.abs().max()) + 1
@@ -333,6 +338,29 @@ def test_applied_sets_base_plus_merged_delta():
         for name, value in model.state_dict().items():
             torch.testing.assert_close(value, before[name] + vec[name] * 1.5, rtol=2e-7,
                                        atol=1e-8, msg=name)  # float32 rounding
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_reused_buffers_give_the_same_merge_and_restore(method):
+    """reuse_buffers: each merge equals a fresh one (nothing left over from the previous
+    point), the original weights come back bitwise, and release_buffers frees the spares."""
+    model = make_tiny_llama(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vecs = [random_vector(model, 1), random_vector(model, 2)]
+    params = {"density": 0.5} if method == "ties" else {}
+    for alpha in (1.0, -0.5, 2.0):
+        with applied(model, vecs, [alpha, 0.3], method, **params):
+            fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        with applied(model, vecs, [alpha, 0.3], method, reuse_buffers=True, **params):
+            assert all(torch.equal(fresh[k], v) for k, v in model.state_dict().items())
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert merging._SPARES.get(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with applied(model, vecs, [1.0, 1.0], method, reuse_buffers=True, **params):
+            raise RuntimeError("boom")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    merging.release_buffers(model)
+    assert model not in merging._SPARES
 
 
 def test_applied_updates_tied_embeddings_once():
