@@ -43,7 +43,7 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None) -> fl
     return time.perf_counter() - start
 
 
-MATHJAX_DIR = REPO_ROOT / "_static" / "mathjax"  # `mathjax_path` in _config.yml points here
+MATHJAX_DIR = REPO_ROOT / "_vendor" / "mathjax"  # `mathjax_path` in _config.yml points here
 
 
 def vendor_mathjax(dest: Path = MATHJAX_DIR) -> Path:
