@@ -185,7 +185,7 @@ def part_equivalence() -> list[dict]:
 # --- (b) performance on SmolLM2-135M ----------------------------------------------------
 
 
-def part_performance(repeats: int) -> dict:
+def part_performance(repeats: int, merges: list[str] | None = None) -> dict:
     from pvutils.models import provision_embedded
 
     base = provision_embedded("smollm2-135m-instruct")
@@ -211,6 +211,8 @@ def part_performance(repeats: int) -> dict:
     }
     results = {}
     for label, cfg in configs.items():
+        if merges and not any(label.startswith(m) for m in merges):
+            continue
         slug = re.sub(r"\W+", "_", label)
         path = write_yaml(root / f"{slug}.yml", cfg)
         row = {}
@@ -389,7 +391,7 @@ def markdown(res: dict) -> str:
                   "| merge | mergekit wall | ours wall | ratio | mergekit peak RSS | "
                   "ours peak RSS | ratio | max abs diff |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for label in ("task_arithmetic", "ties density 0.2"):
+        for label in [m for m in ("task_arithmetic", "ties density 0.2") if m in p]:
             r = p[label]
             lines.append(f"| {label} | {r['mergekit']['wall_s']} s | {r['ours']['wall_s']} s | "
                          f"{r['wall_ratio']} | {r['mergekit']['peak_rss_gb']} GB | "
@@ -415,6 +417,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="equivalence,performance,scale")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--merges", nargs="*",
+                        help="in (b): only these merges, e.g. task_arithmetic")
     parser.add_argument("--layers", type=int, default=2, help="layers in part (c)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -429,7 +433,7 @@ def main() -> int:
         res["equivalence"] = part_equivalence()
     if "performance" in parts:
         log("(b) performance on SmolLM2-135M")
-        res["performance"] = part_performance(args.repeats)
+        res["performance"] = part_performance(args.repeats, args.merges)
     if "applied" in parts and "performance" not in parts:
         log("(b') applied on SmolLM2-135M")
         res["applied"] = part_applied()
