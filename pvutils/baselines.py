@@ -24,6 +24,9 @@ from .profiles import LEVELS, TRAITS
 # Bipolar adjective markers of the Big Five, 14 pairs per trait: (low pole, high pole).
 # After Goldberg's (1992) markers (and the bipolar scales used by PersonaLLM, Jiang et al.);
 # written out for this project, grouped by trait; neuroticism's high pole is "unstable".
+# The first 9-12 pairs of each trait (52 in all) are the facet-keyed marker list used in
+# public LLM-personality code (Serapio-Garcia et al.'s 52 pairs); the last 2-5 per trait
+# are additions of ours, not checked against a published table.
 BIPOLAR_ADJECTIVES: dict[str, tuple[tuple[str, str], ...]] = {
     "extraversion": (
         ("introverted", "extraverted"), ("unfriendly", "friendly"), ("silent", "talkative"),
