@@ -1,0 +1,62 @@
+"""The shared component and trait-specific parts: known answers on constructed vectors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pvutils import components
+
+
+def _basis_vectors(n: int, dim: int = 12) -> dict[str, dict[str, torch.Tensor]]:
+    """φ_i = e_0 + e_i split over two tensors: every vector shares e_0, each has its own e_i."""
+    eye = torch.eye(dim)
+    names = [f"v{i}" for i in range(n)]
+    vecs = {}
+    for i, name in enumerate(names, start=1):
+        flat = eye[0] + eye[i]
+        vecs[name] = {"a.weight": flat[:4].reshape(2, 2).clone(), "b.weight": flat[4:].clone()}
+    return vecs
+
+
+def test_shared_share_known_answer():
+    n = 5
+    table = components.shared_share(_basis_vectors(n)).set_index("vector")
+    # φ_i · φ̄ = 1 + 1/n, ‖φ_i‖ = √2, ‖φ̄‖ = √(1 + 1/n)
+    mean_norm = math.sqrt(1 + 1 / n)
+    cos = (1 + 1 / n) / (math.sqrt(2) * mean_norm)
+    assert table["norm"].tolist() == pytest.approx([math.sqrt(2)] * n)
+    assert table["cosine_with_mean"].tolist() == pytest.approx([cos] * n)
+    assert table["mean_norm_ratio"].tolist() == pytest.approx([mean_norm / math.sqrt(2)] * n)
+    assert table["share_along_mean"].tolist() == pytest.approx([cos**2] * n)
+
+
+def test_mean_and_minus_shared():
+    vecs = _basis_vectors(4)
+    mean = components.mean_vector(vecs)
+    expected_a = torch.tensor([[1.0, 0.25], [0.25, 0.25]])  # e_0 + (e_1 + … + e_4)/4, first 4
+    assert torch.allclose(mean["a.weight"], expected_a)
+    parts = components.minus_shared(vecs)
+    for key in ("a.weight", "b.weight"):  # the specific parts of all vectors cancel
+        assert torch.allclose(sum(p[key] for p in parts.values()), torch.zeros_like(mean[key]),
+                              atol=1e-6)
+    # v1's own part: e_1 − (e_1 + … + e_4)/4, and e_0 is gone
+    assert torch.allclose(parts["v0"]["a.weight"], torch.tensor([[0.0, 0.75], [-0.25, -0.25]]))
+
+
+def test_trait_axes_cancel_the_shared_part():
+    torch.manual_seed(0)
+    shared, axis = torch.randn(3, 4), torch.randn(3, 4)
+    vecs = {"extraversion_high": {"w": shared + axis}, "extraversion_low": {"w": shared - axis},
+            "openness_high": {"w": shared}}  # no openness_low: no openness axis
+    axes = components.trait_axes(vecs)
+    assert list(axes) == ["extraversion"]
+    assert torch.allclose(axes["extraversion"]["w"], axis, atol=1e-6)
+
+
+def test_combine_rejects_mismatched_vectors():
+    with pytest.raises(ValueError, match="shape"):
+        components.combine({"a": 1.0, "b": 1.0}, {"a": {"w": torch.zeros(2)},
+                                                   "b": {"w": torch.zeros(3)}})
