@@ -90,8 +90,12 @@ def embedded_tokenizer(embedded_model_dir):
 @pytest.fixture(scope="session")
 def tiny_llava():
     """A builder of tiny random LLaVAs (CLIP vision tower + Llama language model), seeded."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     def build(seed: int = 0):
         torch.manual_seed(seed)
