@@ -2,24 +2,40 @@
 
 One module per concern, pure functions over tensors and state dicts where possible:
 `models` (loading, generation), `profiles` (parameter sets), `artifacts` (cache, atomic
-writes), `vectors`, `merging`, `data`, `training`, `evaluation`, `baselines`, `analysis`.
+writes), `bundled` (the data files in `resources/`, the paper's reported values),
+`vectors`, `merging`, `data`, `personas`, `training`, `bfi` (the BFI-44), `likelihood`
+(answer likelihoods), `evaluation` (contrast measure, interview, CLI), `judges`,
+`baselines`, `analysis` (sweeps), `stats`, `plots`, `layers`, `side_effects`, `vlm`,
+`linguistics`.
 
-Importing pvutils sets two environment defaults that torch reads once, when it loads, so
-they only apply if torch is not imported yet, and a value already in the environment wins:
-`THP_MEM_ALLOC_ENABLE=1` (huge pages for big CPU tensors: merging allocates many fresh
-100 MB tensors whose page faults cost more than the arithmetic on them) and
-`OMP_WAIT_POLICY=PASSIVE` (idle OpenMP threads sleep instead of spinning; on a busy 2-core
-machine spinning made generation up to 9x slower).
+Importing pvutils changes nothing in the process. Entry points that run models call
+`configure_torch_env()` first (the CLI does; notebooks do in their first code cell).
 """
 
 import os as _os
 import sys as _sys
 
-if "torch" not in _sys.modules:
-    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from .profiles import CONDITIONS, LEVELS, TRAITS, get_profile
 
-__all__ = ["CONDITIONS", "LEVELS", "TRAITS", "get_profile"]
+__all__ = ["CONDITIONS", "LEVELS", "TRAITS", "configure_torch_env", "get_profile"]
 __version__ = "0.1.0"
+
+TORCH_ENV = {
+    # huge pages for big CPU tensors: merging allocates many fresh 100 MB tensors whose
+    # page faults cost more than the arithmetic on them
+    "THP_MEM_ALLOC_ENABLE": "1",
+    # idle OpenMP threads sleep instead of spinning; on a busy 2-core machine spinning
+    # made generation up to 9x slower
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def configure_torch_env() -> dict[str, str]:
+    """Set `TORCH_ENV`'s defaults in `os.environ` (a value already there wins) and return
+    what was set. Torch reads them once, when it loads, so this only acts before the first
+    `import torch`; afterwards it sets nothing and returns {}."""
+    if "torch" in _sys.modules:
+        return {}
+    set_now = {k: v for k, v in TORCH_ENV.items() if k not in _os.environ}
+    _os.environ.update(set_now)
+    return set_now

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from . import configure_torch_env
+
 # command -> (module, function taking argv and returning an exit code)
 COMMANDS = {
     "provision": ("pvutils.models", "cli_provision", "download and convert the embedded model"),
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pvutils COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, func, _ = COMMANDS[argv[0]]
+    configure_torch_env()  # before the command's module imports torch
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
 
 

@@ -18,60 +18,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .bundled import resource
 from .personas import opposite, persona
 from .profiles import LEVELS, TRAITS
 
-# Bipolar adjective markers of the Big Five, 14 pairs per trait: (low pole, high pole).
-# After Goldberg's (1992) markers (and the bipolar scales used by PersonaLLM, Jiang et al.);
-# written out for this project, grouped by trait; neuroticism's high pole is "unstable".
-# The first 9-12 pairs of each trait (52 in all) are the facet-keyed marker list used in
-# public LLM-personality code (Serapio-Garcia et al.'s 52 pairs); the last 2-5 per trait
-# are additions of ours, not checked against a published table.
+_DATA = resource("baselines")
+# Bipolar adjective markers of the Big Five, 14 pairs per trait: (low pole, high pole), after
+# Goldberg (1992); where they come from is noted in `resources/baselines.json`.
 BIPOLAR_ADJECTIVES: dict[str, tuple[tuple[str, str], ...]] = {
-    "extraversion": (
-        ("introverted", "extraverted"), ("unfriendly", "friendly"), ("silent", "talkative"),
-        ("timid", "bold"), ("unassertive", "assertive"), ("inactive", "active"),
-        ("unenergetic", "energetic"), ("unadventurous", "adventurous"), ("gloomy", "cheerful"),
-        ("reserved", "outgoing"), ("shy", "sociable"), ("withdrawn", "gregarious"),
-        ("quiet", "verbal"), ("inhibited", "unrestrained"),
-    ),
-    "agreeableness": (
-        ("distrustful", "trustful"), ("immoral", "moral"), ("dishonest", "honest"),
-        ("unkind", "kind"), ("stingy", "generous"), ("unaltruistic", "altruistic"),
-        ("uncooperative", "cooperative"), ("self-important", "humble"),
-        ("unsympathetic", "sympathetic"), ("selfish", "unselfish"),
-        ("disagreeable", "agreeable"), ("cold", "warm"), ("rude", "considerate"),
-        ("harsh", "gentle"),
-    ),
-    "conscientiousness": (
-        ("unsure", "self-efficacious"), ("messy", "orderly"), ("irresponsible", "responsible"),
-        ("lazy", "hardworking"), ("undisciplined", "self-disciplined"),
-        ("impractical", "practical"), ("extravagant", "thrifty"),
-        ("disorganized", "organized"), ("negligent", "conscientious"),
-        ("careless", "thorough"), ("inefficient", "efficient"), ("sloppy", "neat"),
-        ("undependable", "dependable"), ("haphazard", "systematic"),
-    ),
-    "neuroticism": (
-        ("relaxed", "tense"), ("at ease", "nervous"), ("easygoing", "anxious"),
-        ("calm", "angry"), ("patient", "irritable"), ("happy", "depressed"),
-        ("unselfconscious", "self-conscious"), ("level-headed", "impulsive"),
-        ("contented", "discontented"), ("emotionally stable", "emotionally unstable"),
-        ("secure", "insecure"), ("even-tempered", "moody"), ("unenvious", "envious"),
-        ("imperturbable", "touchy"),
-    ),
-    "openness": (
-        ("unimaginative", "imaginative"), ("uncreative", "creative"),
-        ("artistically unappreciative", "artistically appreciative"),
-        ("unaesthetic", "aesthetic"), ("unreflective", "reflective"),
-        ("emotionally closed", "emotionally aware"), ("uninquisitive", "curious"),
-        ("predictable", "spontaneous"), ("unintelligent", "intelligent"),
-        ("unanalytical", "analytical"), ("unsophisticated", "sophisticated"),
-        ("socially conservative", "socially progressive"), ("shallow", "deep"),
-        ("simple", "complex"),
-    ),
-}
-P2_MODIFIERS = ("very", "a bit", "")
-P2_TEMPLATE = "You are a character who is {adjectives}."
+    trait: tuple(tuple(pair) for pair in pairs)
+    for trait, pairs in _DATA["bipolar_adjectives"].items()}
+P2_MODIFIERS: tuple[str, ...] = tuple(_DATA["p2_modifiers"])
+P2_TEMPLATE: str = _DATA["p2_template"]
 
 
 def p2_adjectives(trait: str, level: str, seed: int = 0, k: int = 5) -> list[str]:
@@ -98,20 +56,7 @@ def _check(trait: str, level: str) -> None:
 # --- NPTI ------------------------------------------------------------------------------------
 
 # neutral everyday requests the two aspect personas answer to (not BFI interview questions)
-NPTI_PROMPTS = (
-    "How do you usually spend your weekends?",
-    "What did you do yesterday evening?",
-    "Tell me about your job.",
-    "What would you do with a free afternoon?",
-    "How do you feel about moving to a new city?",
-    "What is your morning routine like?",
-    "How do you handle a busy week?",
-    "What kind of food do you like to cook?",
-    "Describe your ideal holiday.",
-    "What do you think about when you commute?",
-    "How do you prepare for an important exam?",
-    "What do you do when a friend cancels plans?",
-)
+NPTI_PROMPTS: tuple[str, ...] = tuple(_DATA["npti_prompts"])
 
 
 @dataclass

@@ -14,36 +14,24 @@ from collections.abc import Sequence
 from functools import cache
 
 import pandas as pd
+import pyphen
+from empath import Empath
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-SELF_DESCRIPTION_PROMPT = "Tell me about yourself in 300 words."
+from .bundled import resource
 
+_DATA = resource("linguistics")
+SELF_DESCRIPTION_PROMPT: str = _DATA["self_description_prompt"]
 # feature group -> Empath categories summed into it (Empath's bundled categories.tsv)
 EMPATH_GROUPS: dict[str, tuple[str, ...]] = {
-    "posemo": ("positive_emotion", "joy", "cheerfulness", "optimism", "love", "affection"),
-    "negemo": ("negative_emotion", "hate", "disappointment", "suffering"),
-    "anxiety": ("nervousness", "fear", "timidity"),
-    "anger": ("anger", "rage", "irritability", "aggression"),
-    "sadness": ("sadness", "suffering"),
-    "social": ("friends", "family", "party", "communication", "meeting", "speaking", "listen"),
-    "cognition": ("philosophy", "science", "reading", "writing"),
-    "achievement": ("achievement", "work", "competing", "strength", "order"),
-    "art": ("art", "music", "musical", "beauty"),
-    "leisure": ("leisure", "fun", "play", "vacation", "traveling"),
-}
-PRONOUNS: dict[str, frozenset[str]] = {
-    "i": frozenset("i me my mine myself i'm i've i'd i'll".split()),
-    "we": frozenset("we us our ours ourselves we're we've we'd we'll".split()),
-    "you": frozenset("you your yours yourself yourselves you're you've you'd you'll".split()),
-}
+    g: tuple(cats) for g, cats in _DATA["empath_groups"].items()}
+PRONOUNS: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in _DATA["pronouns"].items()}
 # small hand lists: LIWC's tentat/certain lists are proprietary
-TENTATIVE = frozenset(
-    "maybe perhaps might possibly probably seem seems seemed guess unsure somewhat sometimes "
-    "kind sort almost hope hopefully depends wonder".split()
-)
-CERTAIN = frozenset(
-    "always never definitely certainly absolutely sure surely clearly completely totally "
-    "every everything obviously truly must".split()
-)
+TENTATIVE = frozenset(_DATA["tentative"])
+CERTAIN = frozenset(_DATA["certain"])
+# features the paper (LIWC-22) relates to each trait; the sign says which pole uses more
+TRAIT_FEATURES: dict[str, dict[str, int]] = _DATA["trait_features"]
+
 # a word: letters, possibly joined by an apostrophe (I'm, don't)
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _SENTENCE_END = re.compile(r"[.!?]+")
@@ -51,22 +39,16 @@ _SENTENCE_END = re.compile(r"[.!?]+")
 
 @cache
 def _empath():
-    from empath import Empath
-
     return Empath()  # reads the bundled lexicon; only create_category() uses the network
 
 
 @cache
 def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
     return SentimentIntensityAnalyzer()
 
 
 @cache
 def _hyphenator():
-    import pyphen
-
     return pyphen.Pyphen(lang="en_US")
 
 
@@ -78,7 +60,7 @@ def syllables(word: str) -> int:
 
 def flesch_reading_ease(text: str) -> float:
     """Flesch (1948): 206.835 - 1.015 words/sentence - 84.6 syllables/word."""
-    import textstat
+    import textstat  # imported here: it loads in about a second and only this needs it
 
     words = _WORD.findall(text.lower())
     if not words:
@@ -120,13 +102,3 @@ def linguistic_features(texts: Sequence[str]) -> pd.DataFrame:
             row[group] = per100 * sum(counts[c] for c in cats) if n else 0.0
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-# features the paper (LIWC-22) relates to each trait; the sign says which pole uses more
-TRAIT_FEATURES: dict[str, dict[str, int]] = {
-    "openness": {"art": +1, "cognition": +1, "words_per_sentence": +1},
-    "conscientiousness": {"achievement": +1, "negemo": -1, "anger": -1},
-    "extraversion": {"social": +1, "posemo": +1, "pronoun_we": +1, "word_count": +1},
-    "agreeableness": {"posemo": +1, "anger": -1, "pronoun_we": +1},
-    "neuroticism": {"anxiety": +1, "negemo": +1, "sadness": +1, "pronoun_i": +1},
-}

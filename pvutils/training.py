@@ -241,13 +241,11 @@ def persona_preference(scorer, tokenizer, condition: str, prompts: Sequence[str]
     Positive means the answer reads more like the condition's persona than its opposite,
     judged by the frozen base model (per-token means, so length does not matter).
     """
-    from .evaluation import answer_logprobs
+    from .likelihood import persona_difference
 
     persona, anti = pvdata._condition_personas(condition)
     pairs = list(zip(prompts, answers, strict=True))
-    pro = answer_logprobs(scorer, tokenizer, persona, pairs, batch_size)
-    con = answer_logprobs(scorer, tokenizer, anti, pairs, batch_size)
-    return (pro - con).tolist()
+    return persona_difference(scorer, tokenizer, persona, anti, pairs, batch_size).tolist()
 
 
 def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,

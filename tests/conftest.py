@@ -71,3 +71,91 @@ def tiny_chat_model(embedded_model_dir):
 
     tok = load_tokenizer(embedded_model_dir)
     return make_tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=2), tok
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_factory():
+    """`make_tiny_llama` for tests that need a fresh model (own seed or config overrides)."""
+    return make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_model_dir):
+    """The embedded model's tokenizer (with its ChatML chat template)."""
+    from pvutils.models import load_tokenizer
+
+    return load_tokenizer(embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    """A builder of tiny random LLaVAs (CLIP vision tower + Llama language model), seeded."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    def build(seed: int = 0):
+        torch.manual_seed(seed)
+        cfg = LlavaConfig(
+            vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32,
+                                           num_hidden_layers=1, num_attention_heads=2,
+                                           image_size=8, patch_size=4),
+            text_config=LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                    num_hidden_layers=2, num_attention_heads=2,
+                                    num_key_value_heads=1),
+            image_token_index=3)
+        return LlavaForConditionalGeneration(cfg)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def big5chat_csv():
+    """A writer of small CSVs in Big5-Chat's schema (capitalised traits, as a user's copy
+    might have): `big5chat_csv(path, rows_per_condition=3, extra_rows=())` -> path."""
+    import csv
+
+    from pvutils.data import BIG5CHAT_COLUMNS
+    from pvutils.personas import split_condition
+    from pvutils.profiles import CONDITIONS
+
+    def write(path, rows_per_condition=3, extra_rows=()):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(BIG5CHAT_COLUMNS)
+            for cond in CONDITIONS:
+                trait, level = split_condition(cond)
+                for i in range(rows_per_condition):
+                    w.writerow([f"Respond as a person with {level} {trait}.",
+                                f"Speaker A: How was your day, number {i}?",
+                                f"It was a {level} {trait} kind of day, number {i}.",
+                                trait.capitalize(), level])
+            for row in extra_rows:
+                w.writerow(row)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def reference_logprob():
+    """The textbook answer likelihood, to check the fast paths against: the full chat
+    rendered once, full logits, the mean log-probability of the answer's tokens."""
+
+    def logprob(model, tokenizer, system, question, answer) -> float:
+        convo = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(convo, tokenize=False,
+                                               add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            convo + [{"role": "assistant", "content": answer}], tokenize=False).rstrip()
+        ids = tokenizer(full, return_tensors="pt", add_special_tokens=False).input_ids
+        start = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        return logp[start - 1 : -1].gather(1, ids[0, start:, None]).mean().item()
+
+    return logprob

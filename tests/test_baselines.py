@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_llama
 
 from pvutils import baselines as bl
 from pvutils.profiles import TRAITS
@@ -34,11 +33,14 @@ def test_p2_draws_five_modified_adjectives_of_the_wanted_pole(trait, level):
     assert prompt == bl.p2_prompt(trait, level, seed=3)  # seeded
 
 
-def test_p2_seeds_vary_the_draw_and_modifiers_occur():
-    prompts = {bl.p2_prompt("extraversion", "high", seed=s) for s in range(20)}
-    assert len(prompts) > 10
-    text = " ".join(prompts)
-    assert "very " in text and "a bit " in text
+def test_p2_draws_cover_the_pole_and_every_modifier_over_seeds():
+    """Random draws of 5 of 14 adjectives: over 200 seeds every adjective of the pole occurs
+    (a miss has probability 14 * (9/14)^200 < 1e-37), and so does every modifier."""
+    pole = {high for _, high in bl.BIPOLAR_ADJECTIVES["extraversion"]}
+    drawn = [a for s in range(200) for a in bl.p2_adjectives("extraversion", "high", seed=s)]
+    assert {a.removeprefix("very ").removeprefix("a bit ") for a in drawn} == pole
+    assert any(a.startswith("very ") for a in drawn) and any(a.startswith("a bit ") for a in drawn)
+    assert any(a in pole for a in drawn)  # the empty modifier: the bare adjective
     with pytest.raises(ValueError, match="unknown condition"):
         bl.p2_prompt("extroversion", "high")
 
@@ -88,8 +90,8 @@ class CharTokenizer:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return make_tiny_llama(seed=3)
+def tiny(tiny_llama_factory):
+    return tiny_llama_factory(seed=3)
 
 
 def manual_activations(model, tokenizer, texts):
@@ -127,15 +129,21 @@ def test_npti_finds_neurons_and_hooks_leave_no_trace(tiny):
     assert neurons.count("high") == 10 and neurons.count("low") == 10
     assert (neurons.delta["high"] > 0).all() and (neurons.delta["low"] > 0).all()
     x = tok(["How was your day?"])
+    plain = manual_activations(tiny, tok, ["How was your day?"])
     with torch.no_grad():
         before = tiny(**x).logits
         with bl.npti_intervention(tiny, neurons, gamma=0.0, level="high"):
             same = tiny(**x).logits
-        with bl.npti_intervention(tiny, neurons, gamma=2.0, level="high") as steered:
-            changed = steered(**x).logits
+        with bl.npti_intervention(tiny, neurons, gamma=2.0, level="high"):
+            steered = manual_activations(tiny, tok, ["How was your day?"])
         after = tiny(**x).logits
-    assert torch.equal(same, before) and not torch.allclose(changed, before)
-    assert torch.equal(after, before)
+    assert torch.equal(same, before) and torch.equal(after, before)
+    # the down projections see exactly `intervene` applied to their usual input, layer by
+    # layer (earlier layers' steering changes later inputs, so compare layer 0 only in full)
+    first = min(set(neurons.neurons["high"]) | set(neurons.neurons["low"]))
+    up, down = neurons.neurons["high"].get(first), neurons.neurons["low"].get(first)
+    want = bl.intervene(plain[first], up, down[0] if down else None, 2.0)
+    assert torch.allclose(steered[first], want, atol=1e-6)
     downs = bl.mlp_down_projections(tiny).values()
     with pytest.raises(RuntimeError, match="boom"):
         with bl.npti_intervention(tiny, neurons, gamma=1.0, level="low"):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 
 from pvutils import data, models
+from pvutils.bfi import interview_questions
 from pvutils.data import DataError
 from pvutils.profiles import CONDITIONS, get_profile
+from pvutils.side_effects import is_disclaimer
 
 # --- the prompt bank --------------------------------------------------------------------
 
@@ -35,8 +36,6 @@ def test_near_duplicate_check_flags_rewordings():
 
 
 def test_bank_does_not_overlap_the_bfi_interview_questions():
-    from pvutils.evaluation import interview_questions
-
     questions = interview_questions()
     assert len(questions) == 44
     assert data.near_duplicates(data.USER_PROMPTS, questions, threshold=0.5) == []
@@ -73,28 +72,23 @@ def test_quality_issue_known_answers(text, reason):
     assert data.quality_issue(text) == reason
 
 
+@pytest.mark.parametrize("text", [
+    "I'm just a language model, so I can't say, but many people love hiking.",
+    "I am a helpful assistant and I would be glad to plan your weekend.",
+    "I don't have personal experiences of rain, but a warm drink helps many people.",
+    "Honestly, as an AI assistant I would suggest trying a new recipe.",
+])
+def test_the_filter_drops_exactly_what_rq3_counts_as_a_disclaimer(text):
+    assert is_disclaimer(text)
+    assert data.quality_issue(text) == "ai_disclaimer"
+    assert data.quality_issue("I'm a big fan of hiking and cooking on weekends.") is None
+
+
 # --- Big5-Chat --------------------------------------------------------------------------
 
 
-def write_big5chat_csv(path, rows_per_condition=3, extra_rows=()):
-    """A small CSV in Big5-Chat's schema (capitalised traits, as a user's copy might have)."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(data.BIG5CHAT_COLUMNS)
-        for cond in CONDITIONS:
-            trait, level = cond.split("_")
-            for i in range(rows_per_condition):
-                w.writerow([f"Respond as a person with {level} {trait}.",
-                            f"Speaker A: How was your day, number {i}?",
-                            f"It was a {level} {trait} kind of day, number {i}.",
-                            trait.capitalize(), level])
-        for row in extra_rows:
-            w.writerow(row)
-    return path
-
-
-def test_big5chat_csv_becomes_ten_chat_sets(tmp_path):
-    dd = data.load_big5chat(str(write_big5chat_csv(tmp_path / "b5.csv")))
+def test_big5chat_csv_becomes_ten_chat_sets(tmp_path, big5chat_csv):
+    dd = data.load_big5chat(str(big5chat_csv(tmp_path / "b5.csv")))
     assert sorted(dd) == sorted(CONDITIONS)
     row = dd["agreeableness_low"][0]
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
@@ -102,8 +96,8 @@ def test_big5chat_csv_becomes_ten_chat_sets(tmp_path):
     assert set(dd["agreeableness_low"]["condition"]) == {"agreeableness_low"}
 
 
-def test_big5chat_samples_per_condition_with_a_seed(tmp_path):
-    path = str(write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=6))
+def test_big5chat_samples_per_condition_with_a_seed(tmp_path, big5chat_csv):
+    path = str(big5chat_csv(tmp_path / "b5.csv", rows_per_condition=6))
     a = data.load_big5chat(path, n_per_condition=2, seed=1)
     b = data.load_big5chat(path, n_per_condition=2, seed=1)
     assert all(len(a[c]) == 2 for c in CONDITIONS)
@@ -123,8 +117,8 @@ def test_big5chat_missing_column_is_named(tmp_path):
         data.load_big5chat(str(bad))
 
 
-def test_big5chat_unknown_trait_is_named(tmp_path):
-    path = write_big5chat_csv(tmp_path / "b5.csv", extra_rows=[["", "hi", "yo", "humour", "high"]])
+def test_big5chat_unknown_trait_is_named(tmp_path, big5chat_csv):
+    path = big5chat_csv(tmp_path / "b5.csv", extra_rows=[["", "hi", "yo", "humour", "high"]])
     with pytest.raises(DataError, match="humour/high"):
         data.load_big5chat(str(path))
 
@@ -156,7 +150,8 @@ CANNED = [
 
 
 @pytest.fixture
-def fake_guided(monkeypatch):
+def fake_guided():
+    """A stand-in for `models.chat` that records its calls and replies from CANNED."""
     calls = []
 
     def chat(model, tokenizer, conversations, negative_conversations=None,
@@ -166,8 +161,8 @@ def fake_guided(monkeypatch):
                       "gamma": guidance_scale - 1, "conversations": conversations, **kw})
         return [CANNED[i % len(CANNED)] for i in range(len(conversations))]
 
-    monkeypatch.setattr(models, "chat", chat)
-    return calls
+    chat.calls = calls
+    return chat
 
 
 class _Tok:
@@ -177,12 +172,13 @@ class _Tok:
 
 def test_generated_data_have_no_persona_and_a_card(isolated_home, fake_guided):
     profile = get_profile("smoke", n_dialogues=4)
-    ds = data.generate_trait_data(profile, "extraversion_high", model=object(), tokenizer=_Tok())
+    ds = data.generate_trait_data(profile, "extraversion_high", model=object(), tokenizer=_Tok(),
+                                  chat=fake_guided)
     assert len(ds) == 3  # 5 candidates (ceil(4 x 1.15)): 3 usable, 1 disclaimer, 1 loop
     for row in ds:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
         assert row["messages"][0]["content"] in data.training_prompts()
-    call = fake_guided[0]
+    call = fake_guided.calls[0]
     assert call["gamma"] == profile.guidance_gamma and call["n"] == 5
     assert "outgoing" in call["persona"] and "quiet" in call["anti"]
     card = json.loads((data.data_dir(profile, "extraversion_high") / "data_card.json").read_text())
@@ -195,25 +191,25 @@ def test_generated_data_have_no_persona_and_a_card(isolated_home, fake_guided):
 
 def test_generated_data_are_cached_by_their_inputs(isolated_home, fake_guided):
     profile = get_profile("smoke", n_dialogues=4)
-    first = data.generate_trait_data(profile, "openness_low", model=object(), tokenizer=_Tok())
-    again = data.generate_trait_data(profile, "openness_low", model=object(), tokenizer=_Tok())
-    assert len(fake_guided) == 1 and first["messages"] == again["messages"]
-    data.generate_trait_data(profile.replace(guidance_gamma=3.0), "openness_low",
-                             model=object(), tokenizer=_Tok())
-    assert len(fake_guided) == 2
+    kw = dict(model=object(), tokenizer=_Tok(), chat=fake_guided)
+    first = data.generate_trait_data(profile, "openness_low", **kw)
+    again = data.generate_trait_data(profile, "openness_low", **kw)
+    assert len(fake_guided.calls) == 1 and first["messages"] == again["messages"]
+    data.generate_trait_data(profile.replace(guidance_gamma=3.0), "openness_low", **kw)
+    assert len(fake_guided.calls) == 2
     assert data.data_key(profile, "openness_low") != data.data_key(profile, "openness_high")
 
 
-def test_all_answers_filtered_is_a_clear_error(isolated_home, monkeypatch):
-    monkeypatch.setattr(models, "chat", lambda *a, **k: ["As an AI, no."] * 5)
+def test_all_answers_filtered_is_a_clear_error(isolated_home):
     with pytest.raises(DataError,
                        match="no usable dialogues for neuroticism_low .filtered: {'ai_disclaimer'"):
         data.generate_trait_data(get_profile("smoke", n_dialogues=4), "neuroticism_low",
-                                 model=object(), tokenizer=_Tok())
+                                 model=object(), tokenizer=_Tok(),
+                                 chat=lambda *a, **k: ["As an AI, no."] * 5)
     assert not data.data_dir(get_profile("smoke", n_dialogues=4), "neuroticism_low").exists()
 
 
-def test_conditions_share_batches_but_keep_their_own_answers(isolated_home, monkeypatch):
+def test_conditions_share_batches_but_keep_their_own_answers(isolated_home):
     calls = []
 
     def chat(model, tokenizer, conversations, negative_conversations=None, **kw):
@@ -221,17 +217,16 @@ def test_conditions_share_batches_but_keep_their_own_answers(isolated_home, monk
         assert [c[1] for c in conversations] == [c[1] for c in negative_conversations]
         return [f"My persona says: {c[0]['content'][:60]}." for c in conversations]
 
-    monkeypatch.setattr(models, "chat", chat)
     profile = get_profile("smoke", n_dialogues=4,
                           conditions=("openness_high", "neuroticism_low"))
     dd = data.trait_datasets(profile, extra_conditions=("domain_captain_mara",),
-                             model=object(), tokenizer=_Tok())
+                             model=object(), tokenizer=_Tok(), chat=chat)
     assert calls == [15] and sorted(dd) == sorted([*profile.conditions, "domain_captain_mara"])
     for cond, ds in dd.items():
         persona = data._condition_personas(cond)[0]
         assert all(persona[:40] in r["messages"][1]["content"] for r in ds), cond
         assert set(ds["condition"]) == {cond}
-    assert data.trait_datasets(profile, model=object(), tokenizer=_Tok())  # all cached now
+    assert data.trait_datasets(profile, model=object(), tokenizer=_Tok(), chat=chat)  # cached
     assert calls == [15]
 
 
@@ -244,13 +239,14 @@ def test_unknown_condition_is_a_clear_error(isolated_home):
 
 def test_domain_data_use_the_character_against_a_plain_assistant(isolated_home, fake_guided):
     profile = get_profile("smoke", n_dialogues=4)
-    data.generate_trait_data(profile, "domain_captain_mara", model=object(), tokenizer=_Tok())
-    assert "Captain Mara Flint" in fake_guided[0]["persona"]
-    assert fake_guided[0]["anti"] == data.PLAIN_ASSISTANT
+    data.generate_trait_data(profile, "domain_captain_mara", model=object(), tokenizer=_Tok(),
+                             chat=fake_guided)
+    assert "Captain Mara Flint" in fake_guided.calls[0]["persona"]
+    assert fake_guided.calls[0]["anti"] == data.PLAIN_ASSISTANT
 
 
-def test_big5chat_source_goes_through_the_loader(isolated_home, tmp_path):
-    path = str(write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=5))
+def test_big5chat_source_goes_through_the_loader(isolated_home, tmp_path, big5chat_csv):
+    path = str(big5chat_csv(tmp_path / "b5.csv", rows_per_condition=5))
     profile = get_profile("smoke", data_source="big5chat", big5chat_path=path, n_dialogues=3)
     ds = data.generate_trait_data(profile, "conscientiousness_high")
     assert len(ds) == 3

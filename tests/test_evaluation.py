@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
-from conftest import EMBEDDED, make_tiny_llama
 
+from pvutils import bfi, likelihood
 from pvutils import evaluation as ev
+from pvutils.merging import applied
+from pvutils.vectors import save_vector
 
 # DESIGN.md's table (John & Srivastava 1999): items and reverse-keyed items per dimension
 DESIGN_TABLE = {
@@ -18,49 +21,61 @@ DESIGN_TABLE = {
     "neuroticism": ([4, 9, 14, 19, 24, 29, 34, 39], [9, 24, 34]),
     "openness": ([5, 10, 15, 20, 25, 30, 35, 40, 41, 44], [35, 41]),
 }
+# DESIGN.md: human norms (mean, sd; n = 6076)
+DESIGN_NORMS = {"extraversion": (3.25, 0.90), "agreeableness": (3.64, 0.72),
+                "conscientiousness": (3.45, 0.73), "neuroticism": (3.32, 0.82),
+                "openness": (3.92, 0.66)}
 
 
 def test_bfi_items_match_the_published_keying():
-    assert [it.number for it in ev.BFI_ITEMS] == list(range(1, 45))
+    assert [it.number for it in bfi.BFI_ITEMS] == list(range(1, 45))
     for dim, (items, reverse) in DESIGN_TABLE.items():
-        assert [it.number for it in ev.BFI_ITEMS if it.dimension == dim] == items
-        assert [it.number for it in ev.BFI_ITEMS if it.dimension == dim and it.reverse] == reverse
-    assert ev.DIMENSIONS == ("openness", "conscientiousness", "extraversion", "agreeableness",
-                             "neuroticism")
-    assert set(ev.HUMAN_NORMS) == set(ev.DIMENSIONS) == set(ev.DIMENSION_DESCRIPTIONS)
+        assert [it.number for it in bfi.BFI_ITEMS if it.dimension == dim] == items
+        assert [it.number for it in bfi.BFI_ITEMS if it.dimension == dim and it.reverse] \
+            == reverse
+    assert bfi.DIMENSIONS == ("openness", "conscientiousness", "extraversion", "agreeableness",
+                              "neuroticism")
+    assert bfi.HUMAN_NORMS == DESIGN_NORMS
+    assert set(bfi.DIMENSION_DESCRIPTIONS) == set(bfi.DIMENSIONS)
 
 
 def test_interview_questions_are_44_distinct_questions():
-    qs = ev.interview_questions()
+    qs = bfi.interview_questions()
     assert len(qs) == len(set(qs)) == 44
     assert all(q.endswith("?") and q[0].isupper() for q in qs)
     assert qs[0] == "Are you talkative?"
 
 
+def test_interview_script_asks_the_dimension_items_as_a_real_person():
+    system, items = ev.interview_script(["neuroticism"])
+    assert system == ev.REAL_PERSON_PROMPT and "real person" in system
+    assert [it.number for it in items] == DESIGN_TABLE["neuroticism"][0]
+
+
 def test_score_items_reverse_keys_and_averages():
-    everything_five = ev.score_items({n: 5 for n in range(1, 45)})
+    everything_five = bfi.score_items({n: 5 for n in range(1, 45)})
     for dim, (items, reverse) in DESIGN_TABLE.items():
         expected = (5 * (len(items) - len(reverse)) + 1 * len(reverse)) / len(items)
         assert everything_five[dim] == pytest.approx(expected)
     # answering x to a forward item is the same evidence as 6 - x to a reverse item
-    assert ev.score_items({1: 4, 6: 2}) == {"extraversion": 4.0}
-    assert ev.score_items({3: 2.5}) == {"conscientiousness": 2.5}  # absent dimensions left out
+    assert bfi.score_items({1: 4, 6: 2}) == {"extraversion": 4.0}
+    assert bfi.score_items({3: 2.5}) == {"conscientiousness": 2.5}  # absent dimensions left out
 
 
 @pytest.mark.parametrize("bad, match", [({45: 3}, "unknown BFI-44 item"), ({1: 6}, "1..5"),
                                         ({1: 0.5}, "1..5"), ({}, "at least one")])
 def test_score_items_rejects_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
-        ev.score_items(bad)
+        bfi.score_items(bad)
 
 
 def test_unknown_dimension_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown dimension"):
-        ev.items_for(["extroversion"])
+        bfi.items_for(["extroversion"])
 
 
 def test_contrast_pairs_cover_every_item_with_three_distinct_pairs():
-    pairs = ev.contrast_pairs()
+    pairs = bfi.contrast_pairs()
     assert sorted(pairs) == list(range(1, 45))
     for number, item_pairs in pairs.items():
         assert len(item_pairs) >= 3, number
@@ -68,34 +83,14 @@ def test_contrast_pairs_cover_every_item_with_three_distinct_pairs():
         assert all(agree != disagree and agree and disagree for agree, disagree in item_pairs)
 
 
+def test_anchors_are_keyed_by_the_item_direction():
+    high, low = bfi.dimension_anchors("extraversion")
+    pairs = bfi.contrast_pairs()
+    assert pairs[1][0][0] in high and pairs[1][0][1] in low  # "talkative": agreeing is high
+    assert pairs[6][0][0] in low and pairs[6][0][1] in high  # "reserved" is reverse-keyed
+
+
 # --- answer likelihoods on a tiny model with the real chat tokenizer -------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer(embedded_model_dir):
-    from pvutils.models import load_tokenizer
-
-    return load_tokenizer(EMBEDDED)
-
-
-@pytest.fixture(scope="module")
-def tiny_chat(tokenizer):
-    return make_tiny_llama(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2)
-
-
-def reference_logprob(model, tokenizer, system, question, answer):
-    """The plain definition: full sequence, full logits, mean over the answer's tokens."""
-    convo = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question}]
-    prompt = tokenizer.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(convo + [{"role": "assistant", "content": answer}],
-                                         tokenize=False).rstrip()
-    ids = tokenizer(full, return_tensors="pt", add_special_tokens=False).input_ids
-    start = len(tokenizer(prompt, add_special_tokens=False).input_ids)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
-    return logp[start - 1 : -1].gather(1, ids[0, start:, None]).mean().item()
-
 
 PAIRS = [("Are you talkative?", "Yes, I love to talk."),
          ("Do you worry a lot?", "No, hardly ever; I stay calm."),
@@ -105,86 +100,133 @@ PAIRS = [("Are you talkative?", "Yes, I love to talk."),
 
 @pytest.mark.parametrize("system", [ev.REAL_PERSON_PROMPT, None])
 @pytest.mark.parametrize("share_prefix", [True, False])
-def test_answer_logprobs_match_the_plain_definition(tiny_chat, tokenizer, system, share_prefix):
-    got = ev.answer_logprobs(tiny_chat, tokenizer, system, PAIRS, batch_size=3,
-                             share_prefix=share_prefix)
-    want = [reference_logprob(tiny_chat, tokenizer, system, q, a) for q, a in PAIRS]
+def test_answer_logprobs_match_the_plain_definition(tiny_chat_model, reference_logprob, system,
+                                                    share_prefix):
+    model, tok = tiny_chat_model
+    got = likelihood.answer_logprobs(model, tok, system, PAIRS, batch_size=3,
+                                     share_prefix=share_prefix)
+    want = [reference_logprob(model, tok, system, q, a) for q, a in PAIRS]
     assert got.tolist() == pytest.approx(want, abs=1e-4)
 
 
-def test_empty_answer_is_a_clear_error(tiny_chat, tokenizer):
+def test_persona_difference_is_the_difference_of_likelihoods(tiny_chat_model, reference_logprob):
+    model, tok = tiny_chat_model
+    hi, lo = "You are outgoing.", "You are quiet."
+    got = likelihood.persona_difference(model, tok, hi, lo, PAIRS)
+    want = [reference_logprob(model, tok, hi, q, a) - reference_logprob(model, tok, lo, q, a)
+            for q, a in PAIRS]
+    assert got.tolist() == pytest.approx(want, abs=1e-4)
+    assert likelihood.persona_difference(model, tok, hi, hi, PAIRS).tolist() == [0.0] * 4
+
+
+def test_empty_answer_is_a_clear_error(tiny_chat_model):
+    model, tok = tiny_chat_model
     with pytest.raises(ValueError, match="empty answer"):
-        ev.answer_logprobs(tiny_chat, tokenizer, None, [("Are you talkative?", "  ")])
+        likelihood.answer_logprobs(model, tok, None, [("Are you talkative?", "  ")])
 
 
-def test_contrast_scores_follow_from_item_preferences(tiny_chat, tokenizer):
-    detail = ev.contrast_item_scores(tiny_chat, tokenizer, ["extraversion", "openness"])
+def test_contrast_scores_follow_from_item_preferences(tiny_chat_model, reference_logprob):
+    model, tok = tiny_chat_model
+    detail = ev.contrast_item_scores(model, tok, ["extraversion", "openness"])
     assert sorted(detail["item"]) == sorted(DESIGN_TABLE["extraversion"][0]
                                             + DESIGN_TABLE["openness"][0])
-    assert detail["p_agree"].between(0, 1).all()
+    # p(agree) of item 1 from the textbook likelihoods: the mean over its pairs of
+    # sigmoid(log p(agree) - log p(disagree))
+    want = sum(torch.sigmoid(torch.tensor(
+        reference_logprob(model, tok, ev.REAL_PERSON_PROMPT, "Are you talkative?", a)
+        - reference_logprob(model, tok, ev.REAL_PERSON_PROMPT, "Are you talkative?", d))).item()
+        for a, d in bfi.contrast_pairs()[1]) / len(bfi.contrast_pairs()[1])
+    assert detail.set_index("item").loc[1, "p_agree"] == pytest.approx(want, abs=1e-4)
     assert (detail["raw"] - (1 + 4 * detail["p_agree"])).abs().max() < 1e-12
     rev = detail["reverse"]
     assert (detail.loc[rev, "keyed"] - (6 - detail.loc[rev, "raw"])).abs().max() < 1e-12
-    scores = ev.contrast_scores(tiny_chat, tokenizer, ["extraversion", "openness"])
+    scores = ev.contrast_scores(model, tok, ["extraversion", "openness"])
     for dim in ("extraversion", "openness"):
         assert scores[dim] == pytest.approx(detail[detail.dimension == dim]["keyed"].mean())
 
 
-def test_interview_transcripts_are_cached_by_key(tiny_chat, tokenizer, isolated_home,
-                                                 monkeypatch):
+def test_interview_transcripts_are_cached_by_key(tiny_chat_model, isolated_home):
+    model, tok = tiny_chat_model
     kw = dict(n_samples=2, max_new_tokens=3, dimensions=["extraversion"], progress=False)
-    first = ev.interview(tiny_chat, tokenizer, cache_key="tiny", **kw)
+    first = ev.interview(model, tok, cache_key="tiny", **kw)
     assert list(first.columns) == ["item", "dimension", "sample", "question", "answer"]
     assert len(first) == 2 * 8 and set(first["sample"]) == {0, 1}
     assert set(first["dimension"]) == {"extraversion"}
     assert len(list((isolated_home / "interviews").glob("*.json"))) == 1
+    # a cached interview needs no model at all; another setting is another key
+    assert ev.interview(None, tok, cache_key="tiny", **kw).equals(first)
+    with pytest.raises(AttributeError):
+        ev.interview(None, tok, cache_key="tiny", seed=1, **kw)
 
-    def no_generation(*a, **k):
-        raise AssertionError("a cached interview must not generate again")
 
-    monkeypatch.setattr("pvutils.models.chat", no_generation)
-    again = ev.interview(tiny_chat, tokenizer, cache_key="tiny", **kw)
-    assert again.equals(first)
-    with pytest.raises(AssertionError, match="cached"):  # another setting is another key
-        ev.interview(tiny_chat, tokenizer, cache_key="tiny", seed=1, **kw)
+def test_judge_interview_scores_each_dimension_from_its_own_rows():
+    class LengthJudge:
+        """Scores a dimension by how many pairs it was given."""
+
+        def score(self, dimension, transcripts):
+            return ev.JudgeResult(float(len(transcripts)), dimension)
+
+    transcripts = pd.DataFrame([
+        dict(dimension="extraversion", question="Are you talkative?", answer="Yes."),
+        dict(dimension="extraversion", question="Are you reserved?", answer="No."),
+        dict(dimension="neuroticism", question="Do you worry a lot?", answer="Never."),
+    ])
+    assert ev.judge_interview(transcripts, LengthJudge()) == {"extraversion": 2.0,
+                                                              "neuroticism": 1.0}
+    with pytest.raises(ValueError, match="lack column"):
+        ev.judge_interview(transcripts.drop(columns="answer"), LengthJudge())
+
+
+def test_validity_summary_known_answer():
+    table = pd.DataFrame([
+        dict(dimension="openness", level="high", a=4.0, b=3.5),
+        dict(dimension="openness", level="low", a=2.0, b=3.0),
+        dict(dimension="neuroticism", level="high", a=3.0, b=2.0),
+        dict(dimension="neuroticism", level="low", a=3.5, b=1.0),
+    ])
+    separation, agreement = ev.validity_summary(table)
+    assert separation.loc["openness"].tolist() == [2.0, 0.5]
+    assert separation.loc["neuroticism"].tolist() == [-0.5, 1.0]
+    # ranks a: 4 1 2 3, b: 4 3 2 1 -> Spearman rho = 1 - 6 * (0 + 4 + 0 + 4) / (4 * 15) = 0.2
+    assert agreement.loc["a", "b"] == pytest.approx(0.2)
+    assert agreement.loc["a", "a"] == 1.0
 
 
 # --- the command line --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def tiny_chat_dir(tiny_chat, tokenizer, tmp_path_factory):
+def tiny_chat_dir(tiny_chat_model, tmp_path_factory):
+    model, tok = tiny_chat_model
     out = tmp_path_factory.mktemp("tiny-chat")
-    tiny_chat.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 
-def test_cli_score_prints_contrast_scores_as_json(tiny_chat, tokenizer, tiny_chat_dir, capsys):
+def test_cli_score_prints_contrast_scores_as_json(tiny_chat_model, tiny_chat_dir, capsys):
     assert ev.cli_score([str(tiny_chat_dir), "--dimensions", "neuroticism"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    want = ev.contrast_scores(tiny_chat, tokenizer, ["neuroticism"])
+    want = ev.contrast_scores(*tiny_chat_model, ["neuroticism"])
     assert printed == {"neuroticism": pytest.approx(want["neuroticism"], abs=1e-4)}
 
 
-def test_cli_score_with_a_vector_scores_the_merged_model(tiny_chat, tokenizer, tiny_chat_dir,
+def test_cli_score_with_a_vector_scores_the_merged_model(tiny_chat_model, tiny_chat_dir,
                                                          tmp_path, capsys):
-    from pvutils.merging import applied
-    from pvutils.vectors import save_vector
-
+    model, tok = tiny_chat_model
     torch.manual_seed(1)
-    vector = {n: 0.5 * torch.randn_like(p) for n, p in tiny_chat.named_parameters()
+    vector = {n: 0.5 * torch.randn_like(p) for n, p in model.named_parameters()
               if "layers.1." in n}
     path = save_vector(vector, tmp_path / "v.safetensors", {"condition": "test"})
     argv = [str(tiny_chat_dir), "--vector", str(path), "--alpha", "2", "--dimensions",
             "agreeableness"]
     assert ev.cli_score(argv) == 0
     printed = json.loads(capsys.readouterr().out)["agreeableness"]
-    base = ev.contrast_scores(tiny_chat, tokenizer, ["agreeableness"])["agreeableness"]
-    with applied(tiny_chat, [path], [2.0]):
-        merged = ev.contrast_scores(tiny_chat, tokenizer, ["agreeableness"])["agreeableness"]
+    base = ev.contrast_scores(model, tok, ["agreeableness"])["agreeableness"]
+    with applied(model, [path], [2.0]):
+        merged = ev.contrast_scores(model, tok, ["agreeableness"])["agreeableness"]
+    assert abs(merged - base) > 1e-3, "the test vector must be large enough to tell them apart"
     assert printed == pytest.approx(merged, abs=1e-4)
-    assert abs(merged - base) > 1e-3  # the vector did change what was scored
 
 
 def test_cli_score_interview_with_a_judge(tiny_chat_dir, isolated_home, capsys):
@@ -213,13 +255,14 @@ def test_cli_score_bad_arguments(tiny_chat_dir, tmp_path, capsys):
 def test_measures_order_guided_high_above_low(embedded_model_dir):
     """Persona-guided answers (γ = 2): each offline judge, and the contrast measure under the
     high vs the low persona, rank high above low for at least 4 of the 5 traits."""
+    from pvutils.judges import get_judge
     from pvutils.models import load_model, load_tokenizer
 
-    model, tok = load_model(EMBEDDED), load_tokenizer(EMBEDDED)
+    model, tok = load_model(embedded_model_dir), load_tokenizer(embedded_model_dir)
     answers = ev.guided_answers(model, tok, n_questions=3, max_new_tokens=40)
-    judges = {"persona": ev.PersonaJudge(model, tok), "embedding": ev.EmbeddingJudge()}
+    judges = {"persona": get_judge("persona", reference=model, tokenizer=tok),
+              "embedding": get_judge("embedding")}
     table = ev.measure_validity(model, tok, answers, judges)
-    separation, agreement = ev.validity_summary(table)
-    print(f"\n{table}\n{separation}\n{agreement}")
+    separation, _ = ev.validity_summary(table)
     for measure in ("persona", "embedding", "contrast"):
         assert (separation[measure] > 0).sum() >= 4, (measure, separation[measure])

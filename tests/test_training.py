@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 from safetensors.torch import load_file
-from test_data import write_big5chat_csv
 
 from pvutils import data, models, training, vectors
 from pvutils.profiles import get_profile
@@ -40,8 +39,8 @@ def tiny_chat_dir(tmp_path_factory, chat_tokenizer) -> Path:
 
 
 @pytest.fixture
-def tiny_profile(isolated_home, tiny_chat_dir, tmp_path):
-    csv = write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+def tiny_profile(isolated_home, tiny_chat_dir, tmp_path, big5chat_csv):
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
     return get_profile("smoke", model=str(tiny_chat_dir), data_source="big5chat",
                        big5chat_path=str(csv), n_dialogues=4, train_batch_size=2,
                        train_epochs=1.0, max_length=64, learning_rate=1e-3,
@@ -232,8 +231,9 @@ def test_character_fidelity_counts_the_characters_voice(monkeypatch):
 
 
 @pytest.mark.slow
-def test_one_condition_end_to_end_on_the_embedded_model(isolated_home, tmp_path):
-    csv = write_big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+def test_one_condition_end_to_end_on_the_embedded_model(isolated_home, tmp_path,
+                                                       big5chat_csv):
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
     profile = get_profile("smoke", data_source="big5chat", big5chat_path=str(csv),
                           n_dialogues=4, train_batch_size=4, max_length=64)
     path = training.train_condition(profile, "agreeableness_high")
