@@ -9,15 +9,14 @@ check an already-built book without re-executing them.
 from __future__ import annotations
 
 import functools
-import json
 import http.server
+import json
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
-
-import subprocess
 
 import pytest
 
