@@ -306,7 +306,7 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
 
     base_answers = answer(model)
     rows = []
-    for cond in conditions:
+    for cond in progress.bar(conditions, desc="persona shift"):  # terminal, not page
         path = vector_path(profile, cond)
         if not path.exists():
             raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")

@@ -34,7 +34,12 @@ def _git_status() -> str:
 
 
 @pytest.fixture(scope="session")
-def built_book() -> Path:
+def tree_before() -> str:
+    return _git_status()
+
+
+@pytest.fixture(scope="session")
+def built_book(tree_before) -> Path:
     if not os.environ.get("PVUTILS_BOOK_NO_RUN"):
         timings = book.run_notebooks("smoke", book.notebooks())
         timings["total"] = round(sum(timings.values()), 1)
@@ -43,16 +48,24 @@ def built_book() -> Path:
     return book.build_book("smoke", warnings_as_errors=True)
 
 
-def test_runner_writes_copies_and_leaves_the_tree_as_it_was(tmp_path):
+def test_the_runner_and_the_build_leave_the_tracked_notebooks_alone(built_book, tree_before):
+    """Every notebook went through the runner (and the book was built): `git status` is as
+    it was, and each executed copy records the commit it ran at."""
+    if os.environ.get("PVUTILS_BOOK_NO_RUN"):
+        pytest.skip("the notebooks were not run in this session")
+    assert _git_status() == tree_before
+    run = json.loads((book.EXECUTED_DIR / "smoke" / "RUN.json").read_text())
+    assert set(run["notebooks"]) >= {nb.stem for nb in book.notebooks()}
+    assert run["notebooks"]["00_setup"]["commit"] not in ("", "unknown")
+
+
+def test_runner_writes_a_copy_and_leaves_the_tree_as_it_was(tmp_path):
     before = _git_status()
     source = REPO_ROOT / "book" / "merging_explained.ipynb"
     text = source.read_text()
     book.run_notebooks("smoke", [source], root=tmp_path)
     assert _git_status() == before and source.read_text() == text
-    copy = book.executed_path(source, "smoke", tmp_path)
-    book.check_executed(copy, "smoke")  # raises on an unexecuted or failed cell
-    run = json.loads((tmp_path / "smoke" / "RUN.json").read_text())
-    assert run["notebooks"]["merging_explained"]["commit"] not in ("", "unknown")
+    book.check_executed(book.executed_path(source, "smoke", tmp_path), "smoke")
 
 
 def test_every_notebook_executed_without_errors(built_book):
