@@ -36,6 +36,8 @@ BUILD_DIR = REPO_ROOT / "_build"
 EXECUTED_DIR = BUILD_DIR / "executed"  # <profile>/<book|notebooks>/<name>.ipynb + JSON
 PUBLISHED_DIR = REPO_ROOT / "results"  # committed: the finished run of a profile
 BOOK_FILES = ("_config.yml", "_toc.yml", "book")
+QUIET_LIBRARIES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                   "TRANSFORMERS_VERBOSITY": "error"}
 
 
 def notebooks() -> list[Path]:
@@ -152,8 +154,9 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    # the kernels import this checkout's pvutils and write results beside the copies
-    with _env(PYTHONPATH=pythonpath, PVUTILS_RESULTS=str(root)):
+    # the kernels import this checkout's pvutils and write results beside the copies; the
+    # libraries' own bars (loading weights, dataset maps) would land in the copies' stderr
+    with _env(PYTHONPATH=pythonpath, PVUTILS_RESULTS=str(root), **QUIET_LIBRARIES):
         pm.execute_notebook(str(path), str(out),
                             parameters={"profile": profile, **(parameters or {})},
                             cwd=str(out.parent), kernel_name="python3", progress_bar=False,

@@ -68,9 +68,11 @@ def run_sweep(plan: Plan, profile: Any, measure: Callable[[dict], Mapping | Sequ
 
 
 def summary(stage: Stage, profile: Any, n_points: int) -> dict[str, Any]:
-    """The short key summary `cache` lists: the stage's fields that differ from `cpu`."""
-    cpu, p = PROFILES["cpu"], cache.unwrap(profile)
-    return {**{f: getattr(p, f) for f in stage.fields if getattr(p, f) != getattr(cpu, f)},
+    """The short key summary `cache` lists: the stage's fields that were overridden (differ
+    from the named profile's, or from `cpu` for an unnamed one), and the number of points."""
+    p = cache.unwrap(profile)
+    ref = PROFILES.get(p.name, PROFILES["cpu"])
+    return {**{f: getattr(p, f) for f in stage.fields if getattr(p, f) != getattr(ref, f)},
             "points": n_points}
 
 
