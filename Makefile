@@ -1,10 +1,13 @@
-# make book   : set up .venv, provision the embedded model, execute the notebooks
-#               (PROFILE=cpu by default; PROFILE=smoke for a quick pass), build _build/html
+# make book   : set up .venv, provision the embedded model, execute the notebooks into
+#               _build/executed/$(PROFILE) (never over the tracked ones), build
+#               _build/$(PROFILE)/html (PROFILE=cpu by default; PROFILE=smoke: a quick pass)
+# make book RUN=0 : build the book from the published run in results/$(PROFILE)/, no model
 # make test   : set up .venv, run the test suite (unit tests, the embedded model end to end,
 #               every notebook in the smoke profile, the book build and a browser check)
 PYTHON  ?= python3
 VENV    ?= .venv
 PROFILE ?= cpu
+RUN     ?= 1
 # the CPU build that lies on disk here; e.g. TORCH="torch==2.13.0 --index-url ..." for CUDA
 TORCH   ?= torch==2.13.0
 PY      := $(VENV)/bin/python
@@ -12,7 +15,7 @@ STAMP   := $(VENV)/.pvutils-installed
 
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv model browser book test lint strip clean
+.PHONY: venv model browser book publish test lint strip clean
 
 venv: $(STAMP)
 
@@ -27,8 +30,17 @@ $(STAMP): pyproject.toml
 model: venv
 	$(PY) -m pvutils provision
 
+ifeq ($(RUN),0)
+book: venv
+	$(PY) -m pvutils book --profile $(PROFILE) --from-results
+else
 book: model
 	$(PY) -m pvutils book --profile $(PROFILE)
+endif
+
+# copy a finished run (every notebook, one clean commit) to results/$(PROFILE)/ to commit it
+publish: venv
+	$(PY) -m pvutils publish --profile $(PROFILE)
 
 # Debian's Chromium for the browser check of the built book
 browser:

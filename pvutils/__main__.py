@@ -15,6 +15,8 @@ COMMANDS = {
     "train-vectors": ("pvutils.training", "cli_train_vectors", "data + fine-tunes + vectors"),
     "score": ("pvutils.evaluation", "cli_score", "Big Five scores of a (merged) model"),
     "book": ("pvutils.book", "cli_book", "execute the notebooks and build the book"),
+    "publish": ("pvutils.book", "cli_publish", "copy a finished run to results/<profile>/"),
+    "cache": ("pvutils.cache", "cli_cache", "list and prune the cached artifacts"),
 }
 
 

@@ -34,8 +34,11 @@ def artifacts_dir() -> Path:
 
 
 def results_dir(profile: str) -> Path:
-    """Where notebooks write their key numbers (`results/<profile>/`)."""
-    root = Path(os.environ.get("PVUTILS_RESULTS", REPO_ROOT / "results")) / profile
+    """Where notebooks write their key numbers: beside the executed copies
+    (`$PVUTILS_RESULTS/<profile>`, set by the book driver; else `_build/executed/<profile>`).
+    `results/<profile>/` is only written by `python -m pvutils publish`."""
+    default = REPO_ROOT / "_build" / "executed"
+    root = Path(os.environ.get("PVUTILS_RESULTS", default)) / profile
     root.mkdir(parents=True, exist_ok=True)
     return root
 

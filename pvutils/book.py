@@ -1,21 +1,43 @@
-"""Execute the notebooks with papermill and build the Jupyter Book.
+"""Execute the notebooks with papermill into a build directory and build the Jupyter Book.
 
-`make book` and the tests both come through here, so the book CI builds is the book a
-reader builds.
+Notebooks are sources: papermill writes executed copies to `_build/executed/<profile>/`
+(result JSON beside them), never over the tracked files. A profile's book is assembled in
+`_build/<profile>/src` from the book's files and that profile's executed copies (or the
+published ones in `results/<profile>/`, `--from-results`) and built to
+`_build/<profile>/html`. `make book` and the tests both come through here, so the book CI
+builds is the book a reader builds.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import datetime
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from .artifacts import REPO_ROOT
+import nbformat
+
+from . import progress
+from .artifacts import REPO_ROOT, read_json, write_json
+from .profiles import check_profile_name, field_names, get_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+BUILD_DIR = REPO_ROOT / "_build"
+EXECUTED_DIR = BUILD_DIR / "executed"  # <profile>/<book|notebooks>/<name>.ipynb + JSON
+PUBLISHED_DIR = REPO_ROOT / "results"  # committed: the finished run of a profile
+BOOK_FILES = ("_config.yml", "_toc.yml", "book")
+QUIET_LIBRARIES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                   "TRANSFORMERS_VERBOSITY": "error"}
 
 
 def notebooks() -> list[Path]:
@@ -26,21 +48,149 @@ def notebooks() -> list[Path]:
     )
 
 
-def run_notebook(path: Path, profile: str, parameters: dict | None = None) -> float:
-    """Execute one notebook in place with papermill; a cell error raises. Returns seconds."""
-    import papermill as pm
+def select(only: Sequence[str] | None) -> list[Path]:
+    """The notebooks whose names start with one of `only` (all when empty); a prefix that
+    matches none is an error naming the valid ones."""
+    every = notebooks()
+    if not only:
+        return every
+    unknown = [p for p in only if not any(nb.stem.startswith(p) for nb in every)]
+    if unknown:
+        raise ValueError(f"no notebook named {unknown}; notebooks: {[nb.stem for nb in every]}")
+    return [nb for nb in every if any(nb.stem.startswith(p) for p in only)]
 
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The names and defaults of a notebook's `parameters` cell."""
+    import papermill as pm  # heavy (nbclient, jupyter); only needed to run notebooks
+
+    return {name: p["default"] for name, p in pm.inspect_notebook(str(path)).items()}
+
+
+def check_run(profile: str, paths: Sequence[Path], parameters: dict[str, Any]) -> None:
+    """Fail before anything executes: unknown profile, parameter or field value."""
+    check_profile_name(profile)
+    declared = {nb.stem: notebook_parameters(nb) for nb in paths}
+    every = set().union(*declared.values())
+    unknown = sorted(set(parameters) - every)
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown} for {list(declared)}; "
+                         f"parameters: {sorted(every)}")
+    fields = set(field_names())
+    get_profile(profile, **{k: v for k, v in parameters.items() if k in fields})
+
+
+def executed_path(nb: Path, profile: str, root: Path = EXECUTED_DIR) -> Path:
+    return root / profile / nb.relative_to(REPO_ROOT)
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Environment variables for the kernels papermill starts (they inherit ours)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def tail(path: Path, out=sys.stderr, every: float = 0.5) -> Iterator[None]:
+    """Copy what is appended to `path` to `out` while the block runs (the progress stream
+    the kernels write; papermill's own log would only show cell outputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    stop = threading.Event()
+
+    def pump() -> None:
+        with open(path, errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                elif stop.is_set():
+                    return
+                else:
+                    stop.wait(every)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _revision() -> dict[str, Any]:
+    """The commit the notebooks run at, and whether tracked files differ from it."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty": bool(dirty)}
+
+
+def run_notebook(path: Path, profile: str, parameters: dict | None = None,
+                 root: Path = EXECUTED_DIR) -> float:
+    """Execute one notebook with papermill into `root/<profile>/` (never in place); a cell
+    error raises. Its result JSON goes beside it and `RUN.json` records the run.
+    Returns seconds."""
+    import papermill as pm  # heavy (nbclient, jupyter); only needed to run notebooks
+
+    out = executed_path(path, profile, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    pm.execute_notebook(
-        str(path),
-        str(path),
-        parameters={"profile": profile, **(parameters or {})},
-        cwd=str(path.parent),
-        kernel_name="python3",
-        progress_bar=False,
-        log_output=False,
-    )
-    return time.perf_counter() - start
+    # the kernels import this checkout's pvutils and write results beside the copies; the
+    # libraries' own bars (loading weights, dataset maps) would land in the copies' stderr
+    with _env(PYTHONPATH=pythonpath, PVUTILS_RESULTS=str(root), **QUIET_LIBRARIES):
+        pm.execute_notebook(str(path), str(out),
+                            parameters={"profile": profile, **(parameters or {})},
+                            cwd=str(out.parent), kernel_name="python3", progress_bar=False,
+                            log_output=False)
+    seconds = time.perf_counter() - start
+    manifest = root / profile / "RUN.json"
+    run = read_json(manifest) if manifest.exists() else {"profile": profile, "notebooks": {}}
+    run["notebooks"][path.stem] = {
+        **_revision(), "seconds": round(seconds, 1), "parameters": parameters or {},
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    write_json(manifest, run)
+    return seconds
+
+
+def run_notebooks(profile: str, paths: Sequence[Path], parameters: dict | None = None,
+                  root: Path = EXECUTED_DIR) -> dict[str, float]:
+    """Run `paths` in order, each with the parameters it declares; the chapter, its stages
+    and their bars are shown on stderr. Returns seconds per notebook."""
+    parameters = parameters or {}
+    times = {}
+    log = root / profile / "progress.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    with _env(**{progress.ENV: str(log)}), tail(log):
+        for i, nb in enumerate(paths, 1):
+            mine = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
+            print(f"[{i}/{len(paths)}] {nb.stem} (profile {profile}"
+                  + "".join(f", {k}={v!r}" for k, v in mine.items()) + ")",
+                  file=sys.stderr, flush=True)
+            times[nb.stem] = run_notebook(nb, profile, mine, root)
+            print(f"[{i}/{len(paths)}] {nb.stem} done in {times[nb.stem]:.0f} s",
+                  file=sys.stderr, flush=True)
+    return times
 
 
 MATHJAX_DIR = REPO_ROOT / "_vendor" / "mathjax"  # `mathjax_path` in _config.yml points here
@@ -65,29 +215,171 @@ def vendor_mathjax(dest: Path = MATHJAX_DIR) -> Path:
     return dest
 
 
-def build_book(warnings_as_errors: bool = True) -> Path:
-    """`jupyter-book build` of the repository root (notebooks are not re-executed)."""
-    vendor_mathjax()
+def assemble(executed: Path, dest: Path) -> list[str]:
+    """The book's source tree in `dest`: the tracked book files with every notebook taken
+    from `executed` (a profile's executed or published copies). Returns the notebooks that
+    had no executed copy (their pages show the source without outputs)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for name in BOOK_FILES:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        else:
+            shutil.copy2(src, dest / name)
+    missing = []
+    for nb in notebooks():
+        rel = nb.relative_to(REPO_ROOT)
+        copy = executed / rel
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not copy.exists():
+            missing.append(nb.stem)
+        shutil.copy2(copy if copy.exists() else nb, dest / rel)
+    shutil.copytree(vendor_mathjax(), dest / "_vendor" / "mathjax")
+    return missing
+
+
+def build_book(profile: str = "smoke", executed: Path | None = None,
+               out: Path | None = None, warnings_as_errors: bool = True) -> Path:
+    """`jupyter-book build` of a profile's assembled tree (notebooks are not re-executed).
+    Returns `<out>/html/index.html` (`out` defaults to `_build/<profile>`)."""
+    executed = executed or EXECUTED_DIR / profile
+    out = out or BUILD_DIR / profile
+    missing = assemble(executed, out / "src")
+    if missing:
+        print(f"not executed in profile {profile} (shown without outputs): {missing}",
+              file=sys.stderr)
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe), "build", str(REPO_ROOT), "--builder", "html"]
+    cmd = [str(exe), "build", str(out / "src"), "--builder", "html", "--path-output", str(out)]
     if warnings_as_errors:
         cmd += ["-W", "-n", "--keep-going"]
-    subprocess.run(cmd, check=True)
-    return REPO_ROOT / "_build" / "html" / "index.html"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if os.environ.get(
+        "PVUTILS_QUIET_BUILD") else None)
+    html = out / "html"
+    shutil.rmtree(html, ignore_errors=True)
+    os.replace(out / "_build" / "html", html)
+    return html / "index.html"
+
+
+# --- published results -------------------------------------------------------------------
+
+
+def check_executed(path: Path, profile: str) -> None:
+    """An executed copy ran every code cell without error, in `profile`; else ValueError."""
+    nb = nbformat.read(path, as_version=4)
+    ran = nb.metadata.get("papermill", {}).get("parameters", {}).get("profile")
+    if ran != profile:
+        raise ValueError(f"{path.name}: executed in profile {ran!r}, not {profile!r}")
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.strip():
+            if cell.execution_count is None:
+                raise ValueError(f"{path.name}: a cell did not run")
+            if any(o.output_type == "error" for o in cell.outputs):
+                raise ValueError(f"{path.name}: a cell raised an error")
+
+
+def publish(profile: str, source: Path | None = None, dest: Path | None = None,
+            allow_dirty: bool = False) -> Path:
+    """Copy a finished run (every notebook executed without error in `profile`, all at one
+    clean commit) to `results/<profile>/` with a RUN.md; nothing is copied otherwise."""
+    check_profile_name(profile)
+    source = source or EXECUTED_DIR / profile
+    dest = dest or PUBLISHED_DIR / profile
+    manifest = source / "RUN.json"
+    runs = read_json(manifest)["notebooks"] if manifest.exists() else {}
+    missing = [nb.stem for nb in notebooks() if nb.stem not in runs
+               or not executed_path(nb, profile, source.parent).exists()]
+    if missing:
+        raise ValueError(f"not executed in profile {profile}: {missing}; run "
+                         f"`python -m pvutils book --profile {profile}` first")
+    for nb in notebooks():
+        check_executed(executed_path(nb, profile, source.parent), profile)
+    commits = {r["commit"] for r in runs.values()}
+    if len(commits) != 1:
+        raise ValueError(f"the notebooks ran at different commits {sorted(commits)}; rerun them")
+    if not allow_dirty and any(r["dirty"] for r in runs.values()):
+        raise ValueError("some notebooks ran with uncommitted changes; commit and rerun "
+                         "(or pass --allow-dirty)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{profile}.tmp-", dir=dest.parent if
+                                dest.parent.exists() else None))
+    for nb in notebooks():
+        rel = nb.relative_to(REPO_ROOT)
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, tmp / rel)
+    for result in source.glob("*.json"):
+        shutil.copy2(result, tmp / result.name)
+    (tmp / "RUN.md").write_text(_run_md(profile, runs, commits.pop()))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.move(str(tmp), dest)
+    return dest
+
+
+def _run_md(profile: str, runs: dict, commit: str) -> str:
+    rows = "\n".join(f"| {name} | {r['seconds']:.0f} | {r['finished']} | {r['parameters']} |"
+                     for name, r in runs.items())
+    return (f"# Published run: profile `{profile}`\n\nCommit `{commit}`. Rebuild the book from "
+            f"these files with `make book RUN=0 PROFILE={profile}`.\n\n"
+            f"| notebook | seconds | finished (UTC) | parameters |\n| --- | --- | --- | --- |\n"
+            f"{rows}\n")
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _value(text: str) -> Any:
+    """A `-p` value: a Python literal (numbers, lists, None) or else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def cli_book(argv: list[str]) -> int:
-    """`python -m pvutils book --profile smoke [--only 00_setup] [--no-run]`."""
+    """`python -m pvutils book --profile smoke [--only 00_setup] [-p NAME VALUE] [--no-run]
+    [--from-results]`."""
     parser = argparse.ArgumentParser(prog="python -m pvutils book")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to execute")
-    parser.add_argument("--no-run", action="store_true", help="only build the HTML")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="a notebook parameter (papermill -p)")
+    parser.add_argument("--no-run", action="store_true",
+                        help="only build the HTML from the executed copies")
+    parser.add_argument("--from-results", action="store_true",
+                        help="build from the published run in results/<profile>/ (no model)")
     args = parser.parse_args(argv)
+    parameters = {name: _value(value) for name, value in args.parameter}
+    try:
+        paths = select(args.only)
+        if args.from_results:
+            source = PUBLISHED_DIR / args.profile
+            if not (source / "RUN.md").exists():
+                raise ValueError(f"no published run at {source}; publish one with "
+                                 f"`python -m pvutils publish --profile {args.profile}`")
+            print(build_book(args.profile, executed=source))
+            return 0
+        if not args.no_run:
+            check_run(args.profile, paths, parameters)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not args.no_run:
-        for nb in notebooks():
-            if args.only and not any(nb.stem.startswith(p) for p in args.only):
-                continue
-            print(f"executing {nb.name} (profile {args.profile}) ...", flush=True)
-            print(f"  done in {run_notebook(nb, args.profile):.0f} s", flush=True)
-    print(build_book())
+        run_notebooks(args.profile, paths, parameters)
+    print(build_book(args.profile))
+    return 0
+
+
+def cli_publish(argv: list[str]) -> int:
+    """`python -m pvutils publish --profile cpu`: copy + check a finished run."""
+    parser = argparse.ArgumentParser(prog="python -m pvutils publish")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--allow-dirty", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        dest = publish(args.profile, allow_dirty=args.allow_dirty)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    where = dest.relative_to(REPO_ROOT) if dest.is_relative_to(REPO_ROOT) else dest
+    print(f"published to {where}; commit it with `git add {where}`")
     return 0

@@ -22,8 +22,8 @@ from typing import Any
 
 import datasets
 
-from . import models, personas
-from .artifacts import artifacts_dir, atomic_dir, fingerprint, read_json, write_json
+from . import cache, models, personas, progress
+from .artifacts import atomic_dir, read_json, write_json
 from .bundled import resource
 from .profiles import CONDITIONS, Profile
 from .side_effects import is_disclaimer
@@ -205,19 +205,16 @@ def _big5chat_messages(row: dict) -> dict:
 
 
 def data_dir(profile: Profile, condition: str) -> Path:
-    """`<artifacts>/<profile>/data/<condition>-<key>`: the cache of one condition's data."""
-    return artifacts_dir() / profile.name / "data" / f"{condition}-{data_key(profile, condition)}"
+    """`<artifacts>/data/<key>`: the cache of one condition's data (content-addressed)."""
+    return DATA.entry(data_key(profile, condition))
 
 
 def data_key(profile: Profile, condition: str) -> str:
-    """A hash of everything the data depend on: model, data fields, condition, prompts."""
+    """A hash of everything the data depend on: the code, the fields `DATA` declares,
+    the condition, its persona texts and the training prompts."""
     _check_condition(condition)
-    fields = ("model", "data_source", "big5chat_path", "n_dialogues", "guidance_gamma",
-              "gen_temperature", "gen_top_p", "gen_max_new_tokens", "seed")
-    p = profile.as_dict()
-    persona_texts = _condition_personas(condition)
-    return fingerprint(DATA_VERSION, {k: p[k] for k in fields}, condition, persona_texts,
-                       training_prompts())
+    return DATA.key(profile, DATA_VERSION, condition, _condition_personas(condition),
+                    training_prompts())
 
 
 def _check_condition(condition: str) -> None:
@@ -266,6 +263,7 @@ def trait_datasets(profile: Profile, extra_conditions: tuple[str, ...] = (),
 
 
 def _generate(profile: Profile, conditions: list[str], model, tokenizer, chat=None) -> dict:
+    profile = DATA.view(profile)  # reading an undeclared field raises
     for cond in conditions:
         _check_condition(cond)
     if profile.data_source not in ("guided", "big5chat"):
@@ -287,6 +285,9 @@ def _generate(profile: Profile, conditions: list[str], model, tokenizer, chat=No
     if empty:
         raise DataError(f"no usable dialogues for {', '.join(empty)}; raise n_dialogues or "
                         "lower guidance_gamma")
+    for c in conditions:
+        cache.touch(data_dir(profile, c), DATA.name, profile.name,
+                    {"condition": c, "n": profile.n_dialogues, "source": profile.data_source})
     return {c: datasets.load_from_disk(str(data_dir(profile, c) / "dataset"))["train"]
             for c in conditions}
 
@@ -327,6 +328,7 @@ def _guided(profile: Profile, conditions: list[str], model, tokenizer, chat=None
             convs.append([{"role": "system", "content": persona}, user])
             negs.append([{"role": "system", "content": anti}, user])
     start = time.perf_counter()
+    progress.log(f"stage data: {len(conditions)} condition(s) x {n_candidates} answers")
     replies = (chat or models.chat)(
         model, tokenizer, convs, negative_conversations=negs,
         guidance_scale=1.0 + profile.guidance_gamma, max_new_tokens=profile.gen_max_new_tokens,
@@ -371,6 +373,17 @@ def _filtered(profile: Profile, condition: str, bank, ids, replies, seconds: flo
         "examples": [r["messages"] for r in rows[:3]],
     }
     return ds, card
+
+
+# the data stage: what it reads (enforced by `DATA.view`) and whose source is its version
+DATA = cache.Stage(
+    "data",
+    fields=("model", "dtype", "device", "data_source", "big5chat_path", "n_dialogues",
+            "guidance_gamma", "gen_temperature", "gen_top_p", "gen_max_new_tokens",
+            "gen_batch_size", "seed"),
+    grid=("conditions",),
+    code=(_generate, _guided, _filtered, _from_big5chat, quality_issue),
+)
 
 
 def data_card(profile: Profile, condition: str) -> dict:

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .artifacts import artifacts_dir, atomic_dir
+from .progress import bar  # the terminal bar, never a widget in the executed page
 
 MANIFEST = "pvutils-manifest.json"
 
@@ -261,7 +262,7 @@ def chat(
     torch.manual_seed(seed)
     replies: list[str] = []
     batches = range(0, len(conversations), batch_size)
-    for start in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
+    for start in bar(batches, desc="generating", disable=not progress or len(batches) < 2):
         enc = _encode(tokenizer, conversations[start : start + batch_size]).to(model.device)
         extra = {}
         if negative_conversations is not None and guidance_scale != 1.0:

@@ -9,6 +9,9 @@ overridden by name, e.g. from a notebook's papermill `parameters` cell.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +80,15 @@ class Profile:
     contrast_pairs: int = 3  # answer pairs per BFI item in the contrast measure (max 3)
     p2_seeds: int = 3  # P2 prompts drawn per condition
 
+    def __post_init__(self) -> None:
+        # every value is checked (and lists coerced to tuples) against its annotation and
+        # the rules below, so a bad override fails here, before any notebook cell runs
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(self.name, f.name, getattr(self, f.name), hints[f.name])
+            _check_rule(self.name, f.name, value)
+            object.__setattr__(self, f.name, value)
+
     def replace(self, **overrides: Any) -> Profile:
         """A copy with `overrides` applied; `None` values mean 'keep the profile's'."""
         return dataclasses.replace(self, **_checked(overrides))
@@ -85,23 +97,98 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Profile))
+
+
 def _checked(overrides: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(Profile)}
-    unknown = sorted(set(overrides) - known)
+    known = field_names()
+    unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ValueError(f"unknown profile field(s) {unknown}; known fields: {sorted(known)}")
-    out = {k: v for k, v in overrides.items() if v is not None}
-    tuples = ("alphas", "interview_alphas", "composition_alphas", "conditions",
-              "sweep_conditions", "composition_traits", "composition_methods", "npti_gammas",
-              "transfer_alphas", "transfer_betas", "layerwise_alphas")
-    for key in tuples:
-        if key in out:
-            out[key] = tuple(out[key])
-    bad = sorted(set(out.get("conditions", ())).union(out.get("sweep_conditions", ()))
-                 - set(CONDITIONS))
-    if bad:
-        raise ValueError(f"unknown condition(s) {bad}; conditions are {list(CONDITIONS)}")
-    return out
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+# --- value checks: by annotation (generic), then per-field rules -------------------------
+
+def _fail(profile: str, name: str, value: Any, why: str) -> None:
+    raise ValueError(f"profile {profile!r}: {name}={value!r} {why}")
+
+
+def _coerce(profile: str, name: str, value: Any, hint: Any) -> Any:
+    """`value` as the annotated type: int -> float, list -> tuple; anything else fails."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            _fail(profile, name, value, f"is not a list of {args[0].__name__}")
+        items = tuple(_coerce(profile, name, v, args[0]) for v in value)
+        if not items:
+            _fail(profile, name, value, "is empty")
+        return items
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        _fail(profile, name, value, "is not a finite number")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        _fail(profile, name, value, f"is not of type {hint.__name__}")
+    return value
+
+
+METHODS = ("TA", "TIES", "TA+DARE", "TIES+DARE")
+LR_SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup", "polynomial",
+                 "inverse_sqrt", "cosine_with_restarts")
+# field -> allowed values (every item, for a tuple field)
+CHOICES: dict[str, tuple] = {
+    "dtype": ("float32", "float16", "bfloat16"),
+    "data_source": ("guided", "big5chat"),
+    "measure": ("contrast", "interview"),
+    "judge": ("persona", "embedding", "openai"),
+    "lr_scheduler": LR_SCHEDULERS,
+    "conditions": CONDITIONS,
+    "sweep_conditions": CONDITIONS,
+    "composition_traits": TRAITS,
+    "composition_methods": METHODS,
+}
+# field -> (low, high, low inclusive, high inclusive); ints not listed must be >= 1
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "seed": (0, math.inf, True, False),
+    "ties_density": (0.0, 1.0, False, True),
+    "dare_drop_rate": (0.0, 1.0, True, False),
+    "gen_top_p": (0.0, 1.0, False, True),
+    "gen_temperature": (0.0, math.inf, True, False),
+    "eval_temperature": (0.0, math.inf, True, False),
+    "guidance_gamma": (0.0, math.inf, True, False),
+    "learning_rate": (0.0, math.inf, False, False),
+    "train_epochs": (0.0, math.inf, False, False),
+    "contrast_pairs": (1, 3, True, True),
+}
+
+
+def _check_rule(profile: str, name: str, value: Any) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    if name in CHOICES:
+        bad = [v for v in items if v not in CHOICES[name]]
+        if bad:
+            what = "condition" if "conditions" in name else "value"
+            _fail(profile, name, value, f"has unknown {what}(s) {bad}; choose from "
+                  f"{list(CHOICES[name])}")
+    if name == "device" and not (value in ("cpu", "cuda", "mps", "auto")
+                                 or value.startswith("cuda:")):
+        _fail(profile, name, value, "is not a device (cpu, cuda, cuda:N, mps or auto)")
+    low, high, low_in, high_in = RANGES.get(name, (1, math.inf, True, False))
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and name not in RANGES:
+            continue  # free floats (alphas, gammas): finiteness is checked by type
+        if not ((low <= v if low_in else low < v) and (v <= high if high_in else v < high)):
+            bounds = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            _fail(profile, name, value, f"is out of range {bounds}")
 
 
 PROFILES: dict[str, Profile] = {
@@ -163,8 +250,12 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str = "cpu", **overrides: Any) -> Profile:
-    """The named profile with overrides applied (unknown names and fields are errors)."""
+def check_profile_name(name: str) -> None:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+
+
+def get_profile(name: str = "cpu", **overrides: Any) -> Profile:
+    """The named profile with overrides applied (unknown names and fields are errors)."""
+    check_profile_name(name)
     return PROFILES[name].replace(**overrides)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from . import cache, progress
 from . import data as pvdata
-from .artifacts import artifacts_dir, fingerprint, read_json, write_json
-from .profiles import Profile
+from .artifacts import artifacts_dir, read_json, write_json
+from .profiles import Profile, get_profile
 
 TRAIN_VERSION = 1  # bump when training changes what a vector holds
 DEFAULT_CHARACTER = "captain_mara"
@@ -34,28 +35,33 @@ class TrainingError(RuntimeError):
     """Fine-tuning could not run or produced an unusable model; the message says why."""
 
 
-def vector_path(profile_name: str, condition: str) -> Path:
-    """`<artifacts>/<profile>/vectors/<trait>_<level>.safetensors` (or `domain_<name>`)."""
-    return artifacts_dir() / profile_name / "vectors" / f"{condition}.safetensors"
+def vector_path(profile: Profile | str, condition: str) -> Path:
+    """`<artifacts>/vectors/<key>/<trait>_<level>.safetensors` (or `domain_<name>`): a
+    changed training input trains a new vector beside the old one. A profile name means
+    that profile as defined."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    return VECTORS.entry(train_key(profile, condition)) / f"{condition}.safetensors"
 
 
-def sidecar_path(profile_name: str, condition: str) -> Path:
-    """The JSON beside a vector: its input hash, training numbers and stage times."""
-    return vector_path(profile_name, condition).with_suffix(".json")
+def sidecar_path(profile: Profile | str, condition: str) -> Path:
+    """The JSON beside a vector: its key, training numbers and stage times."""
+    return vector_path(profile, condition).with_suffix(".json")
+
+
+def finetuned_path(profile: Profile | str, condition: str) -> Path:
+    """Where `keep_model=True` keeps the fine-tuned model, beside its vector."""
+    return vector_path(profile, condition).parent / "finetuned"
 
 
 def train_key(profile: Profile, condition: str) -> str:
-    """A hash of everything a vector depends on: its data's key and the training fields."""
-    fields = ("model", "dtype", "train_epochs", "train_batch_size", "grad_accum",
-              "learning_rate", "lr_scheduler", "max_length", "use_lora", "bf16", "seed")
-    p = profile.as_dict()
-    return fingerprint(TRAIN_VERSION, pvdata.data_key(profile, condition),
-                       {k: p[k] for k in fields})
+    """A hash of everything a vector depends on: the code, its data's key and the training
+    fields `VECTORS` declares."""
+    return VECTORS.key(profile, TRAIN_VERSION, pvdata.data_key(profile, condition))
 
 
 def is_trained(profile: Profile, condition: str) -> bool:
     """Whether the vector exists and was made from exactly these inputs."""
-    out, side = vector_path(profile.name, condition), sidecar_path(profile.name, condition)
+    out, side = vector_path(profile, condition), sidecar_path(profile, condition)
     if not (out.exists() and side.exists()):
         return False
     try:
@@ -96,6 +102,7 @@ def sft_config(profile: Profile, output_dir: str | Path):
         packing=False,
         save_strategy="no",
         report_to="none",
+        disable_tqdm=True,  # progress goes to the terminal (`progress.trainer_callback`)
         logging_steps=1,
         seed=profile.seed,
         data_seed=profile.seed,
@@ -130,10 +137,16 @@ def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str |
 
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
+    from transformers import PrinterCallback
+
     tokenizer.padding_side = "right"
-    return SFTTrainer(model=model, args=sft_config(profile, output_dir),
-                      train_dataset=to_prompt_completion(dataset), processing_class=tokenizer,
-                      peft_config=peft_config)
+    name = dataset[0]["condition"] if "condition" in dataset.column_names else "fine-tune"
+    trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir),
+                         train_dataset=to_prompt_completion(dataset), processing_class=tokenizer,
+                         peft_config=peft_config,
+                         callbacks=[progress.trainer_callback(f"fine-tune {name}")])
+    trainer.remove_callback(PrinterCallback)  # it would print every log dict into the page
+    return trainer
 
 
 def base_weights_dir(model: str) -> Path:
@@ -160,9 +173,13 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
     from . import models, vectors
 
     pvdata._check_condition(condition)
+    profile = VECTORS.view(profile)  # reading an undeclared field raises
+    out = vector_path(profile, condition)
     if is_trained(profile, condition):
-        return vector_path(profile.name, condition)
+        cache.touch(out.parent, VECTORS.name, profile.name, {"condition": condition})
+        return out
     key = train_key(profile, condition)
+    progress.log(f"stage fine-tune: {condition} [key {key}]")
     t0 = time.perf_counter()
     dataset = pvdata.generate_trait_data(profile, condition)
     data_seconds = time.perf_counter() - t0
@@ -170,7 +187,7 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
     model = models.load_model(profile.model, dtype=profile.dtype)
     tokenizer = models.load_tokenizer(profile.model)
     n_params = sum(p.numel() for p in model.parameters())
-    scratch = artifacts_dir() / profile.name / "scratch" / f"{condition}-{key}"
+    scratch = artifacts_dir() / "scratch" / f"{condition}-{key}"
     shutil.rmtree(scratch, ignore_errors=True)  # a killed run's leftovers
     try:
         trainer = build_trainer(profile, model, tokenizer, dataset, scratch / "trainer")
@@ -189,17 +206,16 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
             trainer.save_model(str(scratch / "model"))
         if not trainer.accelerator.is_main_process:
             trainer.accelerator.wait_for_everyone()
-            return vector_path(profile.name, condition)
-        out = vectors.extract_vector(base_dir, scratch / "model", vector_path(profile.name,
-                                     condition), condition=condition)
+            return out
+        out = vectors.extract_vector(base_dir, scratch / "model", out, condition=condition)
         extract_seconds = time.perf_counter() - t2
         if keep_model:
-            kept = artifacts_dir() / profile.name / "finetuned" / condition
+            kept = finetuned_path(profile, condition)
             shutil.rmtree(kept, ignore_errors=True)
             shutil.move(str(scratch / "model"), kept)
             tokenizer.save_pretrained(kept)
         flops = 6 * n_params * tokens
-        write_json(sidecar_path(profile.name, condition), {
+        write_json(sidecar_path(profile, condition), {
             "key": key, "condition": condition, "profile": profile.name, "model": profile.model,
             "data_key": pvdata.data_key(profile, condition), "n_examples": len(dataset),
             "steps": result.global_step, "train_loss": loss, "params": n_params,
@@ -210,10 +226,22 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
             "gflops_per_second": round(flops / train_seconds / 1e9, 2),
             "loss_history": [h["loss"] for h in trainer.state.log_history if "loss" in h],
         })
+        cache.touch(out.parent, VECTORS.name, profile.name, {"condition": condition})
         trainer.accelerator.wait_for_everyone()
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# the fine-tune stage: it makes its own data, so it may read the data stage's fields too
+VECTORS = cache.Stage(
+    "vectors",
+    fields=("model", "dtype", "train_epochs", "train_batch_size", "grad_accum",
+            "learning_rate", "lr_scheduler", "max_length", "use_lora", "bf16",
+            "gradient_checkpointing", "seed"),
+    after=(pvdata.DATA,),
+    code=(train_condition, sft_config, build_trainer, to_prompt_completion),
+)
 
 
 def train_all_vectors(profile: Profile, keep_models: bool = False) -> dict[str, Path]:
@@ -276,8 +304,8 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
 
     base_answers = answer(model)
     rows = []
-    for cond in conditions:
-        path = vector_path(profile.name, cond)
+    for cond in progress.bar(conditions, desc="persona shift"):  # terminal, not page
+        path = vector_path(profile, cond)
         if not path.exists():
             raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")
         with applied(model, [path], [alpha], reuse_buffers=True):
@@ -332,7 +360,7 @@ def stage_table(profile: Profile, conditions: Sequence[str]):
 
     rows = []
     for cond in conditions:
-        side = sidecar_path(profile.name, cond)
+        side = sidecar_path(profile, cond)
         if not side.exists():
             continue
         info = read_json(side)
@@ -386,6 +414,6 @@ def cli_train_vectors(argv: list[str]) -> int:
     for name, seconds in stages.items():
         print(f"{name:<34} {seconds:8.1f} s")
     print(f"{'total':<34} {sum(stages.values()):8.1f} s")
-    write_json(vector_path(profile.name, "x").parent / "stages.json",
+    write_json(artifacts_dir() / "runs" / f"train-vectors-{profile.name}.json",
                {"stages_seconds": stages, "vectors": {k: str(v) for k, v in paths.items()}})
     return 0

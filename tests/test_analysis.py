@@ -1,4 +1,4 @@
-"""Analysis: resumable sweeps, statistics, hidden-state similarity, side effects, the VLM case."""
+"""Analysis: statistics, hidden-state similarity, side effects, the VLM case."""
 
 from __future__ import annotations
 
@@ -12,26 +12,6 @@ import torch
 from pvutils import analysis, layers, side_effects, stats, vlm
 
 TEXTS = ["hello there", "a longer sentence about bread and butter", "x"]
-
-
-def test_run_sweep_caches_points_and_resumes(tmp_path):
-    calls = []
-
-    def evaluate(point):
-        calls.append(point["alpha"])
-        if point["alpha"] == 0.3 and len(calls) == 3:
-            raise KeyboardInterrupt  # killed mid-sweep
-        return {"score": 2 * point["alpha"]}
-
-    points = [{"alpha": a} for a in (0.1, 0.2, 0.3)]
-    cache = tmp_path / "sweep.json"
-    with pytest.raises(KeyboardInterrupt):
-        analysis.run_sweep(points, evaluate, cache)
-    df = analysis.run_sweep(points, evaluate, cache)
-    assert calls == [0.1, 0.2, 0.3, 0.3]  # finished points never recomputed
-    assert df["score"].tolist() == [0.2, 0.4, 0.6]
-    analysis.run_sweep(points, evaluate, cache)
-    assert len(calls) == 4
 
 
 def test_trait_profiles_enumerates_all_high_low_assignments():

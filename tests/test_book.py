@@ -1,5 +1,6 @@
-"""The book: every notebook executes in the smoke profile, the HTML builds with warnings
-as errors, and every page loads in headless Chromium without errors.
+"""The book: every notebook executes in the smoke profile into the build directory (the
+tracked notebooks stay untouched), the HTML builds with warnings as errors, and every page
+loads in headless Chromium without errors.
 
 The notebooks run once per session (a session fixture); set PVUTILS_BOOK_NO_RUN=1 to
 check an already-built book without re-executing them.
@@ -9,33 +10,62 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
-import nbformat
 import pytest
 
 from pvutils import book
-from pvutils.artifacts import REPO_ROOT, results_dir, write_json
+from pvutils.artifacts import REPO_ROOT, write_json
 
 pytestmark = pytest.mark.book
-HTML = REPO_ROOT / "_build" / "html"
+HTML = book.BUILD_DIR / "smoke" / "html"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, check=True).stdout
+
+
 @pytest.fixture(scope="session")
-def built_book() -> Path:
+def tree_before() -> str:
+    return _git_status()
+
+
+@pytest.fixture(scope="session")
+def built_book(tree_before) -> Path:
     if not os.environ.get("PVUTILS_BOOK_NO_RUN"):
-        timings = {}
-        for nb in book.notebooks():
-            timings[nb.stem] = round(book.run_notebook(nb, "smoke"), 1)
+        timings = book.run_notebooks("smoke", book.notebooks())
         timings["total"] = round(sum(timings.values()), 1)
-        write_json(results_dir("smoke") / "notebook_timings.json", timings)
+        write_json(book.EXECUTED_DIR / "smoke" / "notebook_timings.json", timings)
         print("notebook wall times (s):", timings)
-    return book.build_book(warnings_as_errors=True)
+    return book.build_book("smoke", warnings_as_errors=True)
+
+
+def test_the_runner_and_the_build_leave_the_tracked_notebooks_alone(built_book, tree_before):
+    """Every notebook went through the runner (and the book was built): `git status` is as
+    it was, and each executed copy records the commit it ran at."""
+    if os.environ.get("PVUTILS_BOOK_NO_RUN"):
+        pytest.skip("the notebooks were not run in this session")
+    assert _git_status() == tree_before
+    run = json.loads((book.EXECUTED_DIR / "smoke" / "RUN.json").read_text())
+    assert set(run["notebooks"]) >= {nb.stem for nb in book.notebooks()}
+    assert run["notebooks"]["00_setup"]["commit"] not in ("", "unknown")
+
+
+def test_runner_writes_a_copy_and_leaves_the_tree_as_it_was(tmp_path):
+    before = _git_status()
+    source = REPO_ROOT / "book" / "merging_explained.ipynb"
+    text = source.read_text()
+    book.run_notebooks("smoke", [source], root=tmp_path)
+    assert _git_status() == before and source.read_text() == text
+    book.check_executed(book.executed_path(source, "smoke", tmp_path), "smoke")
 
 
 def test_every_notebook_executed_without_errors(built_book):
@@ -43,13 +73,9 @@ def test_every_notebook_executed_without_errors(built_book):
     names = [nb.stem for nb in book.notebooks()]
     assert "00_setup" in names and "merging_explained" in names
     for path in book.notebooks():
-        nb = nbformat.read(path, as_version=4)
-        assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke", path.name
-        for cell in nb.cells:
-            if cell.cell_type == "code" and cell.source.strip():
-                assert cell.execution_count is not None, f"{path.name}: a cell did not run"
-                errors = [o for o in cell.outputs if o.output_type == "error"]
-                assert not errors, f"{path.name}: {errors}"
+        book.check_executed(book.executed_path(path, "smoke"), "smoke")
+    for result in ("00_setup", "01_rq1_scaling", "05_layerwise"):
+        assert (book.EXECUTED_DIR / "smoke" / f"{result}.json").exists()
 
 
 def test_setup_page_shows_the_models_reply(built_book):
@@ -81,7 +107,7 @@ def test_every_page_loads_cleanly_in_chromium(served_book):
     links, every image decoded. Screenshots go to _build/screenshots/."""
     from playwright.sync_api import sync_playwright
 
-    shots = REPO_ROOT / "_build" / "screenshots"
+    shots = book.BUILD_DIR / "smoke" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     seen: set[str] = set()

@@ -186,7 +186,7 @@ def test_generated_data_have_no_persona_and_a_card(isolated_home, fake_guided):
     assert card["filtered"] == {"ai_disclaimer": 1, "degenerate_loop": 1}
     assert card["filter_rates"]["ai_disclaimer"] == pytest.approx(0.2)
     assert len(card["examples"]) == min(3, len(ds))
-    assert data.data_dir(profile, "extraversion_high").parent == isolated_home / "smoke" / "data"
+    assert data.data_dir(profile, "extraversion_high").parent == isolated_home / "data"
 
 
 def test_generated_data_are_cached_by_their_inputs(isolated_home, fake_guided):

@@ -1,13 +1,16 @@
-"""Profiles: one place for every knob, overridable by name."""
+"""Profiles: one place for every knob, overridable by name, every value checked."""
+
+import subprocess
 
 import pytest
 
-from pvutils import CONDITIONS
-from pvutils.profiles import PROFILES, get_profile
+from pvutils import CONDITIONS, book
+from pvutils.artifacts import REPO_ROOT
+from pvutils.profiles import PROFILES, Profile, get_profile
 
 
 def test_three_profiles_exist_and_cpu_is_the_embedded_default():
-    assert set(PROFILES) == {"smoke", "cpu", "paper"}
+    assert {"smoke", "cpu", "paper"} <= set(PROFILES)
     assert get_profile("cpu").model == "smollm2-135m-instruct"
     assert get_profile("paper").model == "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -23,6 +26,12 @@ def test_override_and_none_means_keep():
     assert p.n_dialogues == 3 and p.model == PROFILES["smoke"].model
 
 
+def test_lists_become_tuples_and_ints_floats():
+    p = get_profile("cpu", alphas=[1, 2], sweep_conditions=["openness_low"])
+    assert p.alphas == (1.0, 2.0) and isinstance(p.alphas[0], float)
+    assert p.sweep_conditions == ("openness_low",)
+
+
 def test_unknown_profile_field_or_condition_is_an_error():
     with pytest.raises(ValueError, match="unknown profile 'gpu'"):
         get_profile("gpu")
@@ -30,3 +39,53 @@ def test_unknown_profile_field_or_condition_is_an_error():
         get_profile("cpu", n_dialogs=3)
     with pytest.raises(ValueError, match="unknown condition"):
         get_profile("cpu", conditions=["extraversion_medium"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"alphas": "abc"}, r"alphas='abc' is not a list of float"),
+    ({"alphas": ["x"]}, r"alphas='x' is not of type float"),
+    ({"ties_density": 7}, r"ties_density=7.0 is out of range \(0.0, 1.0\]"),
+    ({"dtype": "int8"}, r"dtype='int8' has unknown value.*'bfloat16'"),
+    ({"n_samples": 0}, r"n_samples=0 is out of range \[1, inf\)"),
+    ({"n_samples": 1.5}, r"n_samples=1.5 is not of type int"),
+    ({"use_lora": "yes"}, r"use_lora='yes' is not of type bool"),
+    ({"composition_traits": ["charm"]}, r"composition_traits.*unknown value"),
+    ({"composition_methods": ["SLERP"]}, r"unknown value.*TIES\+DARE"),
+    ({"sweep_conditions": []}, r"sweep_conditions=\[\] is empty"),
+    ({"device": "tpu"}, r"device='tpu' is not a device"),
+    ({"learning_rate": 0.0}, r"learning_rate=0.0 is out of range \(0.0, inf\)"),
+    ({"alphas": [float("nan")]}, r"is not a finite number"),
+])
+def test_bad_values_are_one_line_errors_naming_the_field(override, message):
+    with pytest.raises(ValueError, match=message) as err:
+        get_profile("smoke", **override)
+    assert "\n" not in str(err.value) and "profile 'smoke'" in str(err.value)
+
+
+def test_profiles_are_checked_when_made_not_only_when_overridden():
+    with pytest.raises(ValueError, match="gen_top_p=2.0 is out of range"):
+        Profile(name="mine", gen_top_p=2.0)
+
+
+def _status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, text=True,
+                          capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--profile", "nope"], "unknown profile 'nope'; choose one of"),
+    (["--profile", "smoke", "--only", "07_rq7"], "no notebook named ['07_rq7']; notebooks:"),
+    (["--profile", "smoke", "-p", "n_sample", "2"], "unknown notebook parameter(s) ['n_sample']"),
+    (["--profile", "smoke", "--only", "01", "-p", "alphas", "abc"], "alphas='abc' is not a list"),
+    (["--profile", "smoke", "--only", "02", "-p", "ties_density", "7"],
+     "ties_density=7.0 is out of range"),
+])
+def test_book_command_rejects_bad_input_before_running_anything(argv, message, capsys):
+    before = _status()
+    executed = book.EXECUTED_DIR / "smoke"
+    stamp = executed.stat().st_mtime_ns if executed.exists() else None
+    assert book.cli_book(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert _status() == before
+    assert (executed.stat().st_mtime_ns if executed.exists() else None) == stamp

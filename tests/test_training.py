@@ -128,18 +128,19 @@ def test_empty_or_malformed_data_are_clear_errors():
 
 def test_vector_is_finetuned_minus_base(tiny_profile, tiny_chat_dir, isolated_home):
     path = training.train_condition(tiny_profile, "openness_high", keep_model=True)
-    assert path == isolated_home / "smoke" / "vectors" / "openness_high.safetensors"
+    assert path == training.vector_path(tiny_profile, "openness_high")
+    assert path.parent.parent == isolated_home / "vectors"  # <artifacts>/vectors/<key>/
     vec = vectors.load_vector(path)
     base = load_file(str(tiny_chat_dir / "model.safetensors"))
-    tuned = load_file(str(isolated_home / "smoke" / "finetuned" / "openness_high"
+    tuned = load_file(str(training.finetuned_path(tiny_profile, "openness_high")
                           / "model.safetensors"))
     assert set(vec) == set(base)
     for name in base:
         torch.testing.assert_close(vec[name], tuned[name] - base[name])
     assert max(v.abs().max().item() for v in vec.values()) > 0
-    side = training.sidecar_path("smoke", "openness_high")
+    side = training.sidecar_path(tiny_profile, "openness_high")
     assert side.exists() and training.is_trained(tiny_profile, "openness_high")
-    assert not (isolated_home / "smoke" / "scratch" / "openness_high").exists()
+    assert not list((isolated_home / "scratch").glob("openness_high-*"))
 
 
 def test_killed_run_resumes_without_retraining(tiny_profile, monkeypatch):
@@ -159,9 +160,9 @@ def test_killed_run_resumes_without_retraining(tiny_profile, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         training.train_all_vectors(profile)
     assert trained == ["openness_high", "openness_low"]
-    first = training.vector_path("smoke", "openness_high")
+    first = training.vector_path(profile, "openness_high")
     stamp = first.stat().st_mtime_ns
-    assert not training.vector_path("smoke", "openness_low").exists()
+    assert not training.vector_path(profile, "openness_low").exists()
     crash = False
     paths = training.train_all_vectors(profile)
     assert trained[2:] == ["openness_low"]  # the finished condition is not retrained
@@ -200,8 +201,8 @@ def test_base_with_other_parameter_names_is_a_clear_error(tiny_profile, tmp_path
     monkeypatch.setattr(training, "base_weights_dir", lambda model: other)
     with pytest.raises(vectors.MergeError, match=r"layers\.2"):
         training.train_condition(tiny_profile, "extraversion_high")
-    assert not training.vector_path("smoke", "extraversion_high").exists()
-    assert not training.sidecar_path("smoke", "extraversion_high").exists()
+    assert not training.vector_path(tiny_profile, "extraversion_high").exists()
+    assert not training.sidecar_path(tiny_profile, "extraversion_high").exists()
 
 
 def test_unknown_condition_or_character_is_a_clear_error(tiny_profile):
@@ -239,6 +240,6 @@ def test_one_condition_end_to_end_on_the_embedded_model(isolated_home, tmp_path,
     path = training.train_condition(profile, "agreeableness_high")
     meta = vectors.vector_metadata(path)
     assert meta["condition"] == "agreeableness_high"
-    info = training.sidecar_path("smoke", "agreeableness_high").read_text()
+    info = training.sidecar_path(profile, "agreeableness_high").read_text()
     assert '"steps": 1' in info
     shutil.rmtree(isolated_home / "smoke", ignore_errors=True)
