@@ -150,7 +150,7 @@ def _make_judge(name: str, P):
     if name == "persona":  # its own frozen copy of the base: the swept model changes in place
         return get_judge("persona", reference=P.model)
     if name == "openai":
-        return get_judge("openai", model=P.judge_model)
+        return get_judge("openai", judge_model=P.judge_model)
     return get_judge(name)
 
 
