@@ -52,7 +52,7 @@ class Profile:
     use_lora: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
-    launcher: str = "none"  # "none" (this process) | "accelerate" (one `accelerate launch` per condition)
+    launcher: str = "none"  # "none" (this process) | "accelerate" (a launch per condition)
     accelerate_config: str | None = None  # the launcher's config file (repo-relative or absolute)
     save_steps: int = 0  # > 0: TRL checkpoints every N steps, and a rerun resumes from the last
     # --- evaluation ------------------------------------------------------------------

@@ -102,3 +102,24 @@ def tiny_qwen2_chat_model(embedded_model_dir):
 
     tok = load_tokenizer(embedded_model_dir)
     return make_tiny_qwen2(vocab_size=len(tok), bos_token_id=1, eos_token_id=2), tok
+
+
+@pytest.fixture
+def big5chat_csv(tmp_path) -> Path:
+    """A small CSV in Big5-Chat's schema: four dialogues per condition."""
+    import csv
+
+    from pvutils import data
+    from pvutils.profiles import CONDITIONS
+
+    path = tmp_path / "big5chat.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(data.BIG5CHAT_COLUMNS)
+        for cond in CONDITIONS:
+            trait, level = cond.split("_")
+            for i in range(4):
+                w.writerow([f"Respond as a person with {level} {trait}.",
+                            f"Speaker A: How was your day, number {i}?",
+                            f"It was a {level} {trait} kind of day, number {i}.", trait, level])
+    return path

@@ -96,8 +96,8 @@ def test_extracted_vector_is_finetuned_minus_base(arch_model, tmp_path):
 def test_in_place_merge_sets_the_merge_and_restores_bitwise(arch_model, method, params):
     _, model, _ = arch_model
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    phis = [{n: perturbed(model, seed=s).get_parameter(n).detach() - base[n] for n in base}
-            for s in (2, 3)]
+    tuned = [dict(perturbed(model, seed=s).named_parameters()) for s in (2, 3)]
+    phis = [{n: t[n].detach() - base[n] for n in base} for t in tuned]
     if method == "task_arithmetic":  # the reference formula: θ + Σ α φ
         want = {n: base[n] + 0.5 * phis[0][n] - 1.0 * phis[1][n] for n in base}
     with applied(model, phis, [0.5, -1.0], method=method, **params):
