@@ -34,6 +34,8 @@ import torch
 
 from .artifacts import artifacts_dir, fingerprint, read_json, write_json
 from .profiles import TRAITS
+from .prompts import judge_messages as prompts_judge_messages
+from .prompts import load_prompts
 
 DIMENSIONS = TRAITS
 
@@ -444,8 +446,12 @@ def interview(
     cache_key: str | None = None,
     dimensions: Sequence[str] | None = None,
     progress: bool = True,
+    language: str | None = None,
 ) -> pd.DataFrame:
     """The model answers every BFI question as a person, `n_samples` times (one chat each).
+
+    `language` (e.g. "ko") takes the questions and the system prompt from that language's
+    prompt file (`pvutils.prompts`); None keeps the English ones below.
 
     Columns: item, dimension, sample, question, answer. With `cache_key` (naming the model
     under test, e.g. "base" or "extraversion_high@1.5") transcripts are cached under the
@@ -454,21 +460,24 @@ def interview(
     from .models import chat, trim_to_sentence
 
     items = items_for(dimensions)
-    system = REAL_PERSON_PROMPT if system_prompt is None else system_prompt
+    local = load_prompts(language) if language else None
+    asked = {it.number: local.questions[it.number] if local else it.question for it in items}
+    default_system = local.real_person_prompt if local else REAL_PERSON_PROMPT
+    system = default_system if system_prompt is None else system_prompt
     settings = dict(n_samples=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                    seed=seed, system=system, questions=[it.question for it in items])
+                    seed=seed, system=system, questions=[asked[it.number] for it in items])
     path = None
     if cache_key is not None:
         path = artifacts_dir() / "interviews" / f"{fingerprint(cache_key, settings)}.json"
         if path.exists():
             return pd.DataFrame(read_json(path)["transcripts"])
     jobs = [(it, s) for s in range(n_samples) for it in items]
-    convos = [[{"role": "system", "content": system}, {"role": "user", "content": it.question}]
-              for it, _ in jobs]
+    convos = [[{"role": "system", "content": system},
+               {"role": "user", "content": asked[it.number]}] for it, _ in jobs]
     answers = chat(model, tokenizer, convos, max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size,
                    progress=progress)
-    rows = [dict(item=it.number, dimension=it.dimension, sample=s, question=it.question,
+    rows = [dict(item=it.number, dimension=it.dimension, sample=s, question=asked[it.number],
                  answer=trim_to_sentence(a)) for (it, s), a in zip(jobs, answers, strict=True)]
     if path is not None:
         write_json(path, {"cache_key": cache_key, "settings": settings, "transcripts": rows})
@@ -641,8 +650,12 @@ and nothing else, in this format:
 {{"analysis": "<your analysis of the answers>", "result": <your score from 1 to 5>}}"""
 
 
-def judge_messages(dimension: str, transcripts: Sequence[tuple[str, str]]) -> list[dict]:
-    """The InCharacter-style request: expert role, dimension description, all Q/A pairs."""
+def judge_messages(dimension: str, transcripts: Sequence[tuple[str, str]],
+                   language: str | None = None) -> list[dict]:
+    """The InCharacter-style request: expert role, dimension description, all Q/A pairs
+    (in `language` from its prompt file, see `pvutils.prompts`; None: English, below)."""
+    if language:
+        return prompts_judge_messages(dimension, transcripts, language)
     _check_dimensions([dimension])
     lines = [f"Interviewer: {q}\nParticipant: {a}" for q, a in transcripts]
     return [
@@ -705,6 +718,7 @@ class OpenAIJudge(Judge):
         timeout: float = 60.0,
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
+        language: str | None = None,
     ):
         import openai
 
@@ -716,7 +730,7 @@ class OpenAIJudge(Judge):
                                      max_retries=0, timeout=timeout)
         self.model, self.temperature = model, temperature
         self.max_attempts, self.backoff = max_attempts, backoff
-        self.use_cache = use_cache
+        self.use_cache, self.language = use_cache, language
         default_cache = artifacts_dir() / "judge_cache" / "openai"
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache
 
@@ -759,7 +773,8 @@ class OpenAIJudge(Judge):
                          f"{self.max_attempts} attempts; last problem: {last}")
 
     def score(self, dimension: str, transcripts: Sequence[tuple[str, str]]) -> JudgeResult:
-        return self.complete(judge_messages(dimension, _nonempty(transcripts, dimension)))
+        return self.complete(judge_messages(dimension, _nonempty(transcripts, dimension),
+                                            self.language))
 
 
 def _short(err: Exception) -> str:
