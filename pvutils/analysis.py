@@ -569,7 +569,8 @@ def _make_judge(name: str, profile, get_judge):
     if name == "persona":  # its own frozen copy of the base: the swept model changes in place
         return get_judge("persona", reference=profile.model)
     if name == "openai":
-        return get_judge("openai", model=profile.judge_model)
+        return get_judge("openai", model=profile.judge_model,
+                         language=None if profile.language == "en" else profile.language)
     return get_judge(name)
 
 
@@ -607,6 +608,7 @@ def _trait_interview(model, tokenizer, profile, trait: str) -> pd.DataFrame:
         batch_size=profile.eval_batch_size,
         dimensions=[trait],
         progress=False,
+        language=None if profile.language == "en" else profile.language,
     )
 
 
