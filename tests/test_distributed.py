@@ -73,7 +73,7 @@ def test_rq2_on_ray_gives_the_local_table(local_ray, grid_inputs):
     evaluate = distributed.CompositionPoint(str(model_dir), vecs, n_pairs=1, profiles=profiles,
                                             methods=methods)
     rows = distributed.run_points(distributed.composition_points(profiles, [0.3], methods),
-                                  evaluate, num_workers=2)
+                                  evaluate, num_workers=1)
     assert len(rows) == len(methods) * len(profiles)
     pd.testing.assert_frame_equal(pd.DataFrame(rows), local, rtol=1e-6)
 

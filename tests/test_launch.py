@@ -116,6 +116,7 @@ def test_paper_profile_trains_one_condition_under_accelerate_launch(tiny_chat_di
         not any((isolated_home / "paper" / "scratch").iterdir())  # checkpoints cleaned up
 
 
+@pytest.mark.parametrize("tiny_chat_dir", ["qwen2"], indirect=True)  # one arch: CI time
 def test_killed_run_resumes_from_its_last_trl_checkpoint(tiny_chat_dir, big5chat_csv,
                                                          isolated_home):
     from pvutils import data as pvdata
