@@ -16,6 +16,7 @@ The BFI-44 table is `bfi`, the likelihood engine `likelihood`, the judges `judge
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import json
 import sys
@@ -33,6 +34,7 @@ from .bundled import resource
 from .judges import Judge, JudgeError, JudgeResult, get_judge
 from .likelihood import answer_logprobs
 from .merging import applied
+from .prompts import load_prompts
 
 # The interviewee's system prompt: the paper's idea that the model answers as a real person.
 REAL_PERSON_PROMPT: str = resource("interview")["system_prompt"]
@@ -96,9 +98,16 @@ def contrast_scores(
 # --- the interview -------------------------------------------------------------------------
 
 
-def interview_script(dimensions: Sequence[str] | None = None) -> tuple[str, list[BFIItem]]:
-    """(the interviewee's system prompt, the items asked, each with its `question`)."""
-    return REAL_PERSON_PROMPT, items_for(dimensions)
+def interview_script(dimensions: Sequence[str] | None = None,
+                     language: str | None = None) -> tuple[str, list[BFIItem]]:
+    """(the interviewee's system prompt, the items asked, each with its `question`), in
+    `language` from its prompt file (`pvutils.prompts`; None: the English resource)."""
+    items = items_for(dimensions)
+    if not language:
+        return REAL_PERSON_PROMPT, items
+    local = load_prompts(language)
+    return local.real_person_prompt, [dataclasses.replace(it, question=local.questions[it.number])
+                                      for it in items]
 
 
 def _interview_cache_path(cache_key: str, settings: Mapping[str, Any]) -> Path:
@@ -118,14 +127,18 @@ def interview(
     cache_key: str | None = None,
     dimensions: Sequence[str] | None = None,
     progress: bool = True,
+    language: str | None = None,
 ) -> pd.DataFrame:
     """The model answers every BFI question as a person, `n_samples` times (one chat each).
+
+    `language` (e.g. "ko") takes the questions and the system prompt from that language's
+    prompt file (`pvutils.prompts`); None keeps the English ones.
 
     Columns: item, dimension, sample, question, answer. With `cache_key` (naming the model
     under test, e.g. "base" or "extraversion_high@1.5") transcripts are cached under the
     artifacts directory, keyed by it and every generation setting.
     """
-    default_system, items = interview_script(dimensions)
+    default_system, items = interview_script(dimensions, language)
     system = default_system if system_prompt is None else system_prompt
     settings = dict(n_samples=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
                     seed=seed, system=system, questions=[it.question for it in items])

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import models, personas
+from . import models, personas, prompts
 from .artifacts import artifacts_dir, fingerprint, read_json, write_json
 from .bfi import DIMENSION_DESCRIPTIONS, check_dimensions, dimension_anchors
 from .bundled import resource
@@ -174,8 +174,12 @@ def load_sentence_encoder(device: str = "cpu"):
 # --- the OpenAI judge ----------------------------------------------------------------------
 
 
-def judge_messages(dimension: str, transcripts: Sequence[tuple[str, str]]) -> list[dict]:
-    """The InCharacter-style request: expert role, dimension description, all Q/A pairs."""
+def judge_messages(dimension: str, transcripts: Sequence[tuple[str, str]],
+                   language: str | None = None) -> list[dict]:
+    """The InCharacter-style request: expert role, dimension description, all Q/A pairs
+    (in `language` from its prompt file, see `pvutils.prompts`; None: English)."""
+    if language:
+        return prompts.judge_messages(dimension, transcripts, language)
     check_dimensions([dimension])
     text = resource("judge")
     lines = [f"Interviewer: {q}\nParticipant: {a}" for q, a in transcripts]
@@ -251,6 +255,7 @@ class OpenAIJudge(Judge):
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         structured: bool = True,
+        language: str | None = None,
     ):
         # imported here: the openai client (~0.5 s) is needed only by this judge
         import openai
@@ -263,6 +268,7 @@ class OpenAIJudge(Judge):
                                      max_retries=max(0, max_attempts - 1), timeout=timeout)
         self.model, self.temperature = model, temperature
         self.max_attempts, self.use_cache, self.structured = max_attempts, use_cache, structured
+        self.language = language
         default_cache = artifacts_dir() / "judge_cache" / "openai"
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache
 
@@ -320,7 +326,8 @@ class OpenAIJudge(Judge):
         return reply.choices[0].message.content if reply.choices else None
 
     def score(self, dimension: str, transcripts: Sequence[tuple[str, str]]) -> JudgeResult:
-        return self.complete(judge_messages(dimension, _nonempty(transcripts, dimension)))
+        return self.complete(judge_messages(dimension, _nonempty(transcripts, dimension),
+                                            self.language))
 
 
 def _short(err: Exception) -> str:

@@ -259,6 +259,11 @@ def chat(
     """
     if negative_conversations is not None and len(negative_conversations) != len(conversations):
         raise ValueError("negative_conversations must pair one-to-one with conversations")
+    if not isinstance(model, torch.nn.Module):  # another engine (pvutils.backends.VLLMChat)
+        return model.chat(tokenizer, conversations, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, seed=seed,
+                          negative_conversations=negative_conversations,
+                          guidance_scale=guidance_scale)
     torch.manual_seed(seed)
     replies: list[str] = []
     batches = range(0, len(conversations), batch_size)
@@ -289,11 +294,15 @@ def chat(
     return replies
 
 
+def chat_prompts(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str]:
+    """Each conversation rendered by the chat template, ending where the assistant speaks
+    (the very text every generation backend is given)."""
+    return [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+            for c in conversations]
+
+
 def _encode(tokenizer, conversations: Sequence[Sequence[dict]]):
-    texts = [
-        tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-        for c in conversations
-    ]
+    texts = chat_prompts(tokenizer, conversations)
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 

@@ -1,4 +1,5 @@
-"""The three parameter sets every notebook and command reads: `smoke`, `cpu`, `paper`.
+"""The three parameter sets every notebook and command reads: `smoke`, `cpu`, `paper`
+(and `paper-qwen`, the paper's second base model).
 
 `smoke` proves every cell runs (CI, minutes); `cpu` is the embedded default whose numbers
 the book shows (SmolLM2-135M-Instruct, offline data and judges, 2 cores); `paper` is the
@@ -54,6 +55,9 @@ class Profile:
     use_lora: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
+    launcher: str = "none"  # "none" (this process) | "accelerate" (a launch per condition)
+    accelerate_config: str | None = None  # the launcher's config file (repo-relative or absolute)
+    save_steps: int = 0  # > 0: TRL checkpoints every N steps, and a rerun resumes from the last
     # --- evaluation ------------------------------------------------------------------
     measure: str = "contrast"  # "contrast" (fast, deterministic) | "interview"
     judge: str = "persona"  # "persona" | "embedding" | "openai"
@@ -62,6 +66,8 @@ class Profile:
     eval_temperature: float = 0.6
     eval_max_new_tokens: int = 48
     eval_batch_size: int = 44
+    generation_backend: str = "transformers"  # "transformers" | "vllm" (pvutils.backends)
+    language: str = "en"  # interview and judge prompts (pvutils/resources/prompts_<language>.json)
     # --- sweeps ----------------------------------------------------------------------
     alphas: tuple[float, ...] = field(default_factory=lambda: _alphas(0.1, 2.0, 0.1))
     interview_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -153,6 +159,9 @@ CHOICES: dict[str, tuple] = {
     "sweep_conditions": CONDITIONS,
     "composition_traits": TRAITS,
     "composition_methods": METHODS,
+    "launcher": ("none", "accelerate"),
+    "generation_backend": ("transformers", "vllm"),
+    "language": ("en", "ko"),
 }
 # field -> (low, high, low inclusive, high inclusive); ints not listed must be >= 1
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
@@ -166,6 +175,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "learning_rate": (0.0, math.inf, False, False),
     "train_epochs": (0.0, math.inf, False, False),
     "contrast_pairs": (1, 3, True, True),
+    "save_steps": (0, math.inf, True, False),
 }
 
 
@@ -239,6 +249,9 @@ PROFILES: dict[str, Profile] = {
         max_length=1024,
         bf16=True,
         gradient_checkpointing=True,
+        launcher="accelerate",
+        accelerate_config="configs/accelerate_fsdp.yaml",
+        save_steps=100,
         measure="interview",
         judge="openai",
         judge_model="gpt-4o",
@@ -248,6 +261,11 @@ PROFILES: dict[str, Profile] = {
         interview_alphas=_alphas(0.1, 2.0, 0.1),
     ),
 }
+
+
+# the paper's second base model: same protocol, Qwen2.5's architecture and tokenizer
+PROFILES["paper-qwen"] = PROFILES["paper"].replace(name="paper-qwen",
+                                                   model="Qwen/Qwen2.5-7B-Instruct")
 
 
 def check_profile_name(name: str) -> None:

@@ -100,7 +100,10 @@ def sft_config(profile: Profile, output_dir: str | Path):
         completion_only_loss=True,  # labels -100 on the prompt (user turn, system turn)
         assistant_only_loss=False,
         packing=False,
-        save_strategy="no",
+        # checkpoints let a killed paper-scale job resume (`train_condition`)
+        save_strategy="steps" if profile.save_steps > 0 else "no",
+        save_steps=profile.save_steps if profile.save_steps > 0 else 500,
+        save_total_limit=2,
         report_to="none",
         disable_tqdm=True,  # progress goes to the terminal (`progress.trainer_callback`)
         logging_steps=1,
@@ -188,11 +191,15 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
     tokenizer = models.load_tokenizer(profile.model)
     n_params = sum(p.numel() for p in model.parameters())
     scratch = artifacts_dir() / "scratch" / f"{condition}-{key}"
-    shutil.rmtree(scratch, ignore_errors=True)  # a killed run's leftovers
+    resumable = profile.save_steps > 0  # keep a killed run's TRL checkpoints and resume
+    if not resumable:
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed run's leftovers
+    finished = False
     try:
         trainer = build_trainer(profile, model, tokenizer, dataset, scratch / "trainer")
         t1 = time.perf_counter()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(scratch / "trainer")
+                               if resumable else None)
         train_seconds = time.perf_counter() - t1
         loss = result.training_loss
         if not math.isfinite(loss):
@@ -206,6 +213,7 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
             trainer.save_model(str(scratch / "model"))
         if not trainer.accelerator.is_main_process:
             trainer.accelerator.wait_for_everyone()
+            finished = True
             return out
         out = vectors.extract_vector(base_dir, scratch / "model", out, condition=condition)
         extract_seconds = time.perf_counter() - t2
@@ -228,9 +236,18 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
         })
         cache.touch(out.parent, VECTORS.name, profile.name, {"condition": condition})
         trainer.accelerator.wait_for_everyone()
+        finished = True
         return out
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if finished or not resumable:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def last_checkpoint(trainer_dir: Path) -> str | None:
+    """TRL's newest `checkpoint-N` under `trainer_dir` (None: start from the base)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(trainer_dir)) if Path(trainer_dir).is_dir() else None
 
 
 # the fine-tune stage: it makes its own data, so it may read the data stage's fields too
@@ -238,7 +255,7 @@ VECTORS = cache.Stage(
     "vectors",
     fields=("model", "dtype", "train_epochs", "train_batch_size", "grad_accum",
             "learning_rate", "lr_scheduler", "max_length", "use_lora", "bf16",
-            "gradient_checkpointing", "seed"),
+            "gradient_checkpointing", "seed", "save_steps"),
     after=(pvdata.DATA,),
     code=(train_condition, sft_config, build_trainer, to_prompt_completion),
 )
@@ -380,6 +397,7 @@ def cli_train_vectors(argv: list[str]) -> int:
     """`python -m pvutils train-vectors --profile cpu`: data, fine-tunes, vectors, domain."""
     import argparse
 
+    from .launch import parse_overrides
     from .profiles import get_profile
 
     parser = argparse.ArgumentParser(prog="python -m pvutils train-vectors")
@@ -389,15 +407,39 @@ def cli_train_vectors(argv: list[str]) -> int:
     parser.add_argument("--no-domain", action="store_true", help="skip the role-play vector")
     parser.add_argument("--keep-models", action="store_true",
                         help="keep the fine-tuned models, not only their vectors")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field (YAML value), e.g. --set model=/models/x")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the launch plan (commands, GPUs, memory) and exit")
+    parser.add_argument("--no-launch", action="store_true",
+                        help="train in this process even if the profile's launcher is accelerate")
+    parser.add_argument("--num-gpus", type=int, help="processes per launch (default: visible GPUs)")
+    parser.add_argument("--data-only", action="store_true", help="prepare the data and stop")
+    parser.add_argument("--domain-only", action="store_true", help="train only the domain vector")
     args = parser.parse_args(argv)
     try:
-        profile = get_profile(args.profile, conditions=args.conditions)
+        profile = get_profile(args.profile, conditions=args.conditions,
+                              **parse_overrides(args.set))
+        domain = None if args.no_domain else args.character
+        if args.dry_run or (profile.launcher == "accelerate" and not args.no_launch
+                            and not args.data_only):
+            from . import launch
+
+            plan = launch.make_plan(profile, domain, args.num_gpus, args.set)
+            print(launch.format_plan(plan), flush=True)
+            return 0 if args.dry_run else launch.run_plan(plan)
+        if profile.launcher not in ("none", "accelerate"):
+            raise ValueError(f"unknown launcher {profile.launcher!r}; use 'none' or 'accelerate'")
         stages: dict[str, float] = {}
         t = time.perf_counter()
         pvdata.trait_datasets(profile, () if args.no_domain else (f"domain_{args.character}",))
         stages["data (all conditions)"] = time.perf_counter() - t
+        if args.data_only:
+            print(f"data ready ({stages['data (all conditions)']:.1f} s)")
+            return 0
         t = time.perf_counter()
-        paths = train_all_vectors(profile, keep_models=args.keep_models)
+        paths = ({} if args.domain_only
+                 else train_all_vectors(profile, keep_models=args.keep_models))
         stages["fine-tune + extract (conditions)"] = time.perf_counter() - t
         if not args.no_domain:
             t = time.perf_counter()

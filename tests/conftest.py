@@ -34,6 +34,27 @@ def make_tiny_llama(seed: int = 0, **overrides):
     return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
+def tiny_qwen2_config(**overrides):
+    """A Qwen2 (Qwen2.5's architecture: GQA, SwiGLU, RMSNorm, biases on q/k/v), a few layers."""
+    from transformers import Qwen2Config
+
+    kw = dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=False, use_sliding_window=False, bos_token_id=1, eos_token_id=2,
+        pad_token_id=2,
+    )
+    kw.update(overrides)
+    return Qwen2Config(**kw)
+
+
+def make_tiny_qwen2(seed: int = 0, **overrides):
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(tiny_qwen2_config(**overrides)).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     """An in-memory tiny random Llama."""
@@ -159,3 +180,13 @@ def reference_logprob():
         return logp[start - 1 : -1].gather(1, ids[0, start:, None]).mean().item()
 
     return logprob
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_chat_model(embedded_model_dir):
+    """A tiny random Qwen2 with the embedded model's tokenizer: SmolLM2's template is ChatML,
+    the same turn format as Qwen2.5-Instruct's, so chat-level code sees Qwen2.5's shape."""
+    from pvutils.models import load_tokenizer
+
+    tok = load_tokenizer(embedded_model_dir)
+    return make_tiny_qwen2(vocab_size=len(tok), bos_token_id=1, eos_token_id=2), tok

@@ -10,7 +10,7 @@ from pvutils.profiles import PROFILES, Profile, get_profile
 
 
 def test_three_profiles_exist_and_cpu_is_the_embedded_default():
-    assert {"smoke", "cpu", "paper"} <= set(PROFILES)
+    assert set(PROFILES) == {"smoke", "cpu", "paper", "paper-qwen"}
     assert get_profile("cpu").model == "smollm2-135m-instruct"
     assert get_profile("paper").model == "meta-llama/Llama-3.1-8B-Instruct"
 
