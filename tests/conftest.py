@@ -101,14 +101,6 @@ def tiny_llama_factory():
 
 
 @pytest.fixture(scope="session")
-def embedded_tokenizer(embedded_model_dir):
-    """The embedded model's tokenizer (with its ChatML chat template)."""
-    from pvutils.models import load_tokenizer
-
-    return load_tokenizer(embedded_model_dir)
-
-
-@pytest.fixture(scope="session")
 def tiny_llava():
     """A builder of tiny random LLaVAs (CLIP vision tower + Llama language model), seeded."""
     from transformers import (
