@@ -110,7 +110,7 @@ def _contrast(model, tokenizer, traits, P, **kw) -> dict[str, float]:
 
 CONTRAST = ("model", "dtype", "device", "contrast_pairs")
 INTERVIEW = ("model", "dtype", "device", "n_samples", "eval_temperature",
-             "eval_max_new_tokens", "eval_batch_size", "seed")
+             "eval_max_new_tokens", "eval_batch_size", "seed", "language")
 
 # --- RQ1: scaling, the interview, the baselines ------------------------------------------
 
@@ -141,7 +141,13 @@ def _trait_interview(model, tokenizer, P, trait: str) -> pd.DataFrame:
 
     return interview(model, tokenizer, n_samples=P.n_samples, temperature=P.eval_temperature,
                      max_new_tokens=P.eval_max_new_tokens, seed=P.seed,
-                     batch_size=P.eval_batch_size, dimensions=[trait], progress=False)
+                     batch_size=P.eval_batch_size, dimensions=[trait], progress=False,
+                     language=_language(P))
+
+
+def _language(P) -> str | None:
+    """None for English (the built-in prompts), else the language of the prompt file."""
+    return None if P.language == "en" else P.language
 
 
 def _make_judge(name: str, P):
@@ -150,7 +156,7 @@ def _make_judge(name: str, P):
     if name == "persona":  # its own frozen copy of the base: the swept model changes in place
         return get_judge("persona", reference=P.model)
     if name == "openai":
-        return get_judge("openai", judge_model=P.judge_model)
+        return get_judge("openai", judge_model=P.judge_model, language=_language(P))
     return get_judge(name)
 
 

@@ -34,6 +34,8 @@ MUTATIONS = {
     "ties_density": 0.5, "dare_drop_rate": 0.3, "npti_gammas": (2.0,),
     "transfer_alphas": (0.0, 0.5), "transfer_betas": (1.0,), "layerwise_alphas": (2.0,),
     "n_heldout": 5, "contrast_pairs": 2, "p2_seeds": 2,
+    "launcher": "accelerate", "accelerate_config": "configs/other.yaml", "save_steps": 5,
+    "generation_backend": "vllm", "language": "ko",
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
@@ -70,6 +72,10 @@ READERS = {
                          "rq3-negation", "rq4-transfer", "layerwise"},
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
+    # how a run is launched and checkpointed changes no result (the launch plan reads them)
+    "launcher": set(), "accelerate_config": set(), "generation_backend": set(),
+    "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
+    "language": {"rq1-interview", "rq3-negation"},
 }
 
 # notebook parameters that are not Profile fields -> the stages they reach
