@@ -16,8 +16,8 @@ The BFI-44 table is `bfi`, the likelihood engine `likelihood`, the judges `judge
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping, Sequence

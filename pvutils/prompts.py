@@ -32,10 +32,24 @@ class Prompts:
 
 
 def languages() -> list[str]:
-    """The languages that have a prompt file."""
+    """English (the protocol's own resources) and the languages that have a prompt file."""
     folder = resources.files("pvutils").joinpath("resources")
-    return sorted(p.name[len("prompts_"):-len(".json")] for p in folder.iterdir()
-                  if p.name.startswith("prompts_") and p.name.endswith(".json"))
+    return sorted({"en"} | {p.name[len("prompts_"):-len(".json")] for p in folder.iterdir()
+                            if p.name.startswith("prompts_") and p.name.endswith(".json")})
+
+
+def _english() -> dict:
+    """The English protocol, from the resources the interview and judge read (one copy)."""
+    from .bfi import BFI_ITEMS, DIMENSION_DESCRIPTIONS
+    from .bundled import resource
+
+    judge = resource("judge")
+    return {"language": "en", "real_person_prompt": resource("interview")["system_prompt"],
+            "questions": {it.number: it.question for it in BFI_ITEMS},
+            "judge_system_prompt": judge["system_prompt"], "judge_intro": judge["user_header"],
+            "interviewer": "Interviewer", "participant": "Participant",
+            "dimension_names": {t: t for t in TRAITS},
+            "dimension_descriptions": dict(DIMENSION_DESCRIPTIONS)}
 
 
 @cache
@@ -45,7 +59,8 @@ def load_prompts(language: str = "en") -> Prompts:
         raise ValueError(f"no prompts for language {language!r}; available: {languages()} "
                          f"(add pvutils/resources/prompts_{language}.json)")
     name = f"resources/prompts_{language}.json"
-    raw = json.loads(resources.files("pvutils").joinpath(name).read_text(encoding="utf-8"))
+    raw = _english() if language == "en" else json.loads(
+        resources.files("pvutils").joinpath(name).read_text(encoding="utf-8"))
     prompts = Prompts(
         language=raw["language"], real_person_prompt=raw["real_person_prompt"],
         questions={int(k): v for k, v in raw["questions"].items()},

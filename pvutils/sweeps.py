@@ -326,7 +326,8 @@ def composition_sweep(model, tokenizer, vectors: Mapping[str, Any], profile) -> 
 # --- RQ3: negation, RQ4: transfer, layer-wise ---------------------------------------------
 
 RQ3 = Stage("rq3-negation", (*INTERVIEW, "contrast_pairs"), grid=("sweep_conditions",),
-            code=(_contrast, _trait_interview, side_effects.perplexity, side_effects.disclaimer_rate))
+            code=(_contrast, _trait_interview, side_effects.perplexity,
+                  side_effects.disclaimer_rate))
 
 
 def negation_plan(profile, vectors: Sequence[str], alphas=(-1.0, 1.0)) -> Plan:

@@ -104,7 +104,7 @@ def test_models_chat_hands_engines_the_same_arguments(tiny_chat_model):
 def test_backend_choice_is_checked_and_transformers_is_the_model_itself(tiny_chat_model):
     model, _ = tiny_chat_model
     assert backends.chat_engine(get_profile("cpu"), model) is model
-    with pytest.raises(ValueError, match="unknown generation_backend 'tgi'"):
+    with pytest.raises(ValueError, match="generation_backend='tgi' has unknown value"):
         backends.chat_engine(get_profile("cpu", generation_backend="tgi"), model)
 
 

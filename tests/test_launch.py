@@ -97,7 +97,8 @@ def test_paper_profile_trains_one_condition_under_accelerate_launch(tiny_chat_di
     asks for FSDP, which accelerate only builds on an accelerator device (on CPU it stops
     with "no available devices"); `--cpu` makes it take its single-process launcher. bf16
     and gradient checkpointing stay on (a tiny model is fast in bf16 even on this CPU)."""
-    overrides = tiny_overrides(tiny_chat_dir, big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4))
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+    overrides = tiny_overrides(tiny_chat_dir, csv)
     profile = get_profile("paper", conditions=["extraversion_high"],
                           **launch.parse_overrides(overrides))
     assert profile.bf16 and profile.gradient_checkpointing and profile.launcher == "accelerate"
@@ -122,8 +123,9 @@ def test_killed_run_resumes_from_its_last_trl_checkpoint(tiny_chat_dir, big5chat
     from pvutils import data as pvdata
     from pvutils import models
 
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
     profile = get_profile("smoke", conditions=["extraversion_high"], data_source="big5chat",
-                          **launch.parse_overrides(tiny_overrides(tiny_chat_dir, big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4))))
+                          **launch.parse_overrides(tiny_overrides(tiny_chat_dir, csv)))
     cond = "extraversion_high"
     # the killed run: one of two steps done, its checkpoint left in the scratch directory
     key = training.train_key(profile, cond)
@@ -152,7 +154,8 @@ def test_killed_run_resumes_from_its_last_trl_checkpoint(tiny_chat_dir, big5chat
 
 def test_data_step_runs_in_this_process(big5chat_csv, isolated_home, capsys, tmp_path):
     """`--data-only` under the paper profile prepares data here (no launch, no model)."""
-    overrides = tiny_overrides(tmp_path / "never-loaded", big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4))
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+    overrides = tiny_overrides(tmp_path / "never-loaded", csv)
     argv = ["train-vectors", "--profile", "paper", "--conditions", "openness_low", "--no-domain",
             "--data-only", *(a for o in overrides for a in ("--set", o))]
     assert main(argv) == 0

@@ -10,8 +10,8 @@ import re
 import pytest
 import torch
 
+from pvutils import bfi, judges, prompts
 from pvutils import evaluation as ev
-from pvutils import prompts
 from pvutils.merging import applied
 
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -19,12 +19,12 @@ HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 def test_english_file_is_the_protocol_the_interview_uses():
     en = prompts.load_prompts("en")
-    assert en.questions == {it.number: it.question for it in ev.BFI_ITEMS}
+    assert en.questions == {it.number: it.question for it in bfi.BFI_ITEMS}
     assert en.real_person_prompt == ev.REAL_PERSON_PROMPT
-    assert en.dimension_descriptions == ev.DIMENSION_DESCRIPTIONS
+    assert en.dimension_descriptions == bfi.DIMENSION_DESCRIPTIONS
     pairs = [("Are you talkative?", "Yes."), ("Are you reserved?", "No.")]
     assert prompts.judge_messages("extraversion", pairs, "en") == \
-        ev.judge_messages("extraversion", pairs)
+        judges.judge_messages("extraversion", pairs)
 
 
 def test_korean_file_has_every_question_and_dimension_in_korean():
@@ -46,7 +46,7 @@ def test_korean_judge_request_names_the_dimension_and_keeps_the_reply_format():
     assert set(re.findall(r'"(\w+)":', example)) == {"analysis", "result"}  # parser's keys
     assert user["content"].startswith("우리의 대화:") and "참가자: 네, 저는" in user["content"]
     reply = json.dumps({"analysis": "말이 많고 활발함", "result": 4})
-    assert ev.parse_judge_reply(reply).score == 4.0
+    assert judges.parse_judge_reply(reply).score == 4.0
 
 
 def test_unknown_language_is_named():
