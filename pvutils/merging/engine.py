@@ -18,6 +18,7 @@ import torch
 from ..vectors import MergeError, TensorSource, check_finite
 from . import functional as F
 from .options import MergeParams, check_weights
+from .registry import SPARSIFICATIONS, Context
 
 
 class Input:
@@ -96,25 +97,26 @@ class Engine:
 
     def primary(self, i: int, name: str, block: int, d: torch.Tensor,
                 whole: bool) -> torch.Tensor:
-        p, kind, density = self.params, self.params.sparsification, self.density[i]
-        if p.spec.sparsification == "magnitude":
-            return self.trim(i, name, d, whole)  # TIES
-        if kind is None or density >= 1:
+        """The registry's sparsification of vector i's block (the TIES trim for ties)."""
+        kind = self.params.sparsification
+        if self.params.spec.sparsification == "magnitude":
+            return self.trim(i, name, d, whole)  # TIES: per tensor or the global threshold
+        if kind is None or self.density[i] >= 1:
             return d
-        l1 = None if whole else self.stat(i, name, "l1")
-        if kind == "random":
-            return F.sparsify_random(d, density, p.rescale_mode, self.generator(name, block, i),
-                                     l1_scale=l1)
-        if kind == "della":
-            return F.sparsify_della(d, density, self.epsilon[i], p.rescale_mode,
-                                    self.generator(name, block, i), l1_scale=l1)
-        if kind == "magnitude_outliers":
-            band = None if whole else self.stat(i, name, "band")
-            return F.sparsify_outliers(d, density, self.gamma[i], band)
-        before = float(d.abs().sum()) if p.rescale_mode == "l1" and whole else None
-        threshold = None if whole else self.stat(i, name, "magnitude")
-        d = F.sparsify_magnitude(d, density, threshold)  # DARE keeping the largest entries
-        return F.rescale_kept(d, p.rescale_mode, before, l1, density)
+        sparsification = SPARSIFICATIONS[kind]
+        context = self.context(i, name, block, sparsification)
+        if not whole:
+            context.l1_scale = self.stat(i, name, "l1")
+        if sparsification.statistic is not None:
+            context.stat = self.stat(i, name, "stat") if not whole else \
+                sparsification.statistic(d, d.numel(), self.density[i], context)
+        return sparsification.apply(d, self.density[i], context)
+
+    def context(self, i: int, name: str, block: int, sparsification) -> Context:
+        p = self.params
+        return Context(gamma=self.gamma[i], epsilon=self.epsilon[i], rescale=p.rescale_mode,
+                       generator=self.generator(name, block, i) if sparsification.random
+                       else None, accelerate=p.accelerate, label=self.where(i, name))
 
     def trims(self, i: int) -> float:
         """What the TIES magnitude trim keeps of vector i (1: no trim)."""
@@ -151,40 +153,32 @@ class Engine:
         spans, density = self.spans(name), self.density[i]
         numel = math.prod(self.inputs[0].source.shape(name))
         raw = lambda: (self.raw(i, name, s) for s in spans)  # noqa: E731
-        if what == "trim":  # dare_ties / ties: over the blocks as sparsified so far
-            blocks = lambda: (self.primary(i, name, b, self.raw(i, name, s), False)  # noqa: E731
-                              for b, s in enumerate(spans))
-            if self.params.method == "ties":
-                blocks = raw
+        if what == "trim":  # the TIES trim: of the deltas, or of dare_ties' dropped deltas
+            blocks = raw if self.params.method == "ties" else lambda: (  # noqa: E731
+                self.primary(i, name, b, self.raw(i, name, s), False)
+                for b, s in enumerate(spans))
             return F.magnitude_threshold(blocks, F.keep_count(self.trims(i), numel),
                                          self.params.accelerate, self.where(i, name))
-        if what == "magnitude":
-            return F.magnitude_threshold(raw, F.keep_count(density, numel),
-                                         self.params.accelerate, self.where(i, name))
-        if what == "band":
-            return F.outlier_thresholds(raw, numel, density, self.gamma[i],
-                                        self.params.accelerate, self.where(i, name))
-        return self._l1_scale(i, name, spans)
+        sparsification = SPARSIFICATIONS[self.params.sparsification]
+        context = self.context(i, name, 0, sparsification)
+        if what == "stat":
+            return sparsification.statistic(raw, numel, density, context)
+        return self._l1_scale(i, name, spans, sparsification)
 
-    def _l1_scale(self, i: int, name: str, spans) -> float | None:
-        """mergekit's L1 rescale over a tensor in blocks: Σ|δ| / Σ|drop(δ)|."""
+    def _l1_scale(self, i: int, name: str, spans, sparsification) -> float | None:
+        """mergekit's L1 rescale over a tensor in blocks: Σ|δ| / Σ|sparsify(δ)|."""
         if self.params.rescale_mode != "l1":
             return None
         before = after = 0.0
         for block, span in enumerate(spans):
             d = self.raw(i, name, span)
-            before += float(d.abs().sum())
-            after += float(self._unscaled_drop(i, name, block, d).abs().sum())
+            before += F.l1_norm(d)
+            context = self.context(i, name, block, sparsification)
+            context.rescale = None
+            if sparsification.statistic is not None:
+                context.stat = self.stat(i, name, "stat")
+            after += F.l1_norm(sparsification.apply(d, self.density[i], context))
         return F.l1_ratio(before, after)
-
-    def _unscaled_drop(self, i: int, name: str, block: int, d: torch.Tensor) -> torch.Tensor:
-        kind, density = self.params.sparsification, self.density[i]
-        gen = self.generator(name, block, i)
-        if kind == "random":
-            return F.sparsify_random(d, density, None, gen)
-        if kind == "della":
-            return F.sparsify_della(d, density, self.epsilon[i], None, gen)
-        return F.sparsify_magnitude(d, density, self.stat(i, name, "magnitude"))
 
     # --- merging ------------------------------------------------------------------------
 

@@ -76,17 +76,21 @@ def keep_count(density: float, numel: int) -> int:
 
 
 def sparsify_magnitude(delta: torch.Tensor, density: float = 1.0,
-                       threshold: float | None = None) -> torch.Tensor:
+                       threshold: float | None = None, rescale: str | None = None,
+                       l1_scale: float | None = None) -> torch.Tensor:
     """Keep the `density` largest magnitudes (or every |x| >= a given `threshold`).
 
     Entries tied with the threshold are all kept (mergekit's argsort keeps an arbitrary
-    subset of them; continuous deltas have no ties). In place on `delta`.
+    subset of them; continuous deltas have no ties). In place on `delta`; `rescale` as in
+    `sparsify_random`.
     """
     if threshold is None:
         if density >= 1:
             return delta
         threshold = magnitude_threshold(delta, keep_count(density, delta.numel()))
-    return delta.masked_fill_(delta.abs() < threshold, 0.0)
+    before = l1_norm(delta) if rescale == "l1" and l1_scale is None else None
+    delta.masked_fill_(delta.abs() < threshold, 0.0)
+    return rescale_kept(delta, rescale, before, l1_scale, density)
 
 
 def outlier_thresholds(blocks: Blocks, numel: int, density: float, gamma: float,
@@ -104,13 +108,17 @@ def outlier_thresholds(blocks: Blocks, numel: int, density: float, gamma: float,
 
 
 def sparsify_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01,
-                      band: tuple[float, float] | None = None) -> torch.Tensor:
-    """Breadcrumbs: zero the `gamma` largest magnitudes and all below the next `density`."""
+                      band: tuple[float, float] | None = None, rescale: str | None = None,
+                      l1_scale: float | None = None) -> torch.Tensor:
+    """Model Breadcrumbs: zero the `gamma` largest magnitudes and all below the next
+    `density` (`band`: the whole tensor's, when this is one row block). In place."""
     if density >= 1:
         return delta
     low, high = band or outlier_thresholds(delta, delta.numel(), density, gamma)
+    before = l1_norm(delta) if rescale == "l1" and l1_scale is None else None
     magnitude = delta.abs()
-    return delta.masked_fill_((magnitude < low) | (magnitude >= high), 0.0)
+    delta.masked_fill_((magnitude < low) | (magnitude >= high), 0.0)
+    return rescale_kept(delta, rescale, before, l1_scale, density)
 
 
 def sparsify_random(delta: torch.Tensor, density: float, rescale: str | None = "l1",
@@ -124,7 +132,7 @@ def sparsify_random(delta: torch.Tensor, density: float, rescale: str | None = "
     """
     if density >= 1:
         return delta
-    before = float(delta.abs().sum()) if rescale == "l1" and l1_scale is None else None
+    before = l1_norm(delta) if rescale == "l1" and l1_scale is None else None
     delta.masked_fill_(torch.rand(delta.shape, generator=generator) >= density, 0.0)
     return rescale_kept(delta, rescale, before, l1_scale, density)
 
@@ -150,7 +158,7 @@ def sparsify_della(delta: torch.Tensor, density: float, epsilon: float = 0.15,
     if density >= 1:
         return delta
     probs = della_keep_probabilities(delta, density, epsilon)
-    before = float(delta.abs().sum()) if rescale == "l1" and l1_scale is None else None
+    before = l1_norm(delta) if rescale == "l1" and l1_scale is None else None
     delta.masked_fill_(torch.rand(delta.shape, generator=generator) >= probs, 0.0)
     return rescale_kept(delta, rescale, before, l1_scale, probs)
 
@@ -162,6 +170,10 @@ def rescale_kept(kept: torch.Tensor, rescale: str | None, before: float | None,
     if rescale == "l1":
         return kept.mul_(l1_scale if l1_scale is not None else l1_ratio(before, kept))
     return kept
+
+
+def l1_norm(t: torch.Tensor) -> float:
+    return float(t.abs().sum())
 
 
 def l1_ratio(before: float, after: torch.Tensor | float) -> float:

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from ..vectors import MergeError
-from .registry import METHODS, RANDOM, Method
+from .registry import METHODS, Method
 
 Number = StrictFloat | StrictInt
 Fraction = Annotated[Number, Field(gt=0, le=1)]
@@ -98,8 +98,8 @@ class MergeParams(BaseModel):
         if self.disjoint is not None and self.normalize is not None and \
                 self.normalize != (self.disjoint == "mean"):
             raise ValueError("disjoint='mean' means normalize=true and 'sum' normalize=false")
-        if self.rescale and m.sparsification not in RANDOM:
-            raise ValueError(f"rescale applies to dare_* / della*, not {m.name}")
+        if self.rescale and m.sparsification is None:
+            raise ValueError(f"rescale applies to sparsifying methods, not {m.name}")
         if self.trim_density < 1 and m.name != "dare_ties":
             raise ValueError(f"trim_density applies to dare_ties only, not {m.name}")
         return self
