@@ -46,7 +46,6 @@ class Engine:
         self.density = params.per_vector("density", k)
         self.gamma = params.per_vector("gamma", k)
         self.epsilon = params.per_vector("epsilon", k)
-        self.kernels = F.load_accelerator(params.accelerate)
         self._stats: dict = {}
         self._pool: torch.Tensor | None = None
 
@@ -199,7 +198,7 @@ class Engine:
         if p.sparsification is None and not p.spec.consensus:
             return self.task_arithmetic(name, span, n)
         bufs = self.buffers(n)
-        if self.kernels is not None and p.spec.name == "ties":
+        if p.accelerate is not None and p.spec.name == "ties":
             return self.compiled_ties(name, span, whole, bufs)
         check = not (p.spec.name == "ties" and whole and p.thresholds is None)
         deltas = [self.sparsify(i, name, block, self.raw(i, name, span, bufs[i], check), whole)
@@ -231,9 +230,10 @@ class Engine:
             thresholds[i] = self.threshold(i, name, d, whole)
         out = torch.empty(bufs.shape[1])
         bad = np.zeros(len(self.inputs), dtype=np.int8)
-        self.kernels.ties(bufs.numpy(), np.asarray(self.weights, dtype=np.float32), thresholds,
-                          self.params.majority_sign_method == "frequency",
-                          self.params.do_normalize, out.numpy(), bad)
+        kernels = F.load_accelerator(self.params.accelerate)
+        kernels.ties(bufs.numpy(), np.asarray(self.weights, dtype=np.float32), thresholds,
+                     self.params.majority_sign_method == "frequency", self.params.do_normalize,
+                     out.numpy(), bad)
         for i in np.flatnonzero(bad):
             raise MergeError(f"{self.where(i, name)} contains NaN or Inf")
         return out

@@ -58,7 +58,7 @@ def magnitude_threshold(blocks: Blocks, keep: int, accelerate: str | None = None
 def _histogram(t: torch.Tensor, high: int, kernels) -> np.ndarray:
     """65536-bin histogram of |x|'s top 16 bits, or (high >= 0) of the low 16 bits in bin high."""
     bits = t.detach().reshape(-1).float().contiguous().view(torch.int32)
-    if kernels is not None:
+    if kernels is not None and bits.numel() >= 1 << 18:  # below, allocation costs more
         rows = np.zeros((2 * kernels.threads(), 1 << 16), dtype=np.int64)
         kernels.bits_histogram(bits.numpy(), high, rows)
         return rows.sum(axis=0)
