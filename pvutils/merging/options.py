@@ -145,21 +145,39 @@ def parse_params(method: str, params: Mapping[str, Any], where: str = "") -> Mer
 
 
 def one_line(err: ValidationError, where: str = "") -> str:
-    """The first schema error as `where: field.path: message (got value)`."""
-    first = err.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]
-                  if not _is_union_branch(p)).lstrip(".")
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown parameter"
+    """The schema's complaint as one line: `where: field.path: message (got value)`.
+
+    Of the errors, the most specific field wins (`density[1]`, not `density`); the
+    alternatives of a union at that field are joined ("a valid boolean or 'l1'").
+    """
+    errors = [(_path(e["loc"]), e) for e in err.errors()]
+    depth = max(len(path) for path, _ in errors)
+    path = next(path for path, _ in errors if len(path) == depth)
+    same = [e for p, e in errors if p == path]
+    messages = list(dict.fromkeys(_message(e) for e in same))
+    text = messages[0] + "".join(" or " + m.removeprefix("Input should be ")
+                                 for m in messages[1:])
+    first = same[0]
     value = first.get("input")
     got = ""
-    if first["type"] != "missing" and not isinstance(value, dict) and repr(value) not in message:
-        got = f" (got {value!r}" + (", a string: YAML reads 1e30 without a decimal point as "
-                                     "text, write 1.0e30" if isinstance(value, str) and
-                                     _looks_numeric(value) else "") + ")"
+    if first["type"] != "missing" and not isinstance(value, dict) and \
+            f"got {value!r}" not in text:
+        hint = ", a string: YAML reads 1e30 without a decimal point as text, write 1.0e30" \
+            if isinstance(value, str) and _looks_numeric(value) else ""
+        got = f" (got {value!r}{hint})"
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     head = f"{where}: " if where else ""
-    return f"{head}{loc + ': ' if loc else ''}{message}{got}"
+    return f"{head}{loc + ': ' if loc else ''}{text}{got}"
+
+
+def _path(loc: tuple) -> tuple:
+    return tuple(p for p in loc if not _is_union_branch(p))
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    return error["msg"].removeprefix("Value error, ")
 
 
 def _is_union_branch(part: Any) -> bool:
