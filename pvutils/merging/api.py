@@ -28,6 +28,8 @@ def merge_deltas(deltas: Sequence[torch.Tensor], weights: Sequence[float],
     """
     if len(deltas) == 0:
         raise MergeError("merge_deltas needs at least one delta")
+    if len(deltas) != len(weights):
+        raise MergeError(f"{len(deltas)} deltas but {len(weights)} weights")
     for i, d in enumerate(deltas):
         if not isinstance(d, torch.Tensor):
             raise MergeError(f"delta {i} is a {type(d).__name__}, not a tensor")
