@@ -540,3 +540,21 @@ def test_embedded_model_extract_merge_apply(embedded_model_dir, tmp_path):
             assert torch.equal(value, merged.state_dict()[name]), name
         assert model.lm_head.weight is model.model.embed_tokens.weight
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_rq2_offers_breadcrumbs_and_della_by_name():
+    """analysis.merge_methods: the registry's newer methods are usable in a sweep by label."""
+    from pvutils import analysis
+    from pvutils.profiles import get_profile
+
+    methods = analysis.merge_methods(get_profile("cpu", composition_methods=["Breadcrumbs",
+                                                                             "DELLA"]))
+    model = make_tiny_llama(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vecs = [random_vector(model, 1), random_vector(model, 2)]
+    for label, params in methods.items():
+        params = dict(params)
+        with applied(model, vecs, [0.5, 0.5], params.pop("method"), **params):
+            changed = sum(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+            assert changed > 0, label
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
