@@ -93,6 +93,34 @@ def sparsify_magnitude(delta: torch.Tensor, density: float = 1.0,
     return rescale_kept(delta, rescale, before, l1_scale, density)
 
 
+def outlier_thresholds(blocks: Blocks, numel: int, density: float, gamma: float,
+                       accelerate: str | None = None, label: str = "tensor"
+                       ) -> tuple[float, float]:
+    """Model Breadcrumbs' band (mergekit `magnitude_outliers`): drop the top `gamma`, keep
+    the next `density`; returns (lowest kept |x|, lowest dropped outlier |x| or inf)."""
+    target, top = int(density * numel), int(gamma * numel)
+    top = numel - target - max(0, numel - target - top)  # shrink the outliers to fit
+    if target == 0:
+        return math.inf, math.inf
+    low = magnitude_threshold(blocks, top + target, accelerate, label)
+    high = magnitude_threshold(blocks, top, accelerate, label) if top > 0 else math.inf
+    return low, high
+
+
+def sparsify_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01,
+                      band: tuple[float, float] | None = None, rescale: str | None = None,
+                      l1_scale: float | None = None) -> torch.Tensor:
+    """Model Breadcrumbs: zero the `gamma` largest magnitudes and all below the next
+    `density` (`band`: the whole tensor's, when this is one row block). In place."""
+    if density >= 1:
+        return delta
+    low, high = band or outlier_thresholds(delta, delta.numel(), density, gamma)
+    before = l1_norm(delta) if rescale == "l1" and l1_scale is None else None
+    magnitude = delta.abs()
+    delta.masked_fill_((magnitude < low) | (magnitude >= high), 0.0)
+    return rescale_kept(delta, rescale, before, l1_scale, density)
+
+
 def sparsify_random(delta: torch.Tensor, density: float, rescale: str | None = "l1",
                     generator: torch.Generator | None = None,
                     l1_scale: float | None = None) -> torch.Tensor:

@@ -32,6 +32,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ties", "magnitude", True, True, False, "arXiv:2306.01708"),
     Method("dare_linear", "random", False, False, True, "arXiv:2311.03099"),
     Method("dare_ties", "random", True, False, True, "arXiv:2311.03099"),
+    Method("breadcrumbs", "magnitude_outliers", False, False, False, "arXiv:2312.06795"),
+    Method("breadcrumbs_ties", "magnitude_outliers", True, False, False, "arXiv:2312.06795"),
     Method("della", "della", True, True, True, "arXiv:2406.11617"),
     Method("della_linear", "della", False, False, True, "arXiv:2406.11617"),
 )}
@@ -70,6 +72,11 @@ SPARSIFICATIONS: dict[str, Sparsification] = {
     "random": Sparsification(
         lambda d, density, c: F.sparsify_random(d, density, c.rescale, c.generator,
                                                 c.l1_scale), random=True),
+    "magnitude_outliers": Sparsification(
+        lambda d, density, c: F.sparsify_outliers(d, density, c.gamma, c.stat, c.rescale,
+                                                  c.l1_scale),
+        lambda blocks, n, density, c: F.outlier_thresholds(
+            blocks, n, density, c.gamma, c.accelerate, c.label)),
     "della": Sparsification(
         lambda d, density, c: F.sparsify_della(d, density, c.epsilon, c.rescale, c.generator,
                                                c.l1_scale), random=True),
