@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_merge.py --parts equivalence
 
 (a) equivalence: the same YAML through mergekit and through `python -m pvutils merge`, on
-    small random Llamas, for task arithmetic and per-tensor TIES (normalize true / false);
+    small random Llamas, for task arithmetic, per-tensor TIES (normalize true / false) and
+    Model Breadcrumbs (with and without TIES's sign election);
     reports the max |difference| over all tensors.
 (b) performance: SmolLM2-135M-Instruct with 5 synthetic fine-tunes (base + small random
     deltas, float32): wall time and peak RSS (/usr/bin/time -v) of mergekit vs ours for task
@@ -153,20 +154,22 @@ def part_equivalence() -> list[dict]:
     models = [perturbed_copy(root / "base", root / f"ft{i}", seed=100 + i, scale=0.02)
               for i in range(3)]
     weights, densities = [0.6, -0.4, 1.1], [0.2, 0.5, 0.9]
-    cases = {
-        "task_arithmetic": {},
-        "task_arithmetic normalize=true": {"normalize": True},
-        "ties (normalize=true)": {},
-        "ties normalize=false": {"normalize": False},
-        "ties normalize=true lambda=0.7": {"normalize": True, "lambda": 0.7},
+    cases = {  # label: (method, shared parameters, extra per-model parameters)
+        "task_arithmetic": ("task_arithmetic", {}, {}),
+        "task_arithmetic normalize=true": ("task_arithmetic", {"normalize": True}, {}),
+        "ties (normalize=true)": ("ties", {}, {}),
+        "ties normalize=false": ("ties", {"normalize": False}, {}),
+        "ties normalize=true lambda=0.7": ("ties", {"normalize": True, "lambda": 0.7}, {}),
+        "breadcrumbs gamma=0.05": ("breadcrumbs", {}, {"gamma": 0.05}),
+        "breadcrumbs (gamma=0.01) lambda=0.7": ("breadcrumbs", {"lambda": 0.7}, {}),
+        "breadcrumbs_ties gamma=0.05": ("breadcrumbs_ties", {}, {"gamma": 0.05}),
     }
     rows = []
-    for label, params in cases.items():
-        method = label.split()[0]
+    for label, (method, params, extra) in cases.items():
         entries = []
         for m, w, d in zip(models, weights, densities, strict=True):
             p = {"weight": w} if method == "task_arithmetic" else {"weight": w, "density": d}
-            entries.append({"model": str(m), "parameters": p})
+            entries.append({"model": str(m), "parameters": {**p, **extra}})
         cfg = {"merge_method": method, "base_model": str(root / "base"), "models": entries,
                "dtype": "float32"}
         if params:
@@ -296,7 +299,7 @@ def llama8b_like_specs(layers: int) -> list[tuple[str, tuple[int, ...], torch.dt
 def write_sharded(out: Path, specs, seed: int, base: Path | None, scale: float,
                   shard_bytes: int = 1 << 30) -> Path:
     """A sharded bf16 checkpoint (index json), one tensor in memory at a time."""
-    from pvutils.merging import _plan_shards
+    from pvutils.merging import plan_shards
     from pvutils.vectors import SafetensorsSource
 
     if (out / "model.safetensors.index.json").exists():
@@ -307,7 +310,7 @@ def write_sharded(out: Path, specs, seed: int, base: Path | None, scale: float,
     gen = torch.Generator().manual_seed(seed)
     src = SafetensorsSource(base) if base else None
     weight_map = {}
-    for shard, shard_specs in _plan_shards(specs, shard_bytes):
+    for shard, shard_specs in plan_shards(specs, shard_bytes):
         writer = StreamingSafetensorsWriter(tmp / shard, shard_specs, {"format": "pt"})
         for name, shape, dtype in shard_specs:
             if src is None:

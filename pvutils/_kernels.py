@@ -1,11 +1,10 @@
-"""Compiled (numba) loops for merging, imported only when a merge needs them.
+"""The optional accelerator of `pvutils.merging` (`accelerate="numba"`): compiled loops.
 
-Element-wise torch steps each make a full pass (and often a new tensor) over every delta;
-TIES needs ~15 of them per vector. These kernels fuse the trim threshold (a sample-bracketed
-exact selection, with a radix-select histogram as the fallback), trim + sign election +
-disjoint merge, and task arithmetic's
-subtract-weight-accumulate into one pass each. Arithmetic is plain float32 in mergekit's
-order (no fast-math, no fused multiply-add), so results equal mergekit's bit for bit.
+Only imported when asked for (numba takes ~0.7 s to import). Each kernel computes what a
+pure function of `pvutils.merging.functional` computes, and the tests hold them equal:
+`bits_histogram` is the histogram pass of `magnitude_threshold`, `ties` is
+`sparsify_magnitude` + `ties_merge` + `normalize` fused into one pass over the k deltas.
+Arithmetic is plain float32 in mergekit's order (no fast-math, no fused multiply-add).
 """
 
 from __future__ import annotations
@@ -76,44 +75,3 @@ def ties(deltas, weights, thresholds, by_count, normalize, out, bad):  # pragma:
                 out[a + j] = mixed[j] / d
             else:
                 out[a + j] = mixed[j]
-
-
-@numba.njit(parallel=True, cache=True)
-def bracket_pass(x, base, subtract, lo, hi, buf, counts):  # pragma: no cover - compiled
-    """Optionally x -= base; per chunk, count |x| > hi, copy the |x| in [lo, hi] into the
-    chunk's slice of `buf` (branch-free compaction), and count non-finite entries.
-
-    One pass of a sample-bracketed selection: a sample says where the k-th largest |x|
-    lies, this pass narrows the search to the few entries inside the bracket.
-    """
-    chunks = counts.shape[0]
-    n = x.shape[0]
-    cap = buf.shape[0] // chunks - 1  # the slot after the last is a write sink
-    step = (n + chunks - 1) // chunks
-    for c in numba.prange(chunks):
-        above = 0
-        inside = 0
-        nonfinite = 0
-        start = c * (cap + 1)
-        for j in range(c * step, min(n, (c + 1) * step)):
-            if subtract:
-                x[j] = x[j] - base[j]
-            v = abs(x[j])
-            nonfinite += not v < np.inf
-            above += v > hi
-            buf[start + min(inside, cap)] = v
-            inside += v >= lo and v <= hi
-        counts[c, 0] = above
-        counts[c, 1] = inside
-        counts[c, 2] = nonfinite
-
-
-@numba.njit(parallel=True, cache=True)
-def weighted_difference(acc, x, base, weight, subtract, first):  # pragma: no cover
-    """acc (+)= weight · (x − base): one task-arithmetic term in one pass."""
-    for j in numba.prange(acc.shape[0]):
-        d = x[j] - base[j] if subtract else x[j]
-        if first:
-            acc[j] = d * weight
-        else:
-            acc[j] = acc[j] + d * weight

@@ -75,7 +75,8 @@ class Profile:
     conditions: tuple[str, ...] = CONDITIONS  # the vectors that get trained
     sweep_conditions: tuple[str, ...] = CONDITIONS  # the vectors the chapters sweep
     composition_traits: tuple[str, ...] = TRAITS  # RQ2 composes one vector per trait
-    composition_methods: tuple[str, ...] = ("TA", "TIES", "TA+DARE", "TIES+DARE")
+    composition_methods: tuple[str, ...] = ("TA", "TIES", "TA+DARE", "TIES+DARE")  # the
+    # paper's four; also "Breadcrumbs" and "DELLA" (see sweeps.merge_methods)
     ties_density: float = 0.2  # TIES keep fraction (mergekit's density)
     dare_drop_rate: float = 0.5  # DARE mask rate (the authors' default)
     npti_gammas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
@@ -145,7 +146,7 @@ def _coerce(profile: str, name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-METHODS = ("TA", "TIES", "TA+DARE", "TIES+DARE")
+METHODS = ("TA", "TIES", "TA+DARE", "TIES+DARE", "Breadcrumbs", "DELLA")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup", "polynomial",
                  "inverse_sqrt", "cosine_with_restarts")
 # field -> allowed values (every item, for a tuple field)

@@ -272,6 +272,10 @@ def merge_methods(profile) -> dict[str, dict[str, Any]]:
         "TA+DARE": {"method": "dare_linear", "drop_rate": profile.dare_drop_rate},
         "TIES+DARE": {"method": "dare_ties", "drop_rate": profile.dare_drop_rate,
                       "normalize": False},
+        # beyond the paper, by name: mergekit's Model Breadcrumbs (drop the top 1 % of
+        # magnitudes, keep the next ties_density) and DELLA (magnitude-ranked DARE)
+        "Breadcrumbs": {"method": "breadcrumbs", "density": profile.ties_density},
+        "DELLA": {"method": "della", "drop_rate": profile.dare_drop_rate, "normalize": False},
     }
     unknown = sorted(set(profile.composition_methods) - set(table))
     if unknown:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from unittest import mock
 
 import pytest
 import torch
@@ -19,12 +18,11 @@ from pvutils.merging import (
     applied,
     cli_merge,
     global_thresholds,
-    kth_largest,
-    magnitude_threshold,
     merge_deltas,
     merge_from_config,
     merge_vectors,
 )
+from pvutils.merging.inplace import _SPARES
 from pvutils.vectors import extract_vector, load_vector
 
 
@@ -83,17 +81,13 @@ weights_st = st.lists(st.floats(-2, 2).filter(lambda w: abs(w) > 1e-3), min_size
 @given(seed=st.integers(0, 10**6), weights=weights_st,
        method=st.sampled_from(["task_arithmetic", "ties"]),
        density=st.floats(0.05, 1.0), normalize=st.sampled_from([None, True, False]),
-       lambda_=st.sampled_from([1.0, 0.5, 1.7]), compiled=st.booleans())
+       lambda_=st.sampled_from([1.0, 0.5, 1.7]),
+       accelerate=st.sampled_from([None, "numba"]))
 def test_matches_the_mergekit_reference(seed, weights, method, density, normalize, lambda_,
-                                        compiled):
-    with mock.patch.object(merging, "USE_COMPILED", compiled):
-        _check_against_reference(seed, weights, method, density, normalize, lambda_)
-
-
-def _check_against_reference(seed, weights, method, density, normalize, lambda_):
+                                        accelerate):
     deltas = random_deltas(seed, len(weights))
     densities = [density] * len(weights)
-    params = {"lambda_": lambda_}
+    params = {"lambda_": lambda_, "accelerate": accelerate}
     if normalize is not None:
         params["normalize"] = normalize
     if method == "ties":
@@ -186,19 +180,7 @@ def test_dare_ties_trim_density_trims_after_the_drop():
     assert (got != 0).sum().item() == int(0.2 * delta.numel())
 
 
-# --- exact thresholds -----------------------------------------------------------------
-
-
-@settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 10**6), n=st.sampled_from([10, 1000, 200_003]),
-       frac=st.floats(1e-5, 1.0), duplicates=st.booleans())
-def test_kth_largest_is_exact(seed, n, frac, duplicates):
-    gen = torch.Generator().manual_seed(seed)
-    values = torch.randn(n, generator=gen).abs()
-    if duplicates:
-        values = (values * 8).round() / 8  # many equal magnitudes
-    k = max(1, int(frac * n))
-    assert kth_largest(values, k) == float(torch.sort(values, descending=True).values[k - 1])
+# --- the authors' global trim ------------------------------------------------------
 
 
 @settings(max_examples=15, deadline=None)
@@ -220,63 +202,21 @@ def test_global_trim_keeps_the_requested_fraction(seed, sizes, density):
     assert sum(int((t != 0).sum()) for t in merged.values()) == keep
 
 
-@pytest.mark.parametrize("n", [1000, (1 << 18) + 1, 600_000])
-def test_compiled_trim_threshold_is_exact(n):
-    """The fused subtract + radix-select kernel (and its small-tensor path) vs a sort."""
-    gen = torch.Generator().manual_seed(n)
-    finetuned, base = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
-    for keep in (1, n // 5, n // 2 + 3, n):
-        row = finetuned.clone()
-        t = merging._ties_threshold(row, keep, base, "test")
-        assert torch.equal(row, finetuned - base)
-        assert t == float((finetuned - base).abs().sort(descending=True).values[keep - 1])
-    broken = finetuned.clone()
-    broken[n // 3] = math.nan
-    with pytest.raises(MergeError, match="tensor 'w' contains NaN"):
-        merging._ties_threshold(broken, n // 5, None, "tensor 'w'")
-
-
-@pytest.mark.parametrize("keep_fraction", [0.05, 0.5, 0.7, 0.95])
-def test_compiled_trim_threshold_is_exact_with_heavy_ties(keep_fraction):
-    """60 % of the entries share one magnitude: the sample's bracket holds too many entries
-    (or misses), so the exact fallback decides; the answer must still be the sort's."""
-    n = 200_000
-    gen = torch.Generator().manual_seed(3)
-    values = torch.cat([2 + torch.rand(n * 3 // 10, generator=gen),
-                        torch.full((n * 6 // 10,), -1.0), torch.rand(n // 10, generator=gen)])
-    values = values[torch.randperm(n, generator=gen)]
-    keep = int(keep_fraction * n)
-    want = float(values.abs().sort(descending=True).values[keep - 1])
-    assert merging._ties_threshold(values.clone(), keep, None, "test") == want
-    inf = values.clone()
-    inf[7] = math.inf
-    with pytest.raises(MergeError, match="NaN or Inf"):
-        merging._ties_threshold(inf, keep, None, "test")
-
-
-def test_compiled_and_torch_ties_agree(monkeypatch):
+def test_global_trim_equals_per_tensor_trim_against_the_global_threshold():
+    """trim_scope="global" is the per-tensor machinery fed one threshold per vector."""
     gen = torch.Generator().manual_seed(5)
-    vectors = [{"big": torch.randn(700, 500, generator=gen),
-                "small": torch.randn(30, generator=gen)} for _ in range(4)]
-    weights = [0.5, -1.0, 0.8, 0.3]
-    for params in ({"density": 0.2}, {"density": 0.5, "majority_sign_method": "frequency"},
-                   {"density": 0.3, "normalize": False, "lambda_": 0.6}):
-        for scope in ("per_tensor", "global"):
-            compiled = merge_vectors(vectors, weights, "ties", trim_scope=scope, **params)
-            with mock.patch.object(merging, "USE_COMPILED", False):
-                plain = merge_vectors(vectors, weights, "ties", trim_scope=scope, **params)
-            for name in compiled:
-                torch.testing.assert_close(compiled[name], plain[name], rtol=1e-6, atol=1e-7)
+    vectors = [{"big": torch.randn(70, 50, generator=gen),
+                "small": torch.randn(30, generator=gen)} for _ in range(3)]
+    weights = [0.5, -1.0, 0.8]
+    thresholds = global_thresholds(vectors, None, [0.2, 0.3, 0.4])
+    for accelerate in (None, "numba"):
+        got = merge_vectors(vectors, weights, "ties", trim_scope="global",
+                            density=(0.2, 0.3, 0.4), accelerate=accelerate)
+        want = merge_vectors(vectors, weights, "ties", thresholds=thresholds)
+        assert all(torch.equal(got[n], want[n]) for n in want)
 
 
-def test_magnitude_threshold_is_exact_with_ties_and_zeros():
-    values = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.5, 2.0, -3.0, 1e-30])
-    for keep in range(1, 9):
-        want = float(values.abs().sort(descending=True).values[keep - 1])
-        assert magnitude_threshold(lambda: [values[:3], values[3:]], keep) == want
-
-
-def test_row_blocks_give_the_same_merge_as_whole_tensors(monkeypatch):
+def test_row_blocks_give_the_same_merge_as_whole_tensors():
     gen = torch.Generator().manual_seed(0)
     vectors = [{"w": torch.randn(64, 50, generator=gen), "b": torch.randn(50, generator=gen)}
                for _ in range(3)]
@@ -286,19 +226,11 @@ def test_row_blocks_give_the_same_merge_as_whole_tensors(monkeypatch):
              ("dare_ties", {"drop_rate": 0.3, "mask_strategy": "magnitude",
                             "trim_density": 0.5})]
     whole = {m: merge_vectors(vectors, weights, m, **p) for m, p in cases}
-    monkeypatch.setattr(merging, "CHUNK_ELEMENTS", 500)  # 10 rows per block
     for method, params in cases:
-        blocked = merge_vectors(vectors, weights, method, **params)
+        blocked = merge_vectors(vectors, weights, method, block_elements=500, **params)
         for name in whole[method]:
             torch.testing.assert_close(blocked[name], whole[method][name], rtol=1e-6,
                                        atol=1e-6, msg=f"{method} {name}")
-
-
-def test_row_blocks_keep_dare_l1_rescale_over_the_whole_tensor(monkeypatch):
-    monkeypatch.setattr(merging, "CHUNK_ELEMENTS", 500)
-    delta = torch.randn(100, 50)
-    got = merge_vectors([{"w": delta}], [1.0], "dare_linear", drop_rate=0.7)["w"]
-    assert got.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-5)
 
 
 # --- in place, for sweeps ---------------------------------------------------------------
@@ -310,7 +242,7 @@ def random_vector(model, seed: int, scale: float = 0.01):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 10**6), method=st.sampled_from(merging.METHODS),
+@given(seed=st.integers(0, 10**6), method=st.sampled_from(list(merging.METHODS)),
        weights=st.lists(st.floats(-2, 2), min_size=1, max_size=3))
 def test_applied_restores_bitwise(seed, method, weights):
     model = make_tiny_llama(0)
@@ -354,13 +286,13 @@ def test_reused_buffers_give_the_same_merge_and_restore(method):
         with applied(model, vecs, [alpha, 0.3], method, reuse_buffers=True, **params):
             assert all(torch.equal(fresh[k], v) for k, v in model.state_dict().items())
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert merging._SPARES.get(model)
+    assert _SPARES.get(model)  # the spare tensors are held
     with pytest.raises(RuntimeError, match="boom"):
         with applied(model, vecs, [1.0, 1.0], method, reuse_buffers=True, **params):
             raise RuntimeError("boom")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     merging.release_buffers(model)
-    assert model not in merging._SPARES
+    assert model not in _SPARES
 
 
 def test_applied_updates_tied_embeddings_once():
@@ -419,7 +351,7 @@ def config_for(root, method="ties", **extra):
     return cfg
 
 
-@pytest.mark.parametrize("method", merging.METHODS)
+@pytest.mark.parametrize("method", list(merging.METHODS))
 def test_merge_from_config_equals_applied_and_loads(models, tmp_path, method):
     from transformers import AutoModelForCausalLM
 
@@ -448,7 +380,7 @@ def test_vector_entries_equal_model_entries(models, tmp_path):
 def test_yaml_file_sharding_dtype_and_global_trim(models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = config_for(models, dtype="bfloat16", max_shard_size=20_000,
+    cfg = config_for(models, dtype="bfloat16", max_shard_size="20KB",
                      parameters={"trim_scope": "global"})
     path = tmp_path / "merge.yml"
     path.write_text(yaml.safe_dump(cfg))
@@ -473,15 +405,18 @@ def test_cli_merge(models, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"density": 0.0}, "density must be in"),
-    ({"density": 1.5}, "density must be in"),
-    ({"density": float("nan")}, "density must be in"),
+    ({"density": 0.0}, "density: Input should be greater than 0"),
+    ({"density": 1.5}, "density: Input should be less than or equal to 1"),
+    ({"density": float("nan")}, "density: Input should be greater than 0"),
+    ({"density": (0.5, 2)}, r"density\[1\]: Input should be less than or equal to 1 \(got 2\)"),
     ({"drop_rate": 1.0}, "drop_rate must be in"),
     ({"drop_rate": -0.1}, "drop_rate must be in"),
     ({"mask_strategy": "topk"}, "mask_strategy"),
     ({"majority_sign_method": "vote"}, "majority_sign_method"),
     ({"rescale": "l3"}, "rescale"),
-    ({"densty": 0.5}, "unknown merge parameter"),
+    ({"densty": 0.5}, "densty: unknown field"),
+    ({"accelerate": "cuda"}, "accelerate: Input should be 'numba'"),
+    ({"block_elements": 0}, "block_elements: Input should be greater than 0"),
 ])
 def test_bad_parameters_are_named(params, message):
     method = "dare_ties" if "drop_rate" in params else "ties"
@@ -526,13 +461,22 @@ def test_nan_half_way_restores_the_model():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda c, r: c.update(merge_method="slerp"), "merge_method"),
-    (lambda c, r: c.pop("base_model"), "base_model is required"),
-    (lambda c, r: c.update(models=[]), "non-empty"),
+    (lambda c, r: c.pop("base_model"), "base_model: Field required"),
+    (lambda c, r: c.update(models=[]), "models: List should have at least 1 item"),
     (lambda c, r: c["models"][0]["parameters"].pop("weight"), r"models\[0\].parameters.weight"),
-    (lambda c, r: c["models"][0]["parameters"].update(density=0), "density must be in"),
-    (lambda c, r: c["models"][1]["parameters"].update(weight="big"), "weight must be a number"),
-    (lambda c, r: c.update(merge_methd="ties"), "unknown key"),
-    (lambda c, r: c.update(parameters={"normalise": True}), "unknown parameters"),
+    (lambda c, r: c["models"][0]["parameters"].update(density=0),
+     r"models\[0\].parameters.density: Input should be greater than 0 \(got 0\)"),
+    (lambda c, r: c["models"][1]["parameters"].update(weight="big"),
+     r"models\[1\].parameters.weight: Input should be a valid number"),
+    (lambda c, r: c["models"][1]["parameters"].update(weight=yaml.safe_load("w: 1e30")["w"]),
+     r"models\[1\].parameters.weight: .*got '1e30', a string: YAML reads 1e30"),
+    (lambda c, r: c.update(merge_methd="ties"), "merge_methd: unknown field"),
+    (lambda c, r: c.update(parameters={"normalise": True}), "parameters.normalise: unknown field"),
+    (lambda c, r: c.update(max_shard_size=-1), r"max_shard_size: .*greater than 0.*\(got -1\)"),
+    (lambda c, r: c.update(max_shard_size="5 parsecs"), "max_shard_size: .*'5GB'"),
+    (lambda c, r: c.update(include=5), r"include: Input should be a valid string .*\(got 5\)"),
+    (lambda c, r: c.update(merge_method="della", parameters={"epsilon": 0.5}),
+     "parameters.epsilon: Input should be less than 0.5"),
     (lambda c, r: c["models"][0].update(model=str(r / "missing")), "missing"),
     (lambda c, r: c["models"][0].update(model=str(r / "pickled")), "pickle"),
     (lambda c, r: c["models"][0].update(model=str(r / "bigger")), "vocabulary"),
@@ -596,3 +540,21 @@ def test_embedded_model_extract_merge_apply(embedded_model_dir, tmp_path):
             assert torch.equal(value, merged.state_dict()[name]), name
         assert model.lm_head.weight is model.model.embed_tokens.weight
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_rq2_offers_breadcrumbs_and_della_by_name():
+    """analysis.merge_methods: the registry's newer methods are usable in a sweep by label."""
+    from pvutils import analysis
+    from pvutils.profiles import get_profile
+
+    methods = analysis.merge_methods(get_profile("cpu", composition_methods=["Breadcrumbs",
+                                                                             "DELLA"]))
+    model = make_tiny_llama(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vecs = [random_vector(model, 1), random_vector(model, 2)]
+    for label, params in methods.items():
+        params = dict(params)
+        with applied(model, vecs, [0.5, 0.5], params.pop("method"), **params):
+            changed = sum(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+            assert changed > 0, label
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,178 @@
+"""The mergekit YAML, as a declarative schema (pydantic): one-line errors naming the field.
+
+    merge_method: ties
+    base_model: path/to/base
+    models:
+      - model: path/to/finetuned        # or  vector: path/to/vector.safetensors
+        parameters: {weight: 0.8, density: 0.2}
+    parameters: {normalize: true, lambda: 1.0, trim_scope: per_tensor}
+    dtype: bfloat16
+
+Beyond mergekit: `vector:` entries (a personality vector file instead of a model),
+`trim_scope: global` (the authors' whole-model TIES threshold), `trim_density` (a TIES
+trim after the DARE drop), `max_shard_size` (bytes or "5GB").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ..vectors import MergeError
+from .options import Fraction, Number, one_line
+from .registry import METHODS
+
+Gamma = Annotated[Number, Field(ge=0, lt=1)]
+DType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half"]
+SHARED = ("normalize", "lambda", "rescale", "int8_mask", "trim_scope", "mask_strategy", "seed",
+          "majority_sign_method", "disjoint", "trim_density", "gamma", "epsilon")
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelParameters(Strict):
+    weight: Number | None = None  # required for every model but the base
+    density: Fraction = 1.0
+    gamma: Gamma | None = None  # breadcrumbs
+    epsilon: Annotated[Number, Field(gt=0, lt=0.5)] | None = None  # della
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"must be finite, got {value!r}")
+        return value
+
+
+class ModelEntry(Strict):
+    model: str | None = None
+    vector: str | None = None
+    parameters: ModelParameters = ModelParameters()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        if (self.model is None) == (self.vector is None):
+            raise ValueError("needs exactly one of 'model' or 'vector'")
+        return self
+
+
+class SharedParameters(Strict):
+    normalize: StrictBool | None = None
+    lambda_: Number = Field(1.0, alias="lambda")
+    rescale: StrictBool | Literal["l1", "inverse"] | None = None
+    int8_mask: StrictBool = False  # mergekit's memory option; the result is the same
+    trim_scope: Literal["per_tensor", "global"] = "per_tensor"
+    mask_strategy: Literal["random", "magnitude"] = "random"
+    seed: StrictInt = 0
+    majority_sign_method: Literal["total", "frequency", "sum", "count"] = "total"
+    disjoint: Literal["mean", "sum"] | None = None
+    trim_density: Fraction | None = None
+    gamma: Gamma | None = None
+    epsilon: Annotated[Number, Field(gt=0, lt=0.5)] | None = None
+
+
+class MergeConfig(Strict):
+    merge_method: str
+    base_model: Annotated[str, Field(min_length=1)]
+    models: Annotated[list[ModelEntry], Field(min_length=1)]
+    parameters: SharedParameters = SharedParameters()
+    dtype: DType | None = None
+    out_dtype: DType | None = None
+    tokenizer_source: Literal["base"] | None = None
+    include: str | list[str] | None = None
+    exclude: str | list[str] | None = None
+    max_shard_size: Annotated[StrictInt, Field(gt=0)] | str = 5 * 10**9
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_level_parameters(cls, data: Any) -> Any:
+        """Shared parameters may also sit at the top level (mergekit accepts both)."""
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping with merge_method, base_model, models")
+        top = {k: data[k] for k in SHARED if k in data}
+        if not top:
+            return data
+        rest = {k: v for k, v in data.items() if k not in top}
+        inner = data.get("parameters") or {}
+        return {**rest, "parameters": {**top, **inner} if isinstance(inner, dict) else inner}
+
+    @field_validator("merge_method")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"must be one of {list(METHODS)}, got {value!r}")
+        return value
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _bytes(cls, value: int | str) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)\s*", value.upper())
+        if not match:
+            raise ValueError(f"must be a byte count or a size like '5GB', got {value!r}")
+        return int(float(match[1]) * SIZE_UNITS[match[2]])
+
+    @model_validator(mode="after")
+    def _weights_given(self) -> MergeConfig:
+        for i, entry in enumerate(self.models):
+            if entry.model != self.base_model and entry.parameters.weight is None:
+                raise ValueError(f"models[{i}].parameters.weight is required")
+        if not self.entries:
+            raise ValueError("no models besides the base to merge")
+        return self
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        """The models to merge (mergekit ignores the base model listed among them)."""
+        return [e for e in self.models if e.model is None or e.model != self.base_model]
+
+    def merge_params(self) -> dict[str, Any]:
+        """Keyword parameters for the engine (`MergeParams` fields)."""
+        shared = self.parameters.model_dump(exclude_none=True, exclude={"int8_mask",
+                                                                        "trim_scope"})
+        shared["lambda_"] = shared.pop("lambda_", 1.0)
+        per_model = {"density": tuple(e.parameters.density for e in self.entries)}
+        for key in ("gamma", "epsilon"):
+            values = [getattr(e.parameters, key) for e in self.entries]
+            if any(v is not None for v in values):
+                default = shared.get(key, 0.01 if key == "gamma" else 0.15)
+                per_model[key] = tuple(default if v is None else v for v in values)
+        return {**shared, **per_model}
+
+
+def load_config(config: str | Path | dict) -> tuple[MergeConfig, str]:
+    """Parse a mergekit YAML (file path) or dict into a `MergeConfig`, and where it came from."""
+    if isinstance(config, dict):
+        data, where = config, "merge config"
+    else:
+        path = Path(config)
+        if not path.exists():
+            raise MergeError(f"{path}: no such merge config")
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise MergeError(f"{where}: malformed YAML ({' '.join(str(err).split())})") from err
+    try:
+        return MergeConfig.model_validate(data), where
+    except ValidationError as err:
+        raise MergeError(one_line(err, where)) from None
