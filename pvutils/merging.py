@@ -24,7 +24,6 @@ import fnmatch
 import json
 import math
 import shutil
-import sys
 import weakref
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 
 from .artifacts import atomic_dir
+from .outputs import check_local_path, check_output, report_error, write_marker
+from .tensorio import parse_size
 from .vectors import (
     DeltaSource,
     DictSource,
@@ -43,11 +44,15 @@ from .vectors import (
     SafetensorsSource,
     StreamingSafetensorsWriter,
     TensorSource,
-    _is_embedding,
     _parse_dtype,
     check_compatible,
     check_finite,
+    check_vector,
+    check_vectors_for_model,
+    check_weights,
     open_tensors,
+    open_vector,
+    weights_fingerprint,
 )
 
 __all__ = [
@@ -777,7 +782,7 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
             method: str = "task_arithmetic", trim_scope: str = "per_tensor",
             include: str | Sequence[str] | None = None,
             exclude: str | Sequence[str] | None = None, reuse_buffers: bool = False,
-            **params: Any) -> Iterator[torch.nn.Module]:
+            allow_foreign_base: bool = False, **params: Any) -> Iterator[torch.nn.Module]:
     """Temporarily set θ = θ_model + merge(vectors): α sweeps without writing models.
 
     Each touched parameter gets a new tensor (θ + Δ) while its old tensor is kept aside, so
@@ -792,16 +797,8 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
     """
     sources = _open_all(vectors)
     params_by_name = dict(model.named_parameters(remove_duplicate=False))
-    for src in sources:
-        extra = [n for n in src.keys() if n not in params_by_name]
-        if extra:
-            raise MergeError(f"{src.label} has {len(extra)} tensor(s) the model lacks, "
-                             f"e.g. {extra[:3]}")
-        for n in src.keys():
-            if tuple(src.shape(n)) != tuple(params_by_name[n].shape):
-                vocab = " (different vocabulary sizes)" if _is_embedding(n) else ""
-                raise MergeError(f"{src.label}: tensor {n!r} has shape {list(src.shape(n))}, "
-                                 f"the model's is {list(params_by_name[n].shape)}{vocab}")
+    required = select_names([n for n, _ in model.named_parameters()], include, exclude)
+    check_vectors_for_model(model, sources, required, allow_foreign_base)
     names, seen = [], set()
     for n in select_names(sources[0].keys(), include, exclude):
         if id(params_by_name[n]) not in seen:  # a tied parameter is applied once
@@ -817,6 +814,7 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
                 # one pass per vector instead of copying, scaling and adding
                 _apply_task_arithmetic(params_by_name, sources, weights, names, opts,
                                        originals, spares)
+                _check_merged_finite(params_by_name, names)
                 yield model
                 return
             new, current = None, None
@@ -838,6 +836,7 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
                 originals[current] = params_by_name[current].data
                 params_by_name[current].data = new
             del new
+            _check_merged_finite(params_by_name, names)
         yield model
     finally:
         for name, tensor in originals.items():
@@ -847,6 +846,13 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
 
 
 _SPARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {name: tensor}
+
+
+def _check_merged_finite(params_by_name, names) -> None:
+    """Every merged weight finite in the model's dtype before anything is scored with it."""
+    for name in names:
+        check_finite(params_by_name[name].data, name, "merged model (weights × vectors "
+                     f"overflow {params_by_name[name].dtype})")
 
 
 def release_buffers(model: torch.nn.Module) -> None:
@@ -878,7 +884,7 @@ def _check_delta_once(delta: torch.Tensor, fresh: bool, name: str, label: str) -
 
 def _apply_task_arithmetic(params_by_name, sources, weights, names, opts, originals,
                            spares) -> None:
-    weights = _check_weights(weights)
+    weights = check_weights(_check_weights(weights), params_by_name[names[0]].dtype)
     if len(weights) != len(sources):
         raise MergeError(f"{len(sources)} vectors but {len(weights)} weights")
     total = sum(weights)
@@ -961,13 +967,13 @@ def parse_config(config: str | Path | Mapping) -> MergePlan:
         import yaml
 
         path = Path(config)
-        if not path.exists():
-            raise MergeError(f"{path}: no such merge config")
+        if not path.is_file():
+            raise MergeError(f"{path}: no such merge config (a YAML file)")
         where = str(path)
         try:
             data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise MergeError(f"{where}: malformed YAML ({err})") from err
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise MergeError(f"{where}: not a YAML merge config ({_one_line(err)})") from None
     if not isinstance(data, dict):
         raise MergeError(f"{where}: expected a mapping with merge_method, base_model, models")
     unknown = sorted(set(data) - CONFIG_KEYS)
@@ -993,8 +999,8 @@ def parse_config(config: str | Path | Mapping) -> MergePlan:
     for key, value in merged.items():
         if key in ("normalize",) and not isinstance(value, bool):
             raise MergeError(f"{where}: parameters.{key} must be true or false, got {value!r}")
-        if key == "lambda" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise MergeError(f"{where}: parameters.lambda must be a number, got {value!r}")
+        if key == "lambda":
+            merged[key] = check_weights([value], where=f"{where}: parameters.lambda")[0]
     models = data.get("models")
     if not isinstance(models, list) or not models:
         raise MergeError(f"{where}: models must be a non-empty list")
@@ -1012,7 +1018,8 @@ def parse_config(config: str | Path | Mapping) -> MergePlan:
             continue  # mergekit ignores the base model listed among the models
         if "weight" not in p:
             raise MergeError(f"{where}: models[{i}].parameters.weight is required")
-        weight, density = p["weight"], p.get("density", 1.0)
+        weight = check_weights([p["weight"]], where=f"{where}: models[{i}].parameters.weight")[0]
+        density = _number(p.get("density", 1.0))
         for key, value in (("weight", weight), ("density", density)):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise MergeError(f"{where}: models[{i}].parameters.{key} must be a number "
@@ -1028,6 +1035,10 @@ def parse_config(config: str | Path | Mapping) -> MergePlan:
     if not entries:
         raise MergeError(f"{where}: no models besides the base to merge")
     include, exclude = data.get("include"), data.get("exclude")
+    for key, globs in (("include", include), ("exclude", exclude)):
+        if globs is not None and not isinstance(globs, str) and not (
+                isinstance(globs, list) and all(isinstance(g, str) for g in globs)):
+            raise MergeError(f"{where}: {key} must be a glob or a list of globs, got {globs!r}")
     dtype = data.get("out_dtype") or data.get("dtype")
     if dtype is not None:
         _parse_dtype(dtype)
@@ -1036,10 +1047,22 @@ def parse_config(config: str | Path | Mapping) -> MergePlan:
                      include=[include] if isinstance(include, str) else include,
                      exclude=[exclude] if isinstance(exclude, str) else exclude)
     if "max_shard_size" in data:
-        plan.max_shard_size = int(data["max_shard_size"])
+        plan.max_shard_size = parse_size(data["max_shard_size"], f"{where}: max_shard_size")
     # validate the parameters now, before any file is opened
     MergeOptions.from_params(method, {**_method_params(plan), "density": 1.0})
     return plan
+
+
+def _number(value: Any) -> Any:
+    """YAML reads `1e30` (no dot) as a string: a numeric string is a number."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
 
 
 def _method_params(plan: MergePlan) -> dict:
@@ -1080,7 +1103,8 @@ class _LastTensorCache(TensorSource):
         return self._tensor
 
 
-def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path:
+def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
+                      overwrite: bool = False, allow_foreign_base: bool = False) -> Path:
     """Run a mergekit-style merge and write a loadable model directory, tensor by tensor.
 
     Output weights are θ_base + merged delta in `dtype` (default: the base's), sharded like
@@ -1089,6 +1113,8 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
     """
     plan = parse_config(config)
     base_dir = Path(_resolve_local_model(plan.base, "base_model"))
+    inputs = [base_dir, *[e.get("model") or e["vector"] for e in plan.entries]]
+    check_output(out_dir, inputs + ([] if isinstance(config, Mapping) else [config]), overwrite)
     base = _LastTensorCache(SafetensorsSource(base_dir))
     sources: list[TensorSource] = []
     for entry in plan.entries:
@@ -1096,24 +1122,23 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
             model = SafetensorsSource(_resolve_local_model(entry["model"], "model"))
             sources.append(DeltaSource(model, base))
         else:
-            vec = open_tensors(entry["vector"])
-            extra = sorted(set(vec.keys()) - set(base.keys()))
-            if extra:
-                raise MergeError(f"vector {vec.label} has {len(extra)} tensor(s) the base "
-                                 f"lacks, e.g. {extra[:3]}")
-            sources.append(vec)
+            check_local_path(entry["vector"], "vector")
+            sources.append(open_vector(entry["vector"]))
     names = base.keys()
     chosen = select_names(names, plan.include, plan.exclude)
     for src in sources:
         if not isinstance(src, DeltaSource):
-            check_compatible(base, src, what="vector", names=chosen, allow_float32=True)
+            check_vector(base.inner, src, chosen, lambda: [weights_fingerprint(base.inner)],
+                         allow_foreign_base)
     out_dtype = _parse_dtype(plan.dtype) if plan.dtype else None
+    check_weights([e["weight"] for e in plan.entries], out_dtype or torch.float32)
     specs = [(n, base.shape(n), out_dtype if out_dtype and base.dtype(n).is_floating_point
               else base.dtype(n)) for n in names]
     merged = iter_merged_blocks(sources, [e["weight"] for e in plan.entries], chosen,
                                 plan.method, plan.trim_scope, **_method_params(plan))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
+        write_marker(tmp, "merge")
         _copy_model_files(base_dir, tmp, out_dtype)
         pending = next(merged, None)
         shards = _plan_shards(specs, plan.max_shard_size)
@@ -1122,15 +1147,17 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
             writer = StreamingSafetensorsWriter(tmp / shard_name, shard_specs, {"format": "pt"})
             for name, _, dtype in shard_specs:
                 if pending is None or pending[0] != name:  # not merged: the base's tensor
-                    tensor = base.get(name)
-                    check_finite(tensor, name, base.label)
-                    writer.write(name, tensor.to(dtype))
+                    tensor = base.get(name).to(dtype)
+                    check_finite(tensor, name, f"{base.label} (in {dtype})")
+                    writer.write(name, tensor)
                 while pending is not None and pending[0] == name:
                     _, start, stop, block = pending
                     rows = base.get(name) if stop < 0 else base.get_rows(name, start, stop)
                     pending = next(merged, None)
                     last = pending is None or pending[0] != name
-                    writer.write_part(name, block.add_(rows).to(dtype), last=last)
+                    block = block.add_(rows).to(dtype)
+                    check_finite(block, name, f"merged model (overflows {dtype})")
+                    writer.write_part(name, block, last=last)
                 weight_map[name] = shard_name
             writer.close()
         if pending is not None:
@@ -1147,6 +1174,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path) -> Path
 def _resolve_local_model(name: str, field_name: str) -> str:
     from .models import ModelError, resolve_model_dir
 
+    check_local_path(name, field_name)
     try:
         resolved = resolve_model_dir(name)
     except ModelError as err:
@@ -1205,13 +1233,19 @@ def cli_merge(argv: list[str]) -> int:
     parser.add_argument("config", help="mergekit-style YAML (task_arithmetic, ties, dare_*)")
     parser.add_argument("out_dir", help="output model directory (written atomically)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output that pvutils wrote")
+    parser.add_argument("--allow-foreign-base", action="store_true",
+                        help="merge vectors made from another base model")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        out = merge_from_config(args.config, args.out_dir)
-    except MergeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        out = merge_from_config(args.config, args.out_dir, overwrite=args.overwrite,
+                                allow_foreign_base=args.allow_foreign_base)
+    except ValueError as err:
+        return report_error(err)
     print(out)
     return 0
