@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .outputs import run_cli
+
 # command -> (module, function taking argv and returning an exit code)
 COMMANDS = {
     "provision": ("pvutils.models", "cli_provision", "download and convert the embedded model"),
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pvutils COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, func, _ = COMMANDS[argv[0]]
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    command = getattr(importlib.import_module(module), func)
+    return run_cli(command, argv[1:])  # bad input: one line, exit 1; SIGTERM: cleanup, 143
 
 
 if __name__ == "__main__":

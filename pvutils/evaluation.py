@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,9 @@ import pandas as pd
 import torch
 
 from .artifacts import artifacts_dir, fingerprint, read_json, write_json
+from .outputs import check_local_path, redact, register_secret, report_error
 from .profiles import TRAITS
+from .tensorio import SafetensorsSource
 
 DIMENSIONS = TRAITS
 
@@ -712,6 +713,7 @@ class OpenAIJudge(Judge):
         if not key:
             raise JudgeError("the openai judge needs an API key: set OPENAI_API_KEY "
                              "(and OPENAI_BASE_URL for a non-OpenAI endpoint)")
+        register_secret(key)  # redacted from every message, repr and cached reply
         self._client = openai.OpenAI(api_key=key, base_url=base_url or None,
                                      max_retries=0, timeout=timeout)
         self.model, self.temperature = model, temperature
@@ -721,7 +723,7 @@ class OpenAIJudge(Judge):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache
 
     def __repr__(self) -> str:
-        return f"OpenAIJudge(model={self.model!r}, base_url={str(self._client.base_url)!r})"
+        return redact(f"OpenAIJudge(model={self.model!r}, base_url={str(self._client.base_url)!r})")
 
     def complete(self, messages: list[dict]) -> JudgeResult:
         """One judged request, with retries and the disk cache."""
@@ -752,18 +754,18 @@ class OpenAIJudge(Judge):
                 raise JudgeError(f"the judge endpoint refused the request "
                                  f"(HTTP {err.status_code}: {_short(err)})") from None
             if self.use_cache:
-                write_json(path, {"request": request, "reply": content,
-                                  "score": result.score, "analysis": result.analysis})
+                write_json(path, {"request": request, "reply": redact(content or ""),
+                                  "score": result.score, "analysis": redact(result.analysis)})
             return result
-        raise JudgeError(f"the {self.model} judge gave no usable score after "
-                         f"{self.max_attempts} attempts; last problem: {last}")
+        raise JudgeError(redact(f"the {self.model} judge gave no usable score after "
+                                f"{self.max_attempts} attempts; last problem: {last}"))
 
     def score(self, dimension: str, transcripts: Sequence[tuple[str, str]]) -> JudgeResult:
         return self.complete(judge_messages(dimension, _nonempty(transcripts, dimension)))
 
 
 def _short(err: Exception) -> str:
-    return str(getattr(err, "message", err))[:200]
+    return redact(str(getattr(err, "message", err)))[:200]
 
 
 def get_judge(name: str, **kw) -> Judge:
@@ -899,6 +901,8 @@ def cli_score(argv: list[str]) -> int:
     p.add_argument("--samples", type=int, default=2, help="interview repeats per question")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-foreign-base", action="store_true",
+                   help="apply vectors made from another base model")
     args = p.parse_args(argv)
     if args.vector and len(args.alpha) not in (1, len(args.vector)):
         p.error(f"give one --alpha or one per --vector ({len(args.vector)} vectors, "
@@ -906,6 +910,9 @@ def cli_score(argv: list[str]) -> int:
     if args.alpha and not args.vector:
         p.error("--alpha needs --vector")
     try:
+        check_local_path(args.model, "model")
+        if Path(args.model).is_dir():  # headers and formats by the rules merge uses
+            SafetensorsSource(args.model)
         model, tok = load_model(args.model), load_tokenizer(args.model)
         judge = None
         if args.measure == "interview":
@@ -918,7 +925,8 @@ def cli_score(argv: list[str]) -> int:
             from .merging import applied  # streams each vector file, restores exactly
 
             alphas = args.alpha * len(args.vector) if len(args.alpha) == 1 else args.alpha
-            ctx = applied(model, list(args.vector), alphas, method=args.method)
+            ctx = applied(model, list(args.vector), alphas, method=args.method,
+                          allow_foreign_base=args.allow_foreign_base)
         with ctx:
             if args.measure == "contrast":
                 scores = contrast_scores(model, tok, args.dimensions)
@@ -929,7 +937,6 @@ def cli_score(argv: list[str]) -> int:
         if judge is not None:
             scores = judge_interview(transcripts, judge)
     except (ModelError, JudgeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return report_error(err)
     print(json.dumps({d: round(s, 4) for d, s in scores.items()}, indent=2))
     return 0

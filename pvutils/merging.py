@@ -973,7 +973,8 @@ def parse_config(config: str | Path | Mapping) -> MergePlan:
         try:
             data = yaml.safe_load(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise MergeError(f"{where}: not a YAML merge config ({_one_line(err)})") from None
+            kind = "malformed YAML" if isinstance(err, yaml.YAMLError) else "not a text file"
+            raise MergeError(f"{where}: {kind} ({_one_line(err)})") from None
     if not isinstance(data, dict):
         raise MergeError(f"{where}: expected a mapping with merge_method, base_model, models")
     unknown = sorted(set(data) - CONFIG_KEYS)
@@ -1122,7 +1123,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
             model = SafetensorsSource(_resolve_local_model(entry["model"], "model"))
             sources.append(DeltaSource(model, base))
         else:
-            check_local_path(entry["vector"], "vector")
+            check_local_path(entry["vector"], "vector", MergeError)
             sources.append(open_vector(entry["vector"]))
     names = base.keys()
     chosen = select_names(names, plan.include, plan.exclude)
@@ -1174,7 +1175,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
 def _resolve_local_model(name: str, field_name: str) -> str:
     from .models import ModelError, resolve_model_dir
 
-    check_local_path(name, field_name)
+    check_local_path(name, field_name, MergeError)
     try:
         resolved = resolve_model_dir(name)
     except ModelError as err:

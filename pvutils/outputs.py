@@ -235,7 +235,7 @@ def looks_like_path(text: str) -> bool:
     return bool(first) and "/" in text and Path(first).exists()
 
 
-def check_local_path(text: str, field: str) -> None:
+def check_local_path(text: str, field: str, error: type[ValueError] = PolicyError) -> None:
     """Refuse a path-shaped name that does not exist (one line naming the field)."""
     if looks_like_path(text) and not Path(text).expanduser().exists():
-        raise PolicyError(f"{field}: {text} does not exist (no such file or directory)")
+        raise error(f"{field}: {text} does not exist (no such file or directory)")

@@ -209,14 +209,15 @@ def check_weights(weights: Sequence[float], dtype: torch.dtype = torch.float32,
     limit = torch.finfo(dtype).max if dtype.is_floating_point else math.inf
     out = []
     for i, w in enumerate(weights):
+        field = f"{where}[{i}]" if len(weights) > 1 else where
         if isinstance(w, str):
             try:
                 w = float(w)
             except ValueError:
-                raise MergeError(f"{where}[{i}] must be a number, got {w!r}") from None
+                raise MergeError(f"{field} must be a number, got {w!r}") from None
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) \
                 or abs(w) > limit:
-            raise MergeError(f"{where}[{i}] must be a finite number within ±{limit:.3g} "
+            raise MergeError(f"{field} must be a finite number within ±{limit:.3g} "
                              f"(what {str(dtype).removeprefix('torch.')} holds), got {w!r}")
         out.append(float(w))
     return out
