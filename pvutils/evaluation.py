@@ -35,6 +35,7 @@ from .artifacts import artifacts_dir, fingerprint, read_json, write_json
 from .outputs import check_local_path, redact, register_secret, report_error
 from .profiles import TRAITS
 from .tensorio import SafetensorsSource
+from .vectors import check_vector_files, check_weights
 
 DIMENSIONS = TRAITS
 
@@ -910,9 +911,11 @@ def cli_score(argv: list[str]) -> int:
     if args.alpha and not args.vector:
         p.error("--alpha needs --vector")
     try:
+        check_weights(args.alpha, where="--alpha")
         check_local_path(args.model, "model")
-        if Path(args.model).is_dir():  # headers and formats by the rules merge uses
-            SafetensorsSource(args.model)
+        if Path(args.model).is_dir():  # the rules merge uses, before loading anything
+            check_vector_files(SafetensorsSource(args.model), args.vector,
+                               args.allow_foreign_base)
         model, tok = load_model(args.model), load_tokenizer(args.model)
         judge = None
         if args.measure == "interview":

@@ -766,7 +766,7 @@ def merge_vectors(vectors: Sequence[TensorLike], weights: Sequence[float],
 def _open_all(vectors: Sequence[TensorLike]) -> list[TensorSource]:
     if isinstance(vectors, (str, Path, Mapping)):
         raise MergeError("pass a list of vectors, e.g. [vector] — not a single vector")
-    sources = [open_tensors(v) for v in vectors]
+    sources = [open_vector(v) for v in vectors]
     if not sources:
         raise MergeError("nothing to merge: no vectors given")
     for i, src in enumerate(sources):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import artifacts_dir, atomic_path, fingerprint, read_json, write_json
-from .outputs import check_output, report_error, run_cli
+from .outputs import check_local_path, check_output, report_error, run_cli
 from .similarity import cosine_similarity_table, layer_of, module_of
 from .tensorio import (
     INDEX_FILE,
@@ -41,8 +41,8 @@ __all__ = [
     "INDEX_FILE", "PICKLE_SUFFIXES", "DeltaSource", "DictSource", "MergeError",
     "SafetensorsSource", "StreamingSafetensorsWriter", "TensorSource", "check_compatible",
     "check_finite", "open_tensors", "weights_fingerprint", "module_fingerprint",
-    "check_vector", "open_vector", "check_weights", "extract_vector", "save_vector",
-    "load_vector", "vector_metadata", "scale_vector", "add_vectors", "cli_extract",
+    "check_vector", "check_vector_files", "open_vector", "check_weights", "extract_vector",
+    "save_vector", "load_vector", "vector_metadata", "scale_vector", "add_vectors", "cli_extract",
     "cosine_similarity_table", "layer_of", "module_of",
 ]
 
@@ -167,6 +167,15 @@ def check_vector(base: TensorSource, vector: TensorSource, names: Sequence[str] 
         raise MergeError(f"vector {vector.label} was made from another base ({named}, "
                          f"fingerprint {made_from}), not {base.label}; pass "
                          "--allow-foreign-base (allow_foreign_base=True) to use it anyway")
+
+
+def check_vector_files(base: TensorSource, vectors: Sequence[str | Path],
+                       allow_foreign_base: bool = False) -> None:
+    """`check_vector` for vector files against a base on disk (before loading a model)."""
+    for path in vectors:
+        check_local_path(str(path), "vector", MergeError)
+        check_vector(base, open_vector(path), None, lambda: [weights_fingerprint(base)],
+                     allow_foreign_base)
 
 
 def check_vectors_for_model(model: torch.nn.Module, vectors: Sequence[TensorSource],
