@@ -35,7 +35,7 @@ from .artifacts import artifacts_dir, fingerprint, read_json, write_json
 from .outputs import check_local_path, redact, register_secret, report_error
 from .profiles import TRAITS
 from .tensorio import SafetensorsSource
-from .vectors import check_vector_files, check_weights
+from .vectors import check_forward_finite, check_vector_files, check_weights
 
 DIMENSIONS = TRAITS
 
@@ -931,6 +931,8 @@ def cli_score(argv: list[str]) -> int:
             ctx = applied(model, list(args.vector), alphas, method=args.method,
                           allow_foreign_base=args.allow_foreign_base)
         with ctx:
+            if args.vector:
+                check_forward_finite(model, tok, "the model with the vectors applied")
             if args.measure == "contrast":
                 scores = contrast_scores(model, tok, args.dimensions)
             else:

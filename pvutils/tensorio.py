@@ -113,8 +113,14 @@ class SafetensorsSource(TensorSource):
         self.path, self.reader = Path(path), reader
         self.label = str(self.path)
         self.files = _weight_files(self.path)  # name -> file
-        self._layouts = {f: validated_layout(f) for f in dict.fromkeys(self.files.values())}
-        self._fds: dict[Path, int] = {}
+        unique = list(dict.fromkeys(self.files.values()))
+        # open first, validate second, then check it is the same file: a file replaced in
+        # between would be read at another file's offsets
+        self._fds: dict[Path, int] = {f: os.open(f, os.O_RDONLY) for f in unique}
+        self._layouts = {f: validated_layout(f) for f in unique}
+        for file, fd in self._fds.items():
+            if os.fstat(fd).st_ino != os.stat(file).st_ino:
+                raise MergeError(f"{file} was replaced while being opened; try again")
         self._handles: dict[Path, object] = {}
 
     def keys(self) -> list[str]:
@@ -171,9 +177,7 @@ class SafetensorsSource(TensorSource):
               out: torch.Tensor | None = None) -> torch.Tensor:
         """Bytes at `offset` (absolute, validated by the library) into a tensor."""
         file = self.files[name]
-        fd = self._fds.get(file)
-        if fd is None:
-            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        fd = self._fds[file]
         tensor = torch.empty(shape, dtype=self.dtype(name)) if out is None else out
         buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         done = 0
@@ -298,22 +302,16 @@ def _weight_files_from_index(index: Path) -> dict[str, Path]:
     return files
 
 
-_LAYOUTS: dict[tuple, dict] = {}  # (path, size, mtime_ns, inode) -> layout: one parse per file
-
-
 def validated_layout(path: str | Path) -> dict:
     """{"tensors": {name: (dtype code, shape, absolute offset)}, "metadata": {...}}.
 
     The header is validated by `safetensors.safe_open` (the library's own rules); the
     offsets, which the library does not expose, come from our parse of the same JSON, which
     must then agree with the library's view (a duplicated key, read differently by two JSON
-    parsers, is refused)."""
+    parsers, is refused). Not cached across opens: a file rewritten in place within one
+    timestamp tick would look unchanged, and the check costs milliseconds."""
     path = Path(path)
     try:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        if key in _LAYOUTS:
-            return _LAYOUTS[key]
         with safe_open(str(path), framework="pt") as f:
             seen = {n: (f.get_slice(n).get_dtype(), tuple(f.get_slice(n).get_shape()))
                     for n in f.keys()}
@@ -330,8 +328,7 @@ def validated_layout(path: str | Path) -> dict:
         tensors[name] = (info["dtype"], tuple(info["shape"]), 8 + size + start)
     if {n: t[:2] for n, t in tensors.items()} != seen:
         raise MergeError(f"{path}: header read differently by two parsers; refusing it")
-    _LAYOUTS[key] = {"tensors": tensors, "metadata": dict(metadata)}
-    return _LAYOUTS[key]
+    return {"tensors": tensors, "metadata": dict(metadata)}
 
 
 def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:

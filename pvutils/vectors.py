@@ -41,8 +41,9 @@ __all__ = [
     "INDEX_FILE", "PICKLE_SUFFIXES", "DeltaSource", "DictSource", "MergeError",
     "SafetensorsSource", "StreamingSafetensorsWriter", "TensorSource", "check_compatible",
     "check_finite", "open_tensors", "weights_fingerprint", "module_fingerprint",
-    "check_vector", "check_vector_files", "open_vector", "check_weights", "extract_vector",
-    "save_vector", "load_vector", "vector_metadata", "scale_vector", "add_vectors", "cli_extract",
+    "check_vector", "check_vector_files", "check_forward_finite", "open_vector",
+    "check_weights", "extract_vector", "save_vector", "load_vector", "vector_metadata",
+    "scale_vector", "add_vectors", "cli_extract",
     "cosine_similarity_table", "layer_of", "module_of",
 ]
 
@@ -230,6 +231,19 @@ def check_weights(weights: Sequence[float], dtype: torch.dtype = torch.float32,
                              f"(what {str(dtype).removeprefix('torch.')} holds), got {w!r}")
         out.append(float(w))
     return out
+
+
+@torch.no_grad()
+def check_forward_finite(model: torch.nn.Module, tokenizer, label: str = "the model") -> None:
+    """One forward pass on a short text. Finite weights can still overflow the activations
+    (α = 1e30): a hidden state whose mean square overflows float32 is zeroed by RMSNorm,
+    and the flat log-probabilities that follow would score as a neutral 3.0."""
+    ids = tokenizer("Tell me about yourself.", return_tensors="pt")["input_ids"]
+    out = model(input_ids=ids.to(model.device), output_hidden_states=True)
+    squares = [h.float().pow(2).mean(-1) for h in out.hidden_states or ()]
+    if not all(bool(torch.isfinite(x).all()) for x in [out.logits, *squares]):
+        raise MergeError(f"{label} gives NaN or Inf activations or outputs (they overflow "
+                         "float32); use smaller weights (--alpha)")
 
 
 # --- extraction and files -------------------------------------------------------------
