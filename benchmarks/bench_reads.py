@@ -6,6 +6,10 @@
 Reads every tensor of the base and each vector once, as a task-arithmetic merge does
 (whole tensors, then row blocks of 1/8 of each matrix, then `read_into` a reused buffer),
 each reader in its own process under /usr/bin/time: wall time and peak RSS; min of 3.
+
+Measured 2026-12-01 (2 shared cores, load ~3.5; SmolLM2-135M float32 + 2 vectors):
+pread 3.03 s / 0.38 GB peak RSS, library 2.12 s / 1.83 GB (wall times vary 2-4x run to
+run on this machine; RSS does not). The default reader stays "pread".
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ import torch
 
 from .artifacts import atomic_dir
 from .outputs import check_local_path, check_output, report_error, write_marker
-from .tensorio import parse_size
 from .vectors import (
     DeltaSource,
     DictSource,
@@ -54,6 +53,7 @@ from .vectors import (
     open_vector,
     weights_fingerprint,
 )
+from .writer import parse_size
 
 __all__ = [
     "METHODS", "MergeError", "merge_deltas", "merge_vectors", "applied", "release_buffers",

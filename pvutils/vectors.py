@@ -28,7 +28,6 @@ from .tensorio import (
     DictSource,
     MergeError,
     SafetensorsSource,
-    StreamingSafetensorsWriter,
     TensorSource,
     check_compatible,
     check_finite,
@@ -36,6 +35,7 @@ from .tensorio import (
     open_tensors,
     validated_layout,
 )
+from .writer import StreamingSafetensorsWriter
 
 __all__ = [
     "INDEX_FILE", "PICKLE_SUFFIXES", "DeltaSource", "DictSource", "MergeError",
