@@ -852,7 +852,7 @@ def _check_merged_finite(params_by_name, names) -> None:
     """Every merged weight finite in the model's dtype before anything is scored with it."""
     for name in names:
         check_finite(params_by_name[name].data, name, "merged model (weights × vectors "
-                     f"overflow {params_by_name[name].dtype})")
+                     f"overflow {_dtype_name(params_by_name[name].dtype)})")
 
 
 def release_buffers(model: torch.nn.Module) -> None:
@@ -1062,6 +1062,10 @@ def _number(value: Any) -> Any:
         return value
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200]
 
@@ -1132,7 +1136,9 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
             check_vector(base.inner, src, chosen, lambda: [weights_fingerprint(base.inner)],
                          allow_foreign_base)
     out_dtype = _parse_dtype(plan.dtype) if plan.dtype else None
-    check_weights([e["weight"] for e in plan.entries], out_dtype or torch.float32)
+    for i, entry in enumerate(plan.entries):  # within what the output dtype holds
+        check_weights([entry["weight"]], out_dtype or torch.float32,
+                      f"models[{i}].parameters.weight (out_dtype {plan.dtype or 'float32'})")
     specs = [(n, base.shape(n), out_dtype if out_dtype and base.dtype(n).is_floating_point
               else base.dtype(n)) for n in names]
     merged = iter_merged_blocks(sources, [e["weight"] for e in plan.entries], chosen,
@@ -1149,7 +1155,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
             for name, _, dtype in shard_specs:
                 if pending is None or pending[0] != name:  # not merged: the base's tensor
                     tensor = base.get(name).to(dtype)
-                    check_finite(tensor, name, f"{base.label} (in {dtype})")
+                    check_finite(tensor, name, f"{base.label} (in {_dtype_name(dtype)})")
                     writer.write(name, tensor)
                 while pending is not None and pending[0] == name:
                     _, start, stop, block = pending
@@ -1157,7 +1163,7 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
                     pending = next(merged, None)
                     last = pending is None or pending[0] != name
                     block = block.add_(rows).to(dtype)
-                    check_finite(block, name, f"merged model (overflows {dtype})")
+                    check_finite(block, name, f"merged model (overflows {_dtype_name(dtype)})")
                     writer.write_part(name, block, last=last)
                 weight_map[name] = shard_name
             writer.close()
