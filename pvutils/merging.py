@@ -1145,8 +1145,8 @@ def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
                                 plan.method, plan.trim_scope, **_method_params(plan))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        write_marker(tmp, "merge")
         _copy_model_files(base_dir, tmp, out_dtype)
+        write_marker(tmp, "merge")  # after the copy: a base that is itself an output has one
         pending = next(merged, None)
         shards = _plan_shards(specs, plan.max_shard_size)
         weight_map = {}
