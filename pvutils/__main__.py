@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from . import configure_torch_env
+from .outputs import run_cli
 
 # command -> (module, function taking argv and returning an exit code)
 COMMANDS = {
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     module, func, _ = COMMANDS[argv[0]]
     configure_torch_env()  # before the command's module imports torch
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    command = getattr(importlib.import_module(module), func)
+    return run_cli(command, argv[1:])  # bad input: one line, exit 1; SIGTERM: cleanup, 143
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .outputs import remove_stale_temporaries, replace_dir, temporary_beside
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,15 +52,18 @@ def fingerprint(*parts: Any, length: int = 12) -> str:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that becomes `final` only if the block succeeds."""
+    """Yield a temporary directory that becomes `final` only if the block succeeds.
+
+    The temporary carries this process's pid (dead processes' ones are removed first); an
+    existing `final` is swapped out and removed only after the new one is in place."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temporaries(final.parent)
+    tmp = temporary_beside(final)
+    tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -70,9 +74,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary file path that replaces `final` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    remove_stale_temporaries(final.parent, final.name)
+    tmp = temporary_beside(final)
+    tmp.touch()  # created with the umask's permissions (mkstemp would give 0600)
     try:
         yield tmp
         os.replace(tmp, final)

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,10 @@ from .bundled import resource
 from .judges import Judge, JudgeError, JudgeResult, get_judge
 from .likelihood import answer_logprobs
 from .merging import applied
+from .outputs import check_local_path, report_error
 from .prompts import load_prompts
+from .tensorio import SafetensorsSource
+from .vectors import check_forward_finite, check_vector_files, check_weights
 
 # The interviewee's system prompt: the paper's idea that the model answers as a real person.
 REAL_PERSON_PROMPT: str = resource("interview")["system_prompt"]
@@ -256,6 +258,8 @@ def _score_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="interview repeats per question")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-foreign-base", action="store_true",
+                   help="apply vectors made from another base model")
     return p
 
 
@@ -268,7 +272,16 @@ def _check_score_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
         p.error("--alpha needs --vector")
 
 
+def _check_score_inputs(args: argparse.Namespace) -> None:
+    """The rules `merge` applies to its inputs, before anything is loaded."""
+    check_weights(args.alpha, where="--alpha")
+    check_local_path(args.model, "model")
+    if Path(args.model).is_dir():
+        check_vector_files(SafetensorsSource(args.model), args.vector, args.allow_foreign_base)
+
+
 def _scores(args: argparse.Namespace) -> dict[str, float]:
+    _check_score_inputs(args)
     model, tok = models.load_model(args.model), models.load_tokenizer(args.model)
     judge = None
     if args.measure == "interview":  # the persona judge loads a frozen copy of the base
@@ -277,8 +290,11 @@ def _scores(args: argparse.Namespace) -> dict[str, float]:
     if args.vector:
         alphas = args.alpha * len(args.vector) if len(args.alpha) == 1 else args.alpha
         ctx = applied(model,  # streams each vector file, restores exactly
-                      list(args.vector), alphas, method=args.method)
+                      list(args.vector), alphas, method=args.method,
+                      allow_foreign_base=args.allow_foreign_base)
     with ctx:
+        if args.vector:
+            check_forward_finite(model, tok, "the model with the vectors applied")
         if judge is None:
             return contrast_scores(model, tok, args.dimensions)
         transcripts = interview(model, tok, n_samples=args.samples,
@@ -295,7 +311,6 @@ def cli_score(argv: list[str]) -> int:
     try:
         scores = _scores(args)
     except (models.ModelError, JudgeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return report_error(err)
     print(json.dumps({d: round(s, 4) for d, s in scores.items()}, indent=2))
     return 0

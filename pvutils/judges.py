@@ -27,6 +27,7 @@ from .artifacts import artifacts_dir, fingerprint, read_json, write_json
 from .bfi import DIMENSION_DESCRIPTIONS, check_dimensions, dimension_anchors
 from .bundled import resource
 from .likelihood import persona_difference
+from .outputs import redact, register_secret
 
 EMBEDDED_REFERENCE = "smollm2-135m-instruct"
 
@@ -264,6 +265,7 @@ class OpenAIJudge(Judge):
         if not key:
             raise JudgeError("the openai judge needs an API key: set OPENAI_API_KEY "
                              "(and OPENAI_BASE_URL for a non-OpenAI endpoint)")
+        register_secret(key)  # redacted from every message, repr and cached reply
         self._client = openai.OpenAI(api_key=key, base_url=base_url or None,
                                      max_retries=max(0, max_attempts - 1), timeout=timeout)
         self.model, self.temperature = model, temperature
@@ -273,7 +275,8 @@ class OpenAIJudge(Judge):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache
 
     def __repr__(self) -> str:
-        return f"OpenAIJudge(model={self.model!r}, base_url={str(self._client.base_url)!r})"
+        return redact(f"OpenAIJudge(model={self.model!r}, "
+                      f"base_url={str(self._client.base_url)!r})")
 
     def _cache_path(self, request: dict) -> Path:
         """Where the reply to `request` is cached: keyed by the endpoint and the request."""
@@ -296,11 +299,11 @@ class OpenAIJudge(Judge):
                 last = f"unusable reply ({err})"
                 continue
             if self.use_cache:
-                write_json(path, {"request": request, "reply": content,
-                                  "score": result.score, "analysis": result.analysis})
+                write_json(path, {"request": request, "reply": redact(content or ""),
+                                  "score": result.score, "analysis": redact(result.analysis)})
             return result
-        raise JudgeError(f"the {self.model} judge gave no usable score after "
-                         f"{self.max_attempts} attempts; last problem: {last}")
+        raise JudgeError(redact(f"the {self.model} judge gave no usable score after "
+                                f"{self.max_attempts} attempts; last problem: {last}"))
 
     def _ask(self, request: dict) -> str | None:
         """The reply text; structured output first, plain text if the endpoint refuses it."""
@@ -331,7 +334,7 @@ class OpenAIJudge(Judge):
 
 
 def _short(err: Exception) -> str:
-    return str(getattr(err, "message", err))[:200]
+    return redact(str(getattr(err, "message", err)))[:200]
 
 
 # --- the one constructor -------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from . import cache, progress
 from . import data as pvdata
 from .artifacts import artifacts_dir, read_json, write_json
+from .outputs import report_error
 from .profiles import Profile, get_profile
 
 TRAIN_VERSION = 1  # bump when training changes what a vector holds
@@ -446,8 +446,7 @@ def cli_train_vectors(argv: list[str]) -> int:
             paths[f"domain_{args.character}"] = train_domain_vector(profile, args.character)
             stages["fine-tune + extract (domain)"] = time.perf_counter() - t
     except (ValueError, TrainingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return report_error(err)
     import pandas as pd
 
     with pd.option_context("display.width", 160, "display.max_columns", 20):

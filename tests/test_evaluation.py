@@ -215,8 +215,8 @@ def test_cli_score_with_a_vector_scores_the_merged_model(tiny_chat_model, tiny_c
                                                          tmp_path, capsys):
     model, tok = tiny_chat_model
     torch.manual_seed(1)
-    vector = {n: 0.5 * torch.randn_like(p) for n, p in model.named_parameters()
-              if "layers.1." in n}
+    vector = {n: 0.5 * torch.randn_like(p) if "layers.1." in n else torch.zeros_like(p)
+              for n, p in model.named_parameters()}  # a vector covers every tensor
     path = save_vector(vector, tmp_path / "v.safetensors", {"condition": "test"})
     argv = [str(tiny_chat_dir), "--vector", str(path), "--alpha", "2", "--dimensions",
             "agreeableness"]
@@ -245,7 +245,7 @@ def test_cli_score_bad_arguments(tiny_chat_dir, tmp_path, capsys):
         ev.cli_score([str(tiny_chat_dir), "--vector", "a", "--vector", "b", "--alpha", "1",
                       "--alpha", "2", "--alpha", "3"])
     assert ev.cli_score([str(tmp_path / "missing-model")]) == 1
-    assert "unknown model" in capsys.readouterr().err
+    assert "missing-model does not exist" in capsys.readouterr().err
 
 
 # --- validity on the embedded model -------------------------------------------------------------
