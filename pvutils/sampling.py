@@ -23,15 +23,6 @@ from transformers.generation.logits_process import (
 )
 
 
-def _left_pad(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int):
-    """Widen a left-padded batch to `length` columns (more padding on the left)."""
-    extra = length - ids.shape[1]
-    if extra == 0:
-        return ids, mask
-    return (torch.cat([ids.new_full((ids.shape[0], extra), pad_id), ids], dim=1),
-            torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], dim=1))
-
-
 def combine_scores(pos_logits: torch.Tensor, neg_logits: torch.Tensor | None,
                    guidance_scale: float) -> torch.Tensor:
     """Classifier-free guidance as transformers computes it, on log-probabilities."""
@@ -51,6 +42,69 @@ def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
     return out
 
 
+def shared_prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
+    """Per row, how many leading tokens it shares with some other row (at least 1, and at
+    least one token left over): the longest common prefix with its sorted neighbours."""
+    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+
+    def lcp(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    out = [1] * len(rows)
+    for k, i in enumerate(order):
+        near = [lcp(rows[i], rows[j]) for j in order[max(k - 1, 0) : k + 2] if j != i]
+        out[i] = max(1, min(max(near, default=0), len(rows[i]) - 1))
+    return out
+
+
+def _pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
+    return ids, mask
+
+
+def _prefill(model, rows: list[list[int]], share_prefix: bool, pad_id: int):
+    """(logits, cache, mask, last position) after reading every row's prompt.
+
+    With `share_prefix`, each distinct shared prefix is read once and its keys/values are
+    copied to the rows that start with it; the cache then reads [pad][prefix][pad][suffix]
+    per row, which the attention mask and explicit position ids make exact.
+    """
+    device = model.device
+    cache = DynamicCache()
+    if not share_prefix:
+        ids, mask = (t.to(device) for t in _pad_left(rows, pad_id))
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], cache, mask, pos[:, -1:]
+    cut = shared_prefix_lengths(rows)
+    keys = list(dict.fromkeys(tuple(r[:c]) for r, c in zip(rows, cut)))
+    where = {k: n for n, k in enumerate(keys)}
+    pids, pmask = (t.to(device) for t in _pad_left(keys, pad_id))
+    model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
+          cache=cache, use_cache=True, logits_to_keep=1)
+    idx = torch.tensor([where[tuple(r[:c])] for r, c in zip(rows, cut)], device=device)
+    cache.batch_select_indices(idx)
+    sids, smask = (t.to(device) for t in _pad_left([r[c:] for r, c in zip(rows, cut)], pad_id))
+    start = torch.tensor(cut, device=device)[:, None]
+    pos = start + (smask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([pmask[idx], smask], dim=1)
+    out = model(input_ids=sids, attention_mask=mask, position_ids=pos, cache=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], cache, mask, pos[:, -1:]
+
+
+def _unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+
 @torch.inference_mode()
 def guided_generate(
     model,
@@ -66,6 +120,7 @@ def guided_generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, T]` for left-padded prompts, `pad_token_id` after each row's EOS.
 
@@ -74,31 +129,22 @@ def guided_generate(
     """
     b = input_ids.shape[0]
     guided = negative_ids is not None and guidance_scale != 1.0
-    ids, mask = input_ids, attention_mask
+    rows = _unpadded(input_ids, attention_mask)
     if guided:
         if negative_ids.shape[0] != b:
             raise ValueError(f"negative_ids has {negative_ids.shape[0]} rows, input_ids {b}")
         if negative_mask is None:
             negative_mask = torch.ones_like(negative_ids)
-        width = max(ids.shape[1], negative_ids.shape[1])
-        ids, mask = _left_pad(ids, mask, width, pad_token_id)
-        nids, nmask = _left_pad(negative_ids, negative_mask, width, pad_token_id)
-        ids, mask = torch.cat([ids, nids]), torch.cat([mask, nmask])
+        rows += _unpadded(negative_ids, negative_mask)
     device = model.device
-    ids, mask = ids.to(device), mask.to(device)
     eos = torch.tensor([] if eos_token_id is None else
                        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                        device=device, dtype=torch.long)
     warp = _warpers(temperature, top_p)
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                use_cache=True, logits_to_keep=1)
-    last_pos = pos[:, -1:]
+    logits, cache, mask, last_pos = _prefill(model, rows, share_prefix, pad_token_id)
     result = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     alive = torch.arange(b, device=device)  # original row of each live positive row
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1]
         n = alive.numel()
         scores = combine_scores(logits[:n], logits[n:] if guided else None, guidance_scale)
         scores = warp(None, scores)
@@ -113,14 +159,16 @@ def guided_generate(
             break
         if bool(done.any()):  # drop stopped rows (and their negative twins) from the cache
             keep = (~done).nonzero().squeeze(1)
-            rows = torch.cat([keep, keep + n]) if guided else keep
-            cache.batch_select_indices(rows)
-            mask, last_pos, alive, nxt = mask[rows], last_pos[rows], alive[keep], nxt[keep]
+            rows_kept = torch.cat([keep, keep + n]) if guided else keep
+            cache.batch_select_indices(rows_kept)
+            mask, last_pos = mask[rows_kept], last_pos[rows_kept]
+            alive, nxt = alive[keep], nxt[keep]
         step_ids = torch.cat([nxt, nxt]) if guided else nxt
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         last_pos = last_pos + 1
         out = model(input_ids=step_ids[:, None], attention_mask=mask, position_ids=last_pos,
                     cache=cache, use_cache=True)
+        logits = out.logits[:, -1]
     return result
 
 
@@ -150,6 +198,7 @@ def guided_chat(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    share_prefix: bool = True,
 ) -> list[str]:
     """Replies to each conversation, guided away from its negative twin; same order as given.
 
@@ -174,7 +223,7 @@ def guided_chat(
         new = guided_generate(
             model, p_ids, p_mask, n_ids, n_mask, guidance_scale=guidance_scale,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            eos_token_id=eos, pad_token_id=pad, generator=generator,
+            eos_token_id=eos, pad_token_id=pad, generator=generator, share_prefix=share_prefix,
         )
         for row, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
             replies[row] = text.strip()

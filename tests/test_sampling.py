@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pvutils.sampling import guided_chat, guided_generate, length_buckets
+from pvutils.sampling import guided_chat, guided_generate, length_buckets, shared_prefix_lengths
 
 PAD = EOS = 2
 
@@ -17,9 +17,12 @@ def _left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-# prompts of unequal length, so both halves are left-padded, differently
-POS = [[1, 5, 9, 13, 17, 21, 25], [1, 40, 41], [1, 60, 61, 62, 63, 64], [1, 90]]
-NEG = [[1, 7, 8], [1, 44, 45, 46, 47, 48, 49, 50, 51], [1, 70], [1, 99, 98, 97, 96]]
+# prompts of unequal length (both halves left-padded, differently), some sharing a prefix
+# ("system prompts") of unequal length, one identical to another, one sharing only BOS
+POS = [[1, 5, 9, 13, 17, 21, 25], [1, 5, 9, 13, 41], [1, 60, 61, 62, 63, 64], [1, 90],
+       [1, 60, 61, 62, 70, 71, 72, 73]]
+NEG = [[1, 7, 8], [1, 7, 8, 46, 47, 48, 49, 50, 51], [1, 70], [1, 99, 98, 97, 96],
+       [1, 7, 8]]
 
 
 def _reference(model, guidance_scale: float, max_new_tokens: int) -> torch.Tensor:
@@ -38,12 +41,14 @@ def _reference(model, guidance_scale: float, max_new_tokens: int) -> torch.Tenso
     return torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=PAD)
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
-def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale):
+def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_prefix):
     ids, mask = _left_padded(POS)
     nids, nmask = _left_padded(NEG)
     ours = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=guidance_scale,
-                           max_new_tokens=24, eos_token_id=EOS, pad_token_id=PAD)
+                           max_new_tokens=24, eos_token_id=EOS, pad_token_id=PAD,
+                           share_prefix=share_prefix)
     assert torch.equal(ours, _reference(tiny_llama, guidance_scale, 24))
 
 
@@ -83,6 +88,11 @@ def test_sampling_reproducible_for_a_seed(tiny_llama):
 
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
+
+
+def test_shared_prefix_lengths_are_longest_common_prefixes():
+    assert shared_prefix_lengths(POS) == [4, 4, 4, 1, 4]
+    assert shared_prefix_lengths(NEG) == [2, 3, 1, 1, 2]  # identical rows keep one token
 
 
 def test_length_buckets_cover_rows_once_in_length_order():
