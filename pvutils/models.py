@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import sampling
 from .artifacts import artifacts_dir, atomic_dir
 from .progress import bar  # the terminal bar, never a widget in the executed page
 
@@ -249,13 +250,16 @@ def chat(
     progress: bool = True,
     negative_conversations: Sequence[Sequence[dict]] | None = None,
     guidance_scale: float = 1.0,
+    batched_guidance: bool = True,
 ) -> list[str]:
     """Reply to each conversation (a list of chat messages); greedy when temperature is 0.
 
     With `negative_conversations` and `guidance_scale` g != 1, sampling follows transformers'
     classifier-free guidance: `l_neg + g (l_pos - l_neg)` on log-probabilities. Contrastive
     persona guidance, `l_p + gamma (l_p - l_anti)`, is g = 1 + gamma with the persona's
-    conversation as positive and the opposite persona's as negative.
+    conversation as positive and the opposite persona's as negative. That case runs through
+    `sampling.guided_chat` (both prompts in one forward per step) unless `batched_guidance`
+    is off, which keeps transformers' own (slower, separate-forward) processor.
     """
     if negative_conversations is not None and len(negative_conversations) != len(conversations):
         raise ValueError("negative_conversations must pair one-to-one with conversations")
@@ -264,6 +268,10 @@ def chat(
                           temperature=temperature, top_p=top_p, seed=seed,
                           negative_conversations=negative_conversations,
                           guidance_scale=guidance_scale)
+    if negative_conversations is not None and guidance_scale != 1.0 and batched_guidance:
+        return sampling.guided_chat(
+            model, tokenizer, conversations, negative_conversations, guidance_scale,
+            max_new_tokens, temperature, top_p, seed, batch_size, progress)
     torch.manual_seed(seed)
     replies: list[str] = []
     batches = range(0, len(conversations), batch_size)

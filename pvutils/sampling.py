@@ -1,0 +1,238 @@
+"""A guided sampler: contrastive persona guidance with both prompts in one forward per step.
+
+transformers' `generate(guidance_scale=g, negative_prompt_ids=...)` runs the negative prompt
+through a second, separate forward per step (its own cache, batch of B) inside a logits
+processor. Here the persona and anti-persona rows of a batch share one left-padded
+`DynamicCache` of 2B rows, so each step is a single forward, and rows that have stopped are
+dropped from the cache. The arithmetic is transformers' own: `l_neg + g (l_pos - l_neg)` on
+log-probabilities, then its temperature and top-p warpers, then one multinomial draw.
+Hand-written because transformers has no batched CFG path for decoder-only models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+def combine_scores(pos_logits: torch.Tensor, neg_logits: torch.Tensor | None,
+                   guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance as transformers computes it, on log-probabilities."""
+    pos = torch.log_softmax(pos_logits.float(), dim=-1)
+    if neg_logits is None or guidance_scale == 1.0:
+        return pos
+    neg = torch.log_softmax(neg_logits.float(), dim=-1)
+    return guidance_scale * (pos - neg) + neg
+
+
+def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
+    out = LogitsProcessorList()
+    if temperature > 0 and temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if temperature > 0 and top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p))
+    return out
+
+
+def shared_prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
+    """Per row, how many leading tokens it shares with some other row (at least 1, and at
+    least one token left over): the longest common prefix with its sorted neighbours."""
+    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+
+    def lcp(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    out = [1] * len(rows)
+    for k, i in enumerate(order):
+        near = [lcp(rows[i], rows[j]) for j in order[max(k - 1, 0) : k + 2] if j != i]
+        out[i] = max(1, min(max(near, default=0), len(rows[i]) - 1))
+    return out
+
+
+def _pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
+    return ids, mask
+
+
+def _prefill(model, rows: list[list[int]], share_prefix: bool, pad_id: int):
+    """(logits, cache, mask, last position) after reading every row's prompt.
+
+    With `share_prefix`, each distinct shared prefix is read once and its keys/values are
+    copied to the rows that start with it; the cache then reads [pad][prefix][pad][suffix]
+    per row, which the attention mask and explicit position ids make exact.
+    """
+    device = model.device
+    cache = DynamicCache()
+    if not share_prefix:
+        ids, mask = (t.to(device) for t in _pad_left(rows, pad_id))
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], cache, mask, pos[:, -1:]
+    cut = shared_prefix_lengths(rows)
+    keys = list(dict.fromkeys(tuple(r[:c]) for r, c in zip(rows, cut)))
+    where = {k: n for n, k in enumerate(keys)}
+    pids, pmask = (t.to(device) for t in _pad_left(keys, pad_id))
+    model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
+          cache=cache, use_cache=True, logits_to_keep=1)
+    idx = torch.tensor([where[tuple(r[:c])] for r, c in zip(rows, cut)], device=device)
+    cache.batch_select_indices(idx)
+    sids, smask = (t.to(device) for t in _pad_left([r[c:] for r, c in zip(rows, cut)], pad_id))
+    start = torch.tensor(cut, device=device)[:, None]
+    pos = start + (smask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([pmask[idx], smask], dim=1)
+    out = model(input_ids=sids, attention_mask=mask, position_ids=pos, cache=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], cache, mask, pos[:, -1:]
+
+
+def _unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+
+@torch.inference_mode()
+def guided_generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    negative_ids: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+    *,
+    guidance_scale: float = 1.0,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int = 0,
+    generator: torch.Generator | None = None,
+    share_prefix: bool = True,
+) -> torch.Tensor:
+    """New tokens `[B, T]` for left-padded prompts, `pad_token_id` after each row's EOS.
+
+    Greedy when `temperature` is 0. With `negative_ids` and `guidance_scale` != 1 the
+    negative rows ride in the same forward as the positive ones (rows B..2B-1).
+    """
+    b = input_ids.shape[0]
+    guided = negative_ids is not None and guidance_scale != 1.0
+    rows = _unpadded(input_ids, attention_mask)
+    if guided:
+        if negative_ids.shape[0] != b:
+            raise ValueError(f"negative_ids has {negative_ids.shape[0]} rows, input_ids {b}")
+        if negative_mask is None:
+            negative_mask = torch.ones_like(negative_ids)
+        rows += _unpadded(negative_ids, negative_mask)
+    device = model.device
+    eos = torch.tensor([] if eos_token_id is None else
+                       [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                       device=device, dtype=torch.long)
+    warp = _warpers(temperature, top_p)
+    logits, cache, mask, last_pos = _prefill(model, rows, share_prefix, pad_token_id)
+    result = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)  # original row of each live positive row
+    for step in range(max_new_tokens):
+        n = alive.numel()
+        scores = combine_scores(logits[:n], logits[n:] if guided else None, guidance_scale)
+        scores = warp(None, scores)
+        if temperature > 0:
+            probs = torch.softmax(scores, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = scores.argmax(-1)
+        result[alive, step] = nxt
+        done = torch.isin(nxt, eos)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):  # drop stopped rows (and their negative twins) from the cache
+            keep = (~done).nonzero().squeeze(1)
+            rows_kept = torch.cat([keep, keep + n]) if guided else keep
+            cache.batch_select_indices(rows_kept)
+            mask, last_pos = mask[rows_kept], last_pos[rows_kept]
+            alive, nxt = alive[keep], nxt[keep]
+        step_ids = torch.cat([nxt, nxt]) if guided else nxt
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=step_ids[:, None], attention_mask=mask, position_ids=last_pos,
+                    cache=cache, use_cache=True)
+        logits = out.logits[:, -1]
+    return result
+
+
+def encode_chats(tokenizer, conversations: Sequence[Sequence[dict]]):
+    """Chat-templated, left-padded token ids of several conversations."""
+    texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+             for c in conversations]
+    tokenizer.padding_side = "left"
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length, so little of each batch is padding."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def guided_chat(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[dict]],
+    negative_conversations: Sequence[Sequence[dict]] | None = None,
+    guidance_scale: float = 1.0,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    share_prefix: bool = True,
+) -> list[str]:
+    """Replies to each conversation, guided away from its negative twin; same order as given.
+
+    Rows are bucketed by prompt length (persona + anti-persona) before batching.
+    """
+    if negative_conversations is not None and len(negative_conversations) != len(conversations):
+        raise ValueError("negative_conversations must pair one-to-one with conversations")
+    pos = encode_chats(tokenizer, conversations)
+    neg = encode_chats(tokenizer, negative_conversations) if negative_conversations else None
+    lengths = pos["attention_mask"].sum(1)
+    if neg is not None:
+        lengths = torch.maximum(lengths, neg["attention_mask"].sum(1))
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    replies: list[str] = [""] * len(conversations)
+    batches = length_buckets(lengths.tolist(), batch_size)
+    for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
+        p_ids, p_mask = _trimmed(pos, rows)
+        n_ids, n_mask = _trimmed(neg, rows) if neg is not None else (None, None)
+        new = guided_generate(
+            model, p_ids, p_mask, n_ids, n_mask, guidance_scale=guidance_scale,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            eos_token_id=eos, pad_token_id=pad, generator=generator, share_prefix=share_prefix,
+        )
+        for row, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            replies[row] = text.strip()
+    return replies
+
+
+def _trimmed(enc, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's rows, without the columns that are padding in every one of them."""
+    ids, mask = enc["input_ids"][rows], enc["attention_mask"][rows]
+    used = mask.any(0).nonzero()
+    start = int(used[0]) if used.numel() else 0
+    return ids[:, start:], mask[:, start:]

@@ -1,0 +1,126 @@
+"""The guided sampler against transformers' own generate (exact references, token for token)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pvutils.sampling import guided_chat, guided_generate, length_buckets, shared_prefix_lengths
+
+PAD = EOS = 2
+
+
+def _left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+# prompts of unequal length (both halves left-padded, differently), some sharing a prefix
+# ("system prompts") of unequal length, one identical to another, one sharing only BOS
+POS = [[1, 5, 9, 13, 17, 21, 25], [1, 5, 9, 13, 41], [1, 60, 61, 62, 63, 64], [1, 90],
+       [1, 60, 61, 62, 70, 71, 72, 73]]
+NEG = [[1, 7, 8], [1, 7, 8, 46, 47, 48, 49, 50, 51], [1, 70], [1, 99, 98, 97, 96],
+       [1, 7, 8]]
+
+
+def _reference(model, guidance_scale: float, max_new_tokens: int) -> torch.Tensor:
+    ids, mask = _left_padded(POS)
+    extra = {}
+    if guidance_scale != 1.0:
+        nids, nmask = _left_padded(NEG)
+        extra = dict(guidance_scale=guidance_scale, negative_prompt_ids=nids,
+                     negative_prompt_attention_mask=nmask)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=PAD,
+                             eos_token_id=EOS, **extra)
+    new = out[:, ids.shape[1]:]
+    # generate stops when every row is done; ours always returns max_new_tokens columns
+    return torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=PAD)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_prefix):
+    ids, mask = _left_padded(POS)
+    nids, nmask = _left_padded(NEG)
+    ours = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=guidance_scale,
+                           max_new_tokens=24, eos_token_id=EOS, pad_token_id=PAD,
+                           share_prefix=share_prefix)
+    assert torch.equal(ours, _reference(tiny_llama, guidance_scale, 24))
+
+
+def test_guidance_changes_greedy_output(tiny_llama):
+    ids, mask = _left_padded(POS)
+    nids, nmask = _left_padded(NEG)
+    kw = dict(max_new_tokens=16, eos_token_id=EOS, pad_token_id=PAD)
+    plain = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=1.0, **kw)
+    guided = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=3.0, **kw)
+    assert not torch.equal(plain, guided)
+
+
+def test_rows_stop_at_eos_and_pad_after(tiny_llama):
+    """A row whose greedy choice is EOS stops there; the others keep going."""
+    ids, mask = _left_padded(POS)
+    with torch.inference_mode():
+        first = tiny_llama(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1)
+    eos = int(first[0])  # pretend row 0's first token is the end of sequence
+    out = guided_generate(tiny_llama, ids, mask, max_new_tokens=10, eos_token_id=eos,
+                          pad_token_id=PAD)
+    assert out[0, 0] == eos and (out[0, 1:] == PAD).all()
+    for row in range(1, len(POS)):
+        hit = (out[row] == eos).nonzero()
+        if hit.numel():
+            assert (out[row, int(hit[0]) + 1:] == PAD).all()
+
+
+def test_sampling_reproducible_for_a_seed(tiny_llama):
+    ids, mask = _left_padded(POS)
+    nids, nmask = _left_padded(NEG)
+
+    def draw(seed: int) -> torch.Tensor:
+        return guided_generate(
+            tiny_llama, ids, mask, nids, nmask, guidance_scale=3.0, max_new_tokens=16,
+            temperature=0.7, top_p=0.9, eos_token_id=EOS, pad_token_id=PAD,
+            generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(draw(0), draw(0))
+    assert not torch.equal(draw(0), draw(1))
+
+
+def test_shared_prefix_lengths_are_longest_common_prefixes():
+    assert shared_prefix_lengths(POS) == [4, 4, 4, 1, 4]
+    assert shared_prefix_lengths(NEG) == [2, 3, 1, 1, 2]  # identical rows keep one token
+
+
+def test_length_buckets_cover_rows_once_in_length_order():
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    batches = length_buckets(lengths, 3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths)
+
+
+def test_guided_chat_keeps_order_whatever_the_batching(tiny_chat_model):
+    """Bucketing reorders rows internally; greedy replies must come back in input order."""
+    model, tok = tiny_chat_model
+    users = ["hi", "tell me a long story about the sea and the sky", "why?", "ok then"]
+    convs = [[{"role": "system", "content": "You are calm."}, {"role": "user", "content": u}]
+             for u in users]
+    negs = [[{"role": "system", "content": "You are anxious and restless."}, c[1]]
+            for c in convs]
+    kw = dict(guidance_scale=3.0, max_new_tokens=8, progress=False)
+    one_by_one = [guided_chat(model, tok, [c], [n], batch_size=1, **kw)[0]
+                  for c, n in zip(convs, negs)]
+    assert guided_chat(model, tok, convs, negs, batch_size=3, **kw) == one_by_one
+
+
+def test_mismatched_negative_rows_are_refused(tiny_llama):
+    ids, mask = _left_padded(POS)
+    nids, nmask = _left_padded(NEG[:2])
+    with pytest.raises(ValueError, match="negative_ids has 2 rows"):
+        guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=2.0,
+                        max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD)
