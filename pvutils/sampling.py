@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
+
+from .progress import bar  # the terminal bar, never a widget in the executed page
 
 
 def combine_scores(pos_logits: torch.Tensor, neg_logits: torch.Tensor | None,
@@ -217,7 +218,7 @@ def guided_chat(
     generator = torch.Generator(device=model.device).manual_seed(seed)
     replies: list[str] = [""] * len(conversations)
     batches = length_buckets(lengths.tolist(), batch_size)
-    for rows in tqdm(batches, desc="generating", disable=not progress or len(batches) < 2):
+    for rows in bar(batches, desc="generating", disable=not progress or len(batches) < 2):
         p_ids, p_mask = _trimmed(pos, rows)
         n_ids, n_mask = _trimmed(neg, rows) if neg is not None else (None, None)
         new = guided_generate(
