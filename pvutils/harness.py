@@ -1,0 +1,232 @@
+"""One harness for four trait dials: personality vectors (α), activation steering (c),
+NPTI (γ) and P2 prompting (intensity), on the same model, items and measure.
+
+Every sweep point stores the likelihood-contrast answer of all 44 BFI items, so each
+number below comes with a 95 % interval from a bootstrap over items (paired across the
+strengths of a dial: one resample of items is used for all of them):
+
+- `monotonicity`: Spearman's ρ between strength and the intended trait's score;
+- `resolution`: how many strength levels are told apart at the interval;
+- `leakage`: each dial's effect on all five traits (off-diagonal = what bleeds);
+- `pareto_front`: which settings no other setting beats on both trait shift and
+  capability lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .analysis import run_sweep
+from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE
+from .evaluation import ITEMS_BY_NUMBER, REAL_PERSON_PROMPT, contrast_item_scores
+from .merging import applied
+from .personas import split_condition
+from .profiles import TRAITS
+
+# (context manager that puts the model at the point, system prompt) for (condition, strength)
+PointFactory = Callable[[str, float], tuple[contextlib.AbstractContextManager, str]]
+
+
+# --- the four dials as point factories -------------------------------------------------
+
+
+def vector_dial(model, vectors: Mapping[str, Any]) -> PointFactory:
+    """θ + α φ_condition (in place, restored on exit)."""
+    def at(condition: str, alpha: float):
+        if alpha == 0:
+            return contextlib.nullcontext(model), REAL_PERSON_PROMPT
+        return applied(model, [vectors[condition]], [alpha], reuse_buffers=True), \
+            REAL_PERSON_PROMPT
+    return at
+
+
+def steering_dial(model, directions: Mapping[str, Any], layer: int) -> PointFactory:
+    """c × the steering direction toward the condition, added at `layer`."""
+    from .steering import condition_direction, steered
+
+    def at(condition: str, c: float):
+        return steered(model, condition_direction(directions, condition), c, layer), \
+            REAL_PERSON_PROMPT
+    return at
+
+
+def npti_dial(model, neurons: Mapping[str, Any]) -> PointFactory:
+    """NPTI toward the condition's level with strength γ (`neurons`: trait -> NPTINeurons)."""
+    from .baselines import npti_intervention
+
+    def at(condition: str, gamma: float):
+        trait, level = split_condition(condition)
+        if gamma == 0:
+            return contextlib.nullcontext(model), REAL_PERSON_PROMPT
+        return npti_intervention(model, neurons[trait], gamma, level), REAL_PERSON_PROMPT
+    return at
+
+
+P2_INTENSITIES = ("a bit", "", "very")  # intensity 1, 2, 3; 0 = no P2 prompt
+
+
+def p2_intensity_prompt(trait: str, level: str, intensity: int, k: int = 5) -> str:
+    """P2's template with the wanted pole's first `k` adjectives, all at one intensity
+    (1 "a bit", 2 unmodified, 3 "very"); intensity 0 is the plain interview frame."""
+    if intensity not in range(len(P2_INTENSITIES) + 1):
+        raise ValueError(f"P2 intensity must be 0..{len(P2_INTENSITIES)}, got {intensity}")
+    if intensity == 0:
+        return REAL_PERSON_PROMPT
+    pole = 1 if level == "high" else 0
+    words = [f"{P2_INTENSITIES[intensity - 1]} {pair[pole]}".strip()
+             for pair in BIPOLAR_ADJECTIVES[trait][:k]]
+    adjectives = ", ".join(words[:-1]) + " and " + words[-1]
+    return f"{P2_TEMPLATE.format(adjectives=adjectives)} {REAL_PERSON_PROMPT}"
+
+
+def p2_dial(model) -> PointFactory:
+    def at(condition: str, intensity: float):
+        trait, level = split_condition(condition)
+        return contextlib.nullcontext(model), p2_intensity_prompt(trait, level, int(intensity))
+    return at
+
+
+# --- the sweep ----------------------------------------------------------------------------
+
+
+def dose_sweep(model, tokenizer, method: str, at: PointFactory, conditions: Sequence[str],
+               strengths: Sequence[float], cache_file: str | Path | None = None,
+               n_pairs: int | None = None,
+               extra: Callable[[Any, Any], Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Every (condition, strength): all five trait scores and the 44 item answers.
+
+    `extra(model, tokenizer)` adds measures taken at the point (e.g. capability).
+    Rows: method, condition, strength, trait, level, <five traits>, items (+ extra).
+    """
+    points = [{"method": method, "condition": c, "strength": float(s)}
+              for c in conditions for s in strengths]
+
+    def evaluate(point):
+        trait, level = split_condition(point["condition"])
+        ctx, system = at(point["condition"], point["strength"])
+        with ctx:
+            detail = contrast_item_scores(model, tokenizer, system_prompt=system,
+                                          n_pairs=n_pairs)
+            more = dict(extra(model, tokenizer)) if extra else {}
+        keyed = detail.groupby("dimension")["keyed"].mean().to_dict()
+        items = {str(i): float(r) for i, r in zip(detail["item"], detail["raw"], strict=True)}
+        return {"trait": trait, "level": level, **keyed, "items": items, **more}
+
+    return run_sweep(points, evaluate, cache_file, desc=f"{method} dose")
+
+
+def keyed_matrix(rows: pd.DataFrame, trait: str) -> tuple[np.ndarray, np.ndarray]:
+    """(strengths sorted, matrix strengths × the trait's items of keyed 1-5 answers)."""
+    rows = rows.sort_values("strength")
+    numbers = sorted(n for n, it in ITEMS_BY_NUMBER.items() if it.dimension == trait)
+    mat = np.array([[_keyed(n, items[str(n)]) for n in numbers] for items in rows["items"]])
+    return rows["strength"].to_numpy(float), mat
+
+
+def _keyed(number: int, raw: float) -> float:
+    return 6.0 - raw if ITEMS_BY_NUMBER[number].reverse else raw
+
+
+# --- measures with bootstrap intervals ---------------------------------------------------
+
+
+def item_bootstrap(matrix: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, strengths): the per-strength mean over items resampled with replacement,
+    one resample shared by all strengths (the items are the same at every strength)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, matrix.shape[1], size=(n_boot, matrix.shape[1]))
+    return matrix[:, idx].mean(axis=2).T
+
+
+def monotonicity(strengths: Sequence[float], matrix: np.ndarray, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, float]:
+    """Spearman ρ of strength vs mean score, with its 95 % item-bootstrap interval."""
+    strengths = np.asarray(strengths, float)
+    if len(strengths) < 3:
+        raise ValueError(f"monotonicity needs at least 3 strengths, got {len(strengths)}")
+    rho = _spearman(strengths, matrix.mean(axis=1))
+    boot = [_spearman(strengths, b) for b in item_bootstrap(matrix, n_boot, seed)]
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    return {"rho": rho, "rho_lo": float(lo), "rho_hi": float(hi)}
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(y) == 0:
+        return 0.0  # a flat response has no rank order (scipy would return nan)
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def intervals(matrix: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(strengths, 2): the 95 % item-bootstrap interval of each strength's mean score."""
+    return np.percentile(item_bootstrap(matrix, n_boot, seed), [2.5, 97.5], axis=0).T
+
+
+def resolution(strengths: Sequence[float], matrix: np.ndarray, n_boot: int = 1000,
+               seed: int = 0) -> int:
+    """Strength levels told apart: walking up the strengths, a level counts when its
+    interval does not overlap the interval of the last level counted."""
+    order = np.argsort(np.asarray(strengths, float))
+    ci = intervals(matrix, n_boot, seed)[order]
+    count, last = 1, ci[0]
+    for lo, hi in ci[1:]:
+        if lo > last[1] or hi < last[0]:
+            count, last = count + 1, (lo, hi)
+    return count
+
+
+def dose_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per method and condition: ρ with interval, resolution, and the signed shift of the
+    intended trait from the weakest to the strongest setting (+ = the intended way).
+    Rows: method, condition, trait, rho, rho_lo, rho_hi, resolution, shift."""
+    out = []
+    for (method, condition), rows in table.groupby(["method", "condition"], sort=False):
+        trait, level = split_condition(condition)
+        strengths, mat = keyed_matrix(rows, trait)
+        sign = 1.0 if level == "high" else -1.0
+        means = mat.mean(axis=1)
+        out.append({"method": method, "condition": condition, "trait": trait,
+                    **monotonicity(sign * strengths, mat, n_boot, seed),
+                    "resolution": resolution(strengths, mat, n_boot, seed),
+                    "shift": float(sign * (means[-1] - means[0]))})
+    return pd.DataFrame(out)
+
+
+def leakage(table: pd.DataFrame, strength: float | None = None, n_boot: int = 1000,
+            seed: int = 0) -> pd.DataFrame:
+    """Each condition's effect on all five traits: score at `strength` (default: the
+    strongest swept) minus score at the weakest, with 95 % paired item-bootstrap intervals.
+    Rows: method, condition, trait, effect, lo, hi, intended (the condition's own trait)."""
+    out = []
+    for (method, condition), rows in table.groupby(["method", "condition"], sort=False):
+        own, _ = split_condition(condition)
+        rows = rows.sort_values("strength")
+        top = rows["strength"].max() if strength is None else float(strength)
+        pair = pd.concat([rows.iloc[[0]], rows[rows["strength"] == top]])
+        if len(pair) != 2:
+            raise ValueError(f"{method}/{condition}: no sweep point at strength {top}")
+        for trait in TRAITS:
+            _, mat = keyed_matrix(pair, trait)
+            boot = item_bootstrap(mat, n_boot, seed)
+            diff = boot[:, 1] - boot[:, 0]
+            lo, hi = np.percentile(diff, [2.5, 97.5])
+            out.append({"method": method, "condition": condition, "trait": trait,
+                        "effect": float(mat[1].mean() - mat[0].mean()), "lo": float(lo),
+                        "hi": float(hi), "intended": trait == own})
+    return pd.DataFrame(out)
+
+
+def pareto_front(gain: Sequence[float], cost: Sequence[float]) -> np.ndarray:
+    """Mask of the points no other point beats: at least as much gain and at most as much
+    cost, strictly better in one."""
+    gain, cost = np.asarray(gain, float), np.asarray(cost, float)
+    better_eq = (gain[None, :] >= gain[:, None]) & (cost[None, :] <= cost[:, None])
+    strictly = (gain[None, :] > gain[:, None]) | (cost[None, :] < cost[:, None])
+    return ~(better_eq & strictly).any(axis=1)
+
