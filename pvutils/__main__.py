@@ -13,6 +13,7 @@ COMMANDS = {
     "train-vectors": ("pvutils.training", "cli_train_vectors", "data + fine-tunes + vectors"),
     "score": ("pvutils.evaluation", "cli_score", "Big Five scores of a (merged) model"),
     "book": ("pvutils.book", "cli_book", "execute the notebooks and build the book"),
+    "dial": ("pvutils.calibrate", "cli_dial", "the alpha that gives a wanted trait score"),
 }
 
 
