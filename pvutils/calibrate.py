@@ -34,7 +34,7 @@ class DialError(ValueError):
 @dataclass(frozen=True)
 class Dial:
     alpha: float
-    lo: float  # 95 % item-bootstrap interval of alpha
+    lo: float  # 95 % item-bootstrap interval of alpha (±inf: resamples miss the target)
     hi: float
     reachable: tuple[float, float]  # fitted scores at the ends of the swept alphas
     increasing: bool
@@ -82,11 +82,15 @@ def dial_alpha(alphas: Sequence[float], matrix: np.ndarray, target: float,
     order = np.argsort(np.asarray(alphas, float))
     found = []
     for boot in item_bootstrap(matrix[order], n_boot, seed):
-        a = invert(x, monotone_fit(x, boot, increasing)[1], target)
-        if a is not None:
-            found.append(a)
-    lo, hi = np.percentile(found, [2.5, 97.5]) if found else (np.nan, np.nan)
-    return Dial(alpha, float(lo), float(hi), (low, high), increasing, len(found) / n_boot)
+        refit = monotone_fit(x, boot, increasing)[1]
+        a = invert(x, refit, target)
+        if a is None:  # this resample's curve misses the target: alpha lies past an end
+            a = -np.inf if (target < refit.min()) == increasing else np.inf
+        found.append(a)
+    found = np.asarray(found)
+    lo, hi = np.quantile(found, [0.025, 0.975], method="inverted_cdf")  # no inf - inf
+    return Dial(alpha, float(lo), float(hi), (low, high), increasing,
+                float(np.isfinite(found).mean()))
 
 
 def mergekit_config(base: str | Path, vector: str | Path, alpha: float) -> dict:

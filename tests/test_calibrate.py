@@ -54,3 +54,14 @@ def test_mergekit_config_is_a_valid_pvutils_merge_config(tmp_path):
     config = mergekit_config("/models/base", tmp_path / "v.safetensors", 0.73)
     plan = parse_config(yaml.safe_load(yaml.safe_dump(config)))
     assert plan.method == "task_arithmetic" and plan.entries[0]["weight"] == 0.73
+
+
+def test_resamples_that_miss_the_target_make_the_interval_unbounded():
+    """Items 0-3 rise from 2 to 4, items 4-7 stay at 2: target 2.9 is reached by the mean
+    (at alpha 0.9) but not by resamples of only flat items, whose alpha lies past the end."""
+    alphas = np.array([0.0, 1.0, 2.0])
+    rising = 2.0 + alphas[:, None] * np.ones((1, 4))
+    mat = np.hstack([rising, np.full((3, 4), 2.0)])
+    dial = dial_alpha(alphas, mat, 2.9, n_boot=400)
+    assert dial.alpha == pytest.approx(1.8)
+    assert dial.hi == np.inf and dial.share_reached < 1.0
