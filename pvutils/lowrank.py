@@ -1,0 +1,108 @@
+"""Low-rank personality vectors: each matrix of φ truncated by SVD to rank r.
+
+As `mergekit-extract-lora` does, every 2-D tensor Δ becomes B A with B = U_r Σ_r and
+A = V_rᵀ (the best rank-r approximation, Eckart–Young); 1-D tensors (norms) stay dense.
+The file is safetensors with `<name>.lora_B` / `<name>.lora_A` pairs and metadata
+`format = pvutils-lowrank-vector`; `vectors.open_tensors` dispatches on that flag to
+`LowRankSource`, which multiplies B A back on read, so a low-rank file loads wherever a
+vector does (`applied`, `merge_vectors`, `pvutils merge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .artifacts import atomic_path
+from .vectors import MergeError, SafetensorsSource, TensorSource, check_finite, open_tensors
+
+FORMAT = "pvutils-lowrank-vector"
+_A, _B = ".lora_A", ".lora_B"
+
+
+def truncate(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) with B A the best rank-`rank` approximation of the matrix `delta`."""
+    if delta.dim() != 2:
+        raise ValueError(f"truncate needs a matrix, got shape {list(delta.shape)}")
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, got {rank}")
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    r = min(rank, s.numel())
+    return (u[:, :r] * s[:r]).contiguous(), vh[:r].contiguous()
+
+
+def lowrank_tensors(source: TensorSource, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of the low-rank file: factor pairs for matrices wider than `rank` in
+    both dimensions, the tensor itself otherwise (truncation would save nothing)."""
+    for name in source.keys():
+        tensor = source.get(name)
+        if tensor.dim() == 2 and min(tensor.shape) > rank:
+            b, a = truncate(tensor, rank)
+            yield name + _B, b
+            yield name + _A, a
+        else:
+            yield name, tensor.float()
+
+
+def write_lowrank(vector: str | Path | TensorSource, out: str | Path, rank: int) -> Path:
+    """Write `vector` truncated to `rank` as a low-rank vector file (atomically)."""
+    source = open_tensors(vector)
+    tensors = dict(lowrank_tensors(source, rank))
+    for name, tensor in tensors.items():
+        check_finite(tensor, name, str(out))
+    meta = {"format": FORMAT, "rank": str(rank)}
+    if isinstance(source, SafetensorsSource):
+        meta.update({k: v for k, v in source.metadata().items() if k not in meta})
+        meta["format"] = FORMAT
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return out
+
+
+class LowRankSource(TensorSource):
+    """A low-rank vector file read as the dense vector it stands for (B A on each read)."""
+
+    fresh = True
+
+    def __init__(self, file: SafetensorsSource):
+        self.file, self.label = file, f"low-rank vector {file.label}"
+        names = file.keys()
+        self.factored = sorted(n[: -len(_B)] for n in names if n.endswith(_B))
+        missing = [n for n in self.factored if n + _A not in names]
+        if missing:
+            raise MergeError(f"{file.label}: {missing[0]}{_B} has no {_A} partner")
+        self.dense = [n for n in names if not n.endswith((_A, _B))]
+        self._names = sorted(self.dense + self.factored)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.dense:
+            return self.file.shape(name)
+        return (self.file.shape(name + _B)[0], self.file.shape(name + _A)[1])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.dense:
+            return self.file.get(name)
+        return self.file.get(name + _B) @ self.file.get(name + _A)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if name in self.dense:
+            return self.file.get_rows(name, start, stop)
+        return self.file.get_rows(name + _B, start, stop) @ self.file.get(name + _A)
+
+    def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
+        out.copy_(self.block(name, span).reshape(-1))
+
+    def metadata(self) -> dict[str, str]:
+        return self.file.metadata()
+
