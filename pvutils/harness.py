@@ -24,11 +24,12 @@ import pandas as pd
 from scipy import stats
 
 from .analysis import run_sweep
-from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE
+from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE, npti_intervention, npti_neurons
 from .evaluation import ITEMS_BY_NUMBER, REAL_PERSON_PROMPT, contrast_item_scores
 from .merging import applied
 from .personas import split_condition
 from .profiles import TRAITS
+from .steering import condition_direction, steered
 
 # (context manager that puts the model at the point, system prompt) for (condition, strength)
 PointFactory = Callable[[str, float], tuple[contextlib.AbstractContextManager, str]]
@@ -49,22 +50,23 @@ def vector_dial(model, vectors: Mapping[str, Any]) -> PointFactory:
 
 def steering_dial(model, directions: Mapping[str, Any], layer: int) -> PointFactory:
     """c × the steering direction toward the condition, added at `layer`."""
-    from .steering import condition_direction, steered
-
     def at(condition: str, c: float):
         return steered(model, condition_direction(directions, condition), c, layer), \
             REAL_PERSON_PROMPT
     return at
 
 
-def npti_dial(model, neurons: Mapping[str, Any]) -> PointFactory:
-    """NPTI toward the condition's level with strength γ (`neurons`: trait -> NPTINeurons)."""
-    from .baselines import npti_intervention
+def npti_dial(model, tokenizer, neurons: dict[str, Any] | None = None) -> PointFactory:
+    """NPTI toward the condition's level with strength γ; each trait's neurons are found
+    on first use (only sweep points not yet cached need them) and kept in `neurons`."""
+    neurons = {} if neurons is None else neurons
 
     def at(condition: str, gamma: float):
         trait, level = split_condition(condition)
         if gamma == 0:
             return contextlib.nullcontext(model), REAL_PERSON_PROMPT
+        if trait not in neurons:
+            neurons[trait] = npti_neurons(model, tokenizer, trait)
         return npti_intervention(model, neurons[trait], gamma, level), REAL_PERSON_PROMPT
     return at
 
@@ -230,3 +232,92 @@ def pareto_front(gain: Sequence[float], cost: Sequence[float]) -> np.ndarray:
     strictly = (gain[None, :] > gain[:, None]) | (cost[None, :] < cost[:, None])
     return ~(better_eq & strictly).any(axis=1)
 
+
+
+def capability_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per sweep point: shift of the intended trait toward its pole and capability lost,
+    both relative to the same method's strength-0 point of that condition.
+    Rows: method, condition, strength, shift, factual_lost, perplexity_ratio, front
+    (whether no point beats it on shift and perplexity both)."""
+    out = []
+    for (method, condition), rows in table.groupby(["method", "condition"], sort=False):
+        trait, level = split_condition(condition)
+        sign = 1.0 if level == "high" else -1.0
+        rows = rows.sort_values("strength")
+        ref = rows.iloc[0]
+        for row in rows.itertuples(index=False):
+            out.append({"method": method, "condition": condition, "strength": row.strength,
+                        "shift": sign * (getattr(row, trait) - ref[trait]),
+                        "factual_lost": ref["factual"] - row.factual,
+                        "perplexity_ratio": row.perplexity / ref["perplexity"]})
+    frame = pd.DataFrame(out)
+    frame["front"] = pareto_front(frame["shift"], frame["perplexity_ratio"])
+    return frame
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def plot_dose(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0):
+    """One panel per method: the intended trait's score vs strength, 95 % item intervals."""
+    import matplotlib.pyplot as plt  # plotting only where a figure is drawn
+
+    methods = list(dict.fromkeys(table["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        for condition, rows in table[table["method"] == method].groupby("condition"):
+            strengths, mat = keyed_matrix(rows, split_condition(condition)[0])
+            ci = intervals(mat, n_boot, seed)
+            line = ax.plot(strengths, mat.mean(axis=1), marker="o", label=condition)[0]
+            ax.fill_between(strengths, ci[:, 0], ci[:, 1], alpha=0.2, color=line.get_color())
+        ax.set_title(method)
+        ax.set_xlabel("strength")
+    axes[0][0].set_ylabel("intended trait score (1-5)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pareto(cap: pd.DataFrame):
+    """Trait shift vs capability lost (perplexity ratio, factual answers lost), by method;
+    circled: the Pareto front on shift and perplexity."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, cost in zip(axes, ("perplexity_ratio", "factual_lost"), strict=True):
+        sns.scatterplot(data=cap, x=cost, y="shift", hue="method", style="condition", ax=ax,
+                        legend=ax is axes[-1])
+        front = cap[cap["front"]]
+        ax.scatter(front[cost], front["shift"], s=160, facecolors="none", edgecolors="black")
+        ax.axhline(0, color="grey", lw=0.8)
+    axes[0].set_xlabel("perplexity / perplexity at strength 0")
+    axes[1].set_xlabel("share of factual answers lost")
+    axes[0].set_ylabel("shift toward the intended pole")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_leakage(leak: pd.DataFrame):
+    """Heatmap per method: effect of each condition (rows) on each trait (columns), with
+    the 95 % interval in each cell."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    methods = list(dict.fromkeys(leak["method"]))
+    n_rows = leak["condition"].nunique()
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 1.2 + 0.5 * n_rows),
+                             squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        part = leak[leak["method"] == method]
+        effect = part.pivot(index="condition", columns="trait", values="effect")[list(TRAITS)]
+        text = part.assign(label=[f"{e:+.2f}\n[{lo:+.2f}, {hi:+.2f}]" for e, lo, hi in
+                                  zip(part["effect"], part["lo"], part["hi"], strict=True)])
+        labels = text.pivot(index="condition", columns="trait", values="label")[list(TRAITS)]
+        sns.heatmap(effect, annot=labels, fmt="", cmap="RdBu_r", center=0, ax=ax,
+                    annot_kws={"size": 7}, cbar_kws={"label": "score change"})
+        ax.set_title(method)
+    fig.tight_layout()
+    return fig

@@ -106,3 +106,36 @@ class LowRankSource(TensorSource):
     def metadata(self) -> dict[str, str]:
         return self.file.metadata()
 
+
+
+def lowrank_files(vectors: dict[str, Path], out_dir: str | Path,
+                  ranks: tuple[int, ...] = (4, 16, 64)) -> dict[tuple[str, int], Path]:
+    """Low-rank copies of each vector at each rank, written once into `out_dir` (a file
+    already there is reused: its name carries the source's size and mtime)."""
+    out = {}
+    for condition, path in vectors.items():
+        st = Path(path).stat()
+        for rank in ranks:
+            file = Path(out_dir) / f"{condition}-{st.st_size}-{st.st_mtime_ns}-r{rank}.safetensors"
+            out[condition, rank] = file if file.exists() else write_lowrank(path, file, rank)
+    return out
+
+
+def plot_lowrank(table):
+    """Share of the full vector's trait shift kept vs file size, one line per vector."""
+    import matplotlib.pyplot as plt  # plotting only where a figure is drawn
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for condition, rows in table.groupby("condition"):
+        rows = rows.sort_values("megabytes")
+        ax.plot(rows["megabytes"], rows["kept"], marker="o", label=condition)
+        for r in rows.itertuples(index=False):
+            ax.annotate(r.label, (r.megabytes, r.kept), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_xlabel("file size (MB, log scale)")
+    ax.set_ylabel("trait shift kept (rank r / full)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -22,8 +22,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from .analysis import run_sweep
+from .artifacts import atomic_path
 from .merging import applied
 from .personas import split_condition
 
@@ -114,6 +116,22 @@ def trait_directions(model, tokenizer, datasets: Mapping[str, Any], traits: Sequ
     return out
 
 
+def cached_directions(path: str | Path, model, tokenizer, datasets: Mapping[str, Any],
+                      traits: Sequence[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """`trait_directions`, read from `path` (safetensors, one tensor per trait) when it
+    holds every trait asked for; computed and written otherwise."""
+    path = Path(path)
+    if path.exists():
+        found = load_file(str(path))
+        if set(traits) <= set(found):
+            return {t: found[t] for t in traits}
+    out = trait_directions(model, tokenizer, datasets, traits, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({t: v.contiguous() for t, v in out.items()}, str(tmp))
+    return out
+
+
 def condition_direction(directions: Mapping[str, torch.Tensor], condition: str) -> torch.Tensor:
     """The direction toward a condition: +(high − low) for `_high`, −(high − low) for `_low`."""
     trait, level = split_condition(condition)
@@ -196,3 +214,31 @@ def bridge_cosines(model, tokenizer, vectors: Mapping[str, Any],
                   "cosine": float(c), "shift_norm": float(shift[i].norm())}
                  for i, c in enumerate(cos)]
     return pd.DataFrame(rows)
+
+
+def plot_layer_sweep(table: pd.DataFrame, chosen: int | None = None):
+    """Score separation of ±c steering by layer, one line per trait; the chosen layer dashed."""
+    import matplotlib.pyplot as plt  # plotting only where a figure is drawn
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.lineplot(data=table, x="layer", y="gap", hue="trait", marker="o", ax=ax)
+    if chosen is not None:
+        ax.axvline(chosen, ls="--", color="black", lw=1)
+    ax.set_ylabel("score(+c) − score(−c)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_bridge(table: pd.DataFrame):
+    """Cosine between a vector's residual shift and the steering direction, by layer."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.lineplot(data=table, x="layer", y="cosine", hue="condition", ax=ax)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("cos(shift by θ+φ, steering direction)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
