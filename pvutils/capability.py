@@ -37,11 +37,13 @@ def is_correct(reply: str, answers: Sequence[str]) -> bool:
 
 
 def factual_answers(model, tokenizer, questions=None, max_new_tokens: int = 12,
-                    batch_size: int = 64) -> pd.DataFrame:
-    """Greedy replies to the factual questions (default: all of the resource file).
+                    batch_size: int = 64, persona: str = "") -> pd.DataFrame:
+    """Greedy replies to the factual questions (default: all of the resource file), with
+    `persona` (e.g. a P2 prompt) before the answer instruction.
     Columns: question, reply, correct."""
     questions = factual_questions() if questions is None else questions
-    convos = [[{"role": "system", "content": ANSWER_PROMPT}, {"role": "user", "content": q}]
+    system = f"{persona} {ANSWER_PROMPT}".strip()
+    convos = [[{"role": "system", "content": system}, {"role": "user", "content": q}]
               for q, _ in questions]
     replies = chat(model, tokenizer, convos, max_new_tokens=max_new_tokens, temperature=0.0,
                    batch_size=batch_size, progress=False)
@@ -50,11 +52,12 @@ def factual_answers(model, tokenizer, questions=None, max_new_tokens: int = 12,
 
 
 def capability(model, tokenizer, n_questions: int | None = None,
-               max_new_tokens: int = 12) -> dict[str, float]:
+               max_new_tokens: int = 12, persona: str = "") -> dict[str, float]:
     """{"perplexity": on held-out prose, "factual": share of the first `n_questions`
-    factual questions (None: all) answered right}."""
+    factual questions (None: all) answered right under `persona`}. Perplexity reads plain
+    prose with no prompt: a prompt-only dial (P2) leaves it unchanged by construction."""
     facts = factual_answers(model, tokenizer, factual_questions()[:n_questions],
-                            max_new_tokens=max_new_tokens)
+                            max_new_tokens=max_new_tokens, persona=persona)
     return {"perplexity": perplexity(model, tokenizer, HELD_OUT_TEXT),
             "factual": float(facts["correct"].mean())}
 

@@ -25,6 +25,7 @@ from scipy import stats
 
 from .analysis import run_sweep
 from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE, npti_intervention, npti_neurons
+from .capability import capability
 from .evaluation import ITEMS_BY_NUMBER, REAL_PERSON_PROMPT, contrast_item_scores
 from .merging import applied
 from .personas import split_condition
@@ -185,7 +186,8 @@ def resolution(strengths: Sequence[float], matrix: np.ndarray, n_boot: int = 100
 
 def dose_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per method and condition: ρ with interval, resolution, and the signed shift of the
-    intended trait from the weakest to the strongest setting (+ = the intended way).
+    intended trait from the weakest to the strongest setting (+ = the intended way);
+    ρ is NaN for dials swept at fewer than 3 strengths.
     Rows: method, condition, trait, rho, rho_lo, rho_hi, resolution, shift."""
     out = []
     for (method, condition), rows in table.groupby(["method", "condition"], sort=False):
@@ -193,8 +195,9 @@ def dose_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.D
         strengths, mat = keyed_matrix(rows, trait)
         sign = 1.0 if level == "high" else -1.0
         means = mat.mean(axis=1)
-        out.append({"method": method, "condition": condition, "trait": trait,
-                    **monotonicity(sign * strengths, mat, n_boot, seed),
+        rho = (monotonicity(sign * strengths, mat, n_boot, seed) if len(strengths) >= 3
+               else dict.fromkeys(("rho", "rho_lo", "rho_hi"), float("nan")))
+        out.append({"method": method, "condition": condition, "trait": trait, **rho,
                     "resolution": resolution(strengths, mat, n_boot, seed),
                     "shift": float(sign * (means[-1] - means[0]))})
     return pd.DataFrame(out)
@@ -321,3 +324,22 @@ def plot_leakage(leak: pd.DataFrame):
         ax.set_title(method)
     fig.tight_layout()
     return fig
+
+
+def capability_sweep(model, tokenizer, method: str, at: PointFactory, conditions: Sequence[str],
+                     strengths: Sequence[float], cache_file: str | Path | None = None,
+                     n_questions: int | None = None) -> pd.DataFrame:
+    """`capability.capability` at every (condition, strength) of a dial (its own cache, so
+    the trait sweep can be shared with `pvutils dial`).
+    Rows: method, condition, strength, perplexity, factual."""
+    points = [{"method": method, "condition": c, "strength": float(s),
+               "n_questions": n_questions} for c in conditions for s in strengths]
+
+    def evaluate(point):
+        ctx, system = at(point["condition"], point["strength"])
+        persona = system.removesuffix(REAL_PERSON_PROMPT).strip()  # P2's adjectives, if any
+        with ctx:
+            return capability(model, tokenizer, n_questions=point["n_questions"],
+                              persona=persona)
+
+    return run_sweep(points, evaluate, cache_file, desc=f"{method} capability")

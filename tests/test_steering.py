@@ -8,6 +8,7 @@ import torch
 from pvutils.steering import (
     answer_batches,
     bridge_cosines,
+    cached_directions,
     condition_direction,
     decoder_layers,
     steered,
@@ -122,3 +123,14 @@ def test_bridge_cosine_is_plus_or_minus_one_for_a_shift_along_the_direction(tiny
     assert abs(final["extraversion_high"]) == pytest.approx(1.0, abs=1e-4)
     assert final["extraversion_low"] == pytest.approx(-final["extraversion_high"], abs=1e-6)
     assert no_hooks(model)
+
+
+def test_directions_are_cached_per_file(tiny_chat_model, tmp_path):
+    model, tok = tiny_chat_model
+    sets = {"extraversion_high": {"messages": chats(["Parties!", "Let's go out."])},
+            "extraversion_low": {"messages": chats(["I stay in.", "Quiet night."])}}
+    first = cached_directions(tmp_path / "d.safetensors", model, tok, sets, ["extraversion"])
+    # a second call reads the file: no model is needed
+    again = cached_directions(tmp_path / "d.safetensors", None, None, {}, ["extraversion"])
+    assert torch.equal(first["extraversion"], again["extraversion"])
+
