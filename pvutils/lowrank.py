@@ -37,31 +37,55 @@ def truncate(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 def lowrank_tensors(source: TensorSource, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors of the low-rank file: factor pairs for matrices wider than `rank` in
     both dimensions, the tensor itself otherwise (truncation would save nothing)."""
+    for per_rank in _factored(source, (rank,)):
+        yield from per_rank[rank]
+
+
+def _factored(source: TensorSource, ranks: tuple[int, ...]):
+    """{rank: [(file key, tensor), ...]} per tensor, one SVD shared by all ranks."""
     for name in source.keys():
         tensor = source.get(name)
-        if tensor.dim() == 2 and min(tensor.shape) > rank:
-            b, a = truncate(tensor, rank)
-            yield name + _B, b
-            yield name + _A, a
-        else:
-            yield name, tensor.float()
+        if tensor.dim() != 2 or min(tensor.shape) <= min(ranks):
+            yield {r: [(name, tensor.float())] for r in ranks}
+            continue
+        u, s, vh = torch.linalg.svd(tensor.float(), full_matrices=False)
+        out = {}
+        for r in ranks:
+            if min(tensor.shape) <= r:
+                out[r] = [(name, tensor.float())]
+            else:
+                out[r] = [(name + _B, (u[:, :r] * s[:r]).contiguous()),
+                          (name + _A, vh[:r].contiguous())]
+        yield out
 
 
 def write_lowrank(vector: str | Path | TensorSource, out: str | Path, rank: int) -> Path:
     """Write `vector` truncated to `rank` as a low-rank vector file (atomically)."""
+    return write_lowrank_ranks(vector, {rank: out})[rank]
+
+
+def write_lowrank_ranks(vector: str | Path | TensorSource,
+                        outs: dict[int, str | Path]) -> dict[int, Path]:
+    """Write `vector` truncated to each rank in `outs` (rank -> file), one SVD per matrix."""
+    if not outs or min(outs) < 1:
+        raise ValueError(f"ranks must be at least 1, got {sorted(outs)}")
     source = open_tensors(vector)
-    tensors = dict(lowrank_tensors(source, rank))
-    for name, tensor in tensors.items():
-        check_finite(tensor, name, str(out))
-    meta = {"format": FORMAT, "rank": str(rank)}
-    if isinstance(source, SafetensorsSource):
-        meta.update({k: v for k, v in source.metadata().items() if k not in meta})
-        meta["format"] = FORMAT
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return out
+    tensors: dict[int, dict[str, torch.Tensor]] = {r: {} for r in outs}
+    for per_rank in _factored(source, tuple(outs)):
+        for r, pairs in per_rank.items():
+            for key, tensor in pairs:
+                check_finite(tensor, key, str(outs[r]))
+                tensors[r][key] = tensor
+    base_meta = source.metadata() if isinstance(source, SafetensorsSource) else {}
+    written = {}
+    for r, out in outs.items():
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            save_file(tensors[r], str(tmp), metadata={**base_meta, "format": FORMAT,
+                                                      "rank": str(r)})
+        written[r] = out
+    return written
 
 
 class LowRankSource(TensorSource):
@@ -115,9 +139,12 @@ def lowrank_files(vectors: dict[str, Path], out_dir: str | Path,
     out = {}
     for condition, path in vectors.items():
         st = Path(path).stat()
-        for rank in ranks:
-            file = Path(out_dir) / f"{condition}-{st.st_size}-{st.st_mtime_ns}-r{rank}.safetensors"
-            out[condition, rank] = file if file.exists() else write_lowrank(path, file, rank)
+        files = {r: Path(out_dir) / f"{condition}-{st.st_size}-{st.st_mtime_ns}-r{r}.safetensors"
+                 for r in ranks}
+        missing = {r: f for r, f in files.items() if not f.exists()}
+        if missing:
+            write_lowrank_ranks(path, missing)
+        out.update({(condition, r): f for r, f in files.items()})
     return out
 
 

@@ -73,3 +73,17 @@ def test_a_lowrank_file_applies_like_its_dense_product(tiny_llama, tmp_path):
         assert torch.equal(before, tiny_llama(input_ids=ids).logits)
     torch.testing.assert_close(from_file, from_dense, atol=1e-6, rtol=0)
     assert not torch.allclose(before, from_file)
+
+
+def test_several_ranks_from_one_pass_equal_single_rank_files(tiny_llama, tmp_path):
+    from pvutils.lowrank import write_lowrank_ranks
+
+    vec = tiny_vector(tiny_llama, seed=2)
+    outs = {2: tmp_path / "a2.safetensors", 8: tmp_path / "a8.safetensors"}
+    both = write_lowrank_ranks(vec, outs)
+    for rank in (2, 8):
+        single = open_tensors(write_lowrank(vec, tmp_path / f"s{rank}.safetensors", rank))
+        multi = open_tensors(both[rank])
+        assert vector_metadata(both[rank])["rank"] == str(rank)
+        for name in single.keys():
+            assert torch.equal(single.get(name), multi.get(name))
