@@ -311,7 +311,7 @@ def plot_leakage(leak: pd.DataFrame):
 
     methods = list(dict.fromkeys(leak["method"]))
     n_rows = leak["condition"].nunique()
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 1.2 + 0.5 * n_rows),
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 2.2 + 0.5 * n_rows),
                              squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         part = leak[leak["method"] == method]
