@@ -18,6 +18,7 @@ COMMANDS = {
     "book": ("pvutils.book", "cli_book", "execute the notebooks and build the book"),
     "publish": ("pvutils.book", "cli_publish", "copy a finished run to results/<profile>/"),
     "cache": ("pvutils.cache", "cli_cache", "list and prune the cached artifacts"),
+    "dial": ("pvutils.calibrate", "cli_dial", "the alpha that gives a wanted trait score"),
 }
 
 

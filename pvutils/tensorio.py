@@ -249,7 +249,12 @@ def open_tensors(source: str | Path | Mapping[str, torch.Tensor] | TensorSource)
             path = Path(resolve_model_dir(source))
         else:
             raise MergeError(f"{path}: no such file or directory")
-    return SafetensorsSource(path)
+    source = SafetensorsSource(path)
+    if path.is_file() and source.metadata().get("format") == "pvutils-lowrank-vector":
+        from .lowrank import LowRankSource  # lowrank imports this module
+
+        return LowRankSource(source)
+    return source
 
 
 # --- files and headers ----------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Low-rank personality vectors: each matrix of φ truncated by SVD to rank r.
+
+As `mergekit-extract-lora` does, every 2-D tensor Δ becomes B A with B = U_r Σ_r and
+A = V_rᵀ (the best rank-r approximation, Eckart–Young); 1-D tensors (norms) stay dense.
+The file is safetensors with `<name>.lora_B` / `<name>.lora_A` pairs and metadata
+`format = pvutils-lowrank-vector`; `vectors.open_tensors` dispatches on that flag to
+`LowRankSource`, which multiplies B A back on read, so a low-rank file loads wherever a
+vector does (`applied`, `merge_vectors`, `pvutils merge`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .artifacts import atomic_path
+from .vectors import MergeError, SafetensorsSource, TensorSource, check_finite, open_tensors
+
+FORMAT = "pvutils-lowrank-vector"
+_A, _B = ".lora_A", ".lora_B"
+
+
+def truncate(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) with B A the best rank-`rank` approximation of the matrix `delta`."""
+    if delta.dim() != 2:
+        raise ValueError(f"truncate needs a matrix, got shape {list(delta.shape)}")
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, got {rank}")
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    r = min(rank, s.numel())
+    return (u[:, :r] * s[:r]).contiguous(), vh[:r].contiguous()
+
+
+def lowrank_tensors(source: TensorSource, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of the low-rank file: factor pairs for matrices wider than `rank` in
+    both dimensions, the tensor itself otherwise (truncation would save nothing)."""
+    for per_rank in _factored(source, (rank,)):
+        yield from per_rank[rank]
+
+
+def _factored(source: TensorSource, ranks: tuple[int, ...]):
+    """{rank: [(file key, tensor), ...]} per tensor, one SVD shared by all ranks."""
+    for name in source.keys():
+        tensor = source.get(name)
+        if tensor.dim() != 2 or min(tensor.shape) <= min(ranks):
+            yield {r: [(name, tensor.float())] for r in ranks}
+            continue
+        u, s, vh = torch.linalg.svd(tensor.float(), full_matrices=False)
+        out = {}
+        for r in ranks:
+            if min(tensor.shape) <= r:
+                out[r] = [(name, tensor.float())]
+            else:
+                out[r] = [(name + _B, (u[:, :r] * s[:r]).contiguous()),
+                          (name + _A, vh[:r].contiguous())]
+        yield out
+
+
+def write_lowrank(vector: str | Path | TensorSource, out: str | Path, rank: int) -> Path:
+    """Write `vector` truncated to `rank` as a low-rank vector file (atomically)."""
+    return write_lowrank_ranks(vector, {rank: out})[rank]
+
+
+def write_lowrank_ranks(vector: str | Path | TensorSource,
+                        outs: dict[int, str | Path]) -> dict[int, Path]:
+    """Write `vector` truncated to each rank in `outs` (rank -> file), one SVD per matrix."""
+    if not outs or min(outs) < 1:
+        raise ValueError(f"ranks must be at least 1, got {sorted(outs)}")
+    source = open_tensors(vector)
+    tensors: dict[int, dict[str, torch.Tensor]] = {r: {} for r in outs}
+    for per_rank in _factored(source, tuple(outs)):
+        for r, pairs in per_rank.items():
+            for key, tensor in pairs:
+                check_finite(tensor, key, str(outs[r]))
+                tensors[r][key] = tensor
+    base_meta = source.metadata() if isinstance(source, SafetensorsSource) else {}
+    written = {}
+    for r, out in outs.items():
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            save_file(tensors[r], str(tmp), metadata={**base_meta, "format": FORMAT,
+                                                      "rank": str(r)})
+        written[r] = out
+    return written
+
+
+class LowRankSource(TensorSource):
+    """A low-rank vector file read as the dense vector it stands for (B A on each read)."""
+
+    fresh = True
+
+    def __init__(self, file: SafetensorsSource):
+        self.file, self.label = file, f"low-rank vector {file.label}"
+        names = file.keys()
+        self.factored = sorted(n[: -len(_B)] for n in names if n.endswith(_B))
+        missing = [n for n in self.factored if n + _A not in names]
+        if missing:
+            raise MergeError(f"{file.label}: {missing[0]}{_B} has no {_A} partner")
+        self.dense = [n for n in names if not n.endswith((_A, _B))]
+        self._names = sorted(self.dense + self.factored)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.dense:
+            return self.file.shape(name)
+        return (self.file.shape(name + _B)[0], self.file.shape(name + _A)[1])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.dense:
+            return self.file.get(name)
+        return self.file.get(name + _B) @ self.file.get(name + _A)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if name in self.dense:
+            return self.file.get_rows(name, start, stop)
+        return self.file.get_rows(name + _B, start, stop) @ self.file.get(name + _A)
+
+    def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
+        out.copy_(self.block(name, span).reshape(-1))
+
+    def metadata(self) -> dict[str, str]:
+        return self.file.metadata()
+
+
+
+def lowrank_files(vectors: dict[str, Path], out_dir: str | Path,
+                  ranks: tuple[int, ...] = (4, 16, 64)) -> dict[tuple[str, int], Path]:
+    """Low-rank copies of each vector at each rank, written once into `out_dir` (a file
+    already there is reused: its name carries the source's size and mtime)."""
+    out = {}
+    for condition, path in vectors.items():
+        st = Path(path).stat()
+        files = {r: Path(out_dir) / f"{condition}-{st.st_size}-{st.st_mtime_ns}-r{r}.safetensors"
+                 for r in ranks}
+        missing = {r: f for r, f in files.items() if not f.exists()}
+        if missing:
+            write_lowrank_ranks(path, missing)
+        out.update({(condition, r): f for r, f in files.items()})
+    return out
+
+
+def plot_lowrank(table):
+    """Share of the full vector's trait shift kept vs file size, one line per vector."""
+    import matplotlib.pyplot as plt  # plotting only where a figure is drawn
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for condition, rows in table.groupby("condition"):
+        rows = rows.sort_values("megabytes")
+        ax.plot(rows["megabytes"], rows["kept"], marker="o", label=condition)
+        for r in rows.itertuples(index=False):
+            ax.annotate(r.label, (r.megabytes, r.kept), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_xlabel("file size (MB, log scale)")
+    ax.set_ylabel("trait shift kept (rank r / full)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

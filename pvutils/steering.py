@@ -1,0 +1,244 @@
+"""Activation steering: the inference-time rival of personality vectors.
+
+A trait's direction at layer l is the mean difference of the residual stream (the output
+of decoder layer l, averaged over the answer tokens) between the high- and the low-persona
+answers of the project's own trait data (Anthropic's persona vectors, contrastive
+activation addition). Steering adds `c` times it to that layer's output through a forward
+hook; leaving the block removes the hook, so the model is bitwise what it was.
+
+Hooks by hand rather than `steering-vectors` or `repeng`: steering-vectors 0.12 pins
+transformers < 5 and repeng 0.4 pins numpy 1.26 (pip's dry run here), and a hook is ten lines.
+
+The bridge: a personality vector also shifts the residual stream; `bridge_cosines` asks,
+layer by layer, whether that shift points along the steering direction of the same trait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from .analysis import run_sweep
+from .artifacts import atomic_path
+from .merging import applied
+from .personas import split_condition
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers whose outputs are the residual stream (Llama, Qwen, Mistral)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no `model.layers`: steering needs a "
+                         "decoder-only transformer such as Llama or Qwen")
+    return layers
+
+
+def answer_batches(tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
+                   batch_size: int = 16) -> Iterator[tuple[dict, torch.Tensor]]:
+    """Right-padded batches of whole chats and a mask of the last turn's (answer) tokens."""
+    for start in range(0, len(conversations), batch_size):
+        ids, masks = [], []
+        for convo in conversations[start : start + batch_size]:
+            full = tokenizer.apply_chat_template(list(convo), tokenize=False)
+            prompt = tokenizer.apply_chat_template(list(convo[:-1]), tokenize=False,
+                                                   add_generation_prompt=True)
+            full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if n_prompt >= len(full_ids):
+                raise ValueError(f"conversation {start + len(ids)} has an empty last turn")
+            ids.append(full_ids)
+            masks.append([0] * n_prompt + [1] * (len(full_ids) - n_prompt))
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        enc = {"input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids]),
+               "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s))
+                                               for s in ids])}
+        yield enc, torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.bool)
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.inference_mode()
+def answer_activations(model, tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
+                       batch_size: int = 16) -> torch.Tensor:
+    """(conversations, layers, hidden): each layer's output averaged over the answer tokens."""
+    layers = decoder_layers(model)
+    device = next(model.parameters()).device
+    captured: dict[int, torch.Tensor] = {}
+    handles = [layer.register_forward_hook(
+        lambda _m, _a, out, i=i: captured.__setitem__(i, _hidden(out).float()))
+        for i, layer in enumerate(layers)]
+    rows = []
+    try:
+        for enc, answer in answer_batches(tokenizer, conversations, batch_size):
+            model(**{k: v.to(device) for k, v in enc.items()})
+            w = answer.to(device).float().unsqueeze(-1)
+            per_layer = [(captured[i] * w).sum(1) / w.sum(1) for i in range(len(layers))]
+            rows.append(torch.stack(per_layer, 1).cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(rows)
+
+
+def steering_directions(model, tokenizer, high: Sequence[Sequence[Mapping[str, str]]],
+                        low: Sequence[Sequence[Mapping[str, str]]],
+                        batch_size: int = 16) -> torch.Tensor:
+    """(layers, hidden): mean answer activation of the `high` chats minus the `low` chats."""
+    if not high or not low:
+        raise ValueError(f"steering_directions needs chats of both poles; got {len(high)} "
+                         f"high and {len(low)} low")
+    return (answer_activations(model, tokenizer, high, batch_size).mean(0)
+            - answer_activations(model, tokenizer, low, batch_size).mean(0))
+
+
+def trait_directions(model, tokenizer, datasets: Mapping[str, Any], traits: Sequence[str],
+                     batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per trait, the direction from its `<trait>_high` and `<trait>_low` trait data sets
+    (rows with "messages": user -> assistant, as `data.trait_datasets` returns them)."""
+    out = {}
+    for trait in traits:
+        missing = [f"{trait}_{lv}" for lv in ("high", "low") if f"{trait}_{lv}" not in datasets]
+        if missing:
+            raise ValueError(f"no trait data for {missing}; train or generate those first")
+        chats = {lv: list(datasets[f"{trait}_{lv}"]["messages"]) for lv in ("high", "low")}
+        out[trait] = steering_directions(model, tokenizer, chats["high"], chats["low"],
+                                         batch_size)
+    return out
+
+
+def cached_directions(path: str | Path, model, tokenizer, datasets: Mapping[str, Any],
+                      traits: Sequence[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """`trait_directions`, read from `path` (safetensors, one tensor per trait) when it
+    holds every trait asked for; computed and written otherwise."""
+    path = Path(path)
+    if path.exists():
+        found = load_file(str(path))
+        if set(traits) <= set(found):
+            return {t: found[t] for t in traits}
+    out = trait_directions(model, tokenizer, datasets, traits, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({t: v.contiguous() for t, v in out.items()}, str(tmp))
+    return out
+
+
+def condition_direction(directions: Mapping[str, torch.Tensor], condition: str) -> torch.Tensor:
+    """The direction toward a condition: +(high − low) for `_high`, −(high − low) for `_low`."""
+    trait, level = split_condition(condition)
+    return directions[trait] if level == "high" else -directions[trait]
+
+
+@contextlib.contextmanager
+def steered(model, direction: torch.Tensor, coefficient: float, layer: int) -> Iterator:
+    """Add `coefficient × direction[layer]` to decoder layer `layer`'s output while inside;
+    the hook is removed on exit, also when the block raises. `direction` is (layers, hidden)
+    or (hidden,)."""
+    layers = decoder_layers(model)
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer {layer} out of range: the model has {len(layers)} layers")
+    vec = direction[layer] if direction.dim() == 2 else direction
+    if vec.shape[-1] != model.config.hidden_size:
+        raise ValueError(f"direction has width {vec.shape[-1]}, the model's hidden size is "
+                         f"{model.config.hidden_size}")
+    param = next(model.parameters())
+    shift = (float(coefficient) * vec).to(device=param.device, dtype=param.dtype)
+
+    def hook(_module, _args, output):
+        if isinstance(output, tuple):
+            return (output[0] + shift, *output[1:])
+        return output + shift
+
+    handle = layers[layer].register_forward_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+def layer_sweep(model, tokenizer, directions: Mapping[str, torch.Tensor], traits: Sequence[str],
+                layers: Sequence[int], coefficient: float, cache_file: str | Path | None = None,
+                n_pairs: int | None = None) -> pd.DataFrame:
+    """Steer each trait at ±`coefficient` at each layer; `gap` = score(+c) − score(−c).
+
+    Rows: trait, layer, coefficient, score_plus, score_minus, gap.
+    """
+    from .evaluation import contrast_scores
+
+    points = [{"trait": t, "layer": int(layer), "coefficient": float(coefficient)}
+              for t in traits for layer in layers]
+
+    def evaluate(point):
+        scores = {}
+        for sign, label in ((1.0, "score_plus"), (-1.0, "score_minus")):
+            with steered(model, directions[point["trait"]], sign * point["coefficient"],
+                         point["layer"]):
+                scores[label] = contrast_scores(model, tokenizer, [point["trait"]],
+                                                n_pairs=n_pairs)[point["trait"]]
+        return {**scores, "gap": scores["score_plus"] - scores["score_minus"]}
+
+    return run_sweep(points, evaluate, cache_file, desc="steering layers")
+
+
+def best_layer(table: pd.DataFrame) -> int:
+    """The layer whose ±c steering separates the traits' scores most, on average."""
+    return int(table.groupby("layer")["gap"].mean().idxmax())
+
+
+@torch.inference_mode()
+def bridge_cosines(model, tokenizer, vectors: Mapping[str, Any],
+                   directions: Mapping[str, torch.Tensor],
+                   conversations: Sequence[Sequence[Mapping[str, str]]],
+                   alpha: float = 1.0, batch_size: int = 16) -> pd.DataFrame:
+    """Per vector and layer: cosine between the residual shift θ + αφ causes (mean answer
+    activation of the vector model minus the base's, same chats) and the steering direction
+    toward the vector's condition. Rows: condition, trait, level, layer, cosine, shift_norm."""
+    base = answer_activations(model, tokenizer, conversations, batch_size).mean(0)
+    rows = []
+    for condition, vector in vectors.items():
+        trait, level = split_condition(condition)
+        with applied(model, [vector], [alpha], reuse_buffers=True):
+            shift = answer_activations(model, tokenizer, conversations, batch_size).mean(0) - base
+        target = condition_direction(directions, condition)
+        cos = torch.nn.functional.cosine_similarity(shift, target, dim=-1)
+        rows += [{"condition": condition, "trait": trait, "level": level, "layer": i,
+                  "cosine": float(c), "shift_norm": float(shift[i].norm())}
+                 for i, c in enumerate(cos)]
+    return pd.DataFrame(rows)
+
+
+def plot_layer_sweep(table: pd.DataFrame, chosen: int | None = None):
+    """Score separation of ±c steering by layer, one line per trait; the chosen layer dashed."""
+    import matplotlib.pyplot as plt  # plotting only where a figure is drawn
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.lineplot(data=table, x="layer", y="gap", hue="trait", marker="o", ax=ax)
+    if chosen is not None:
+        ax.axvline(chosen, ls="--", color="black", lw=1)
+    ax.set_ylabel("score(+c) − score(−c)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_bridge(table: pd.DataFrame):
+    """Cosine between a vector's residual shift and the steering direction, by layer."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.lineplot(data=table, x="layer", y="cosine", hue="condition", ax=ax)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("cos(shift by θ+φ, steering direction)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
