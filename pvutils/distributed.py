@@ -1,12 +1,14 @@
 """The RQ1/RQ2 grids as Ray tasks: 200 and 128 merged models without writing one of them.
 
 Each Ray worker (an actor holding one GPU, or some CPUs) loads the base model once and
-evaluates points with the same in-place merge as the local sweep (`merging.applied`), so
-the grid needs the base weights once per worker and never a merged model on disk.
-`run_points` is the executor: points and an evaluate callable in, the local loop's row
-dicts out (in point order), so it can stand behind any sweep driver. `run_sweep_ray` adds
-the local sweep's cache: the same file, the same keys, so a grid started on a cluster can
-be finished on a laptop, and the reverse.
+evaluates points with the same in-place merge and measure as the local sweep
+(`sweeps.applying`, `merging.applied`, `sweeps._contrast`), so the grid needs the base
+weights once per worker and never a merged model on disk. `run_points` is the executor:
+points and an evaluate callable in, each point's result rows out. `run_sweep_ray` puts it
+behind the local cache: it takes a `sweeps` plan, sends only the points whose JSON file is
+missing, and writes each result to the very file `sweeps.run_sweep` would, as it arrives.
+The grids then return the local driver's table (`sweeps.vector_sweep`, which finds every
+point cached), so a grid started on a cluster can be finished on a laptop, and the reverse.
 
 `ray` is an optional extra (`pip install -e .[ray]`); local execution stays the default.
 """
@@ -20,7 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from .artifacts import fingerprint, read_json, write_json
+from . import cache, progress, sweeps
+from .artifacts import write_json
+from .personas import split_condition
 
 Point = Mapping[str, Any]
 Rows = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -41,15 +45,14 @@ class _Worker:
         self.evaluate = evaluate
 
     def run(self, index: int, point: Point) -> tuple[int, list[dict]]:
-        result = self.evaluate(point)
-        results = [result] if isinstance(result, Mapping) else list(result)
-        return index, [{**point, **r} for r in results]
+        out = self.evaluate(point)
+        return index, [dict(out)] if isinstance(out, Mapping) else [dict(r) for r in out]
 
 
 def run_points(points: Sequence[Point], evaluate: Callable[[Point], Rows],
                num_workers: int = 1, num_cpus: float = 1, num_gpus: float = 0,
-               on_result: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
-    """Evaluate every point on Ray actors; the rows `{**point, **result}` in point order.
+               on_result: Callable[[int, list[dict]], None] | None = None) -> list[list[dict]]:
+    """Evaluate every point on Ray actors; each point's result rows, in point order.
 
     `evaluate` is pickled once per actor (give it a model *name*, not a loaded model, and
     load lazily: see `ContrastPoint`). `num_gpus=1` gives each actor its own GPU (Ray sets
@@ -59,7 +62,7 @@ def run_points(points: Sequence[Point], evaluate: Callable[[Point], Rows],
     if not points:
         return []
     ray = _ray()
-    from ray.util import ActorPool
+    from ray.util import ActorPool  # part of the optional ray
 
     worker = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_Worker)
     shared = ray.put(evaluate)
@@ -70,29 +73,34 @@ def run_points(points: Sequence[Point], evaluate: Callable[[Point], Rows],
         by_index[index] = rows
         if on_result is not None:
             on_result(index, rows)
-    return [row for i in range(len(points)) for row in by_index[i]]
+    return [by_index[i] for i in range(len(points))]
 
 
-def run_sweep_ray(points: Sequence[Point], evaluate: Callable[[Point], Rows],
-                  cache_file: str | Path | None = None, **resources: Any) -> pd.DataFrame:
-    """`analysis.run_sweep` on Ray: same cache file and keys, same table.
+def point_files(plan: sweeps.Plan, profile: Any,
+                inputs: Mapping[str, Any] | None = None) -> list[Path]:
+    """Each point's cache file, as `sweeps.run_sweep` names it (stage key, point key)."""
+    stage, points, extra = plan
+    entry = stage.entry(stage.key(profile, *extra))
+    ids = {name: cache.identity(v) for name, v in (inputs or {}).items()
+           if any(name in p.get("_uses", ()) for p in points)}
+    return [entry / "points" / f"{sweeps.point_key(p, ids)}.json" for p in points]
 
-    Points already in the cache are not sent to Ray; each finished point is written to the
-    cache as it arrives (atomically), so a killed grid resumes, locally or on Ray.
+
+def run_sweep_ray(plan: sweeps.Plan, profile: Any, evaluate: Callable[[Point], Rows],
+                  inputs: Mapping[str, Any] | None = None, **resources: Any) -> int:
+    """Compute on Ray the points of `plan` that the local cache lacks; how many it computed.
+
+    Each result is written (atomically) to the file `sweeps.run_sweep` reads, as it
+    arrives, so a killed grid resumes, locally or on Ray. `resources` go to `run_points`.
     """
-    done: dict[str, list[dict]] = {}
-    if cache_file is not None and Path(cache_file).exists():
-        done = read_json(cache_file)
-    keys = [fingerprint(dict(p)) for p in points]
-    todo = [i for i, k in enumerate(keys) if k not in done]
-
-    def store(j: int, rows: list[dict]) -> None:
-        done[keys[todo[j]]] = rows
-        if cache_file is not None:
-            write_json(cache_file, done)
-
-    run_points([points[i] for i in todo], evaluate, on_result=store, **resources)
-    return pd.DataFrame([row for k in keys for row in done[k]])
+    stage, points, _ = plan
+    todo = [(p, f) for p, f in zip(points, point_files(plan, profile, inputs))
+            if not f.exists()]
+    progress.log(f"stage {stage.name} on Ray: {len(points) - len(todo)} of {len(points)} "
+                 f"points cached, {len(todo)} to compute")
+    run_points([p for p, _ in todo], evaluate,
+               on_result=lambda j, rows: write_json(todo[j][1], rows), **resources)
+    return len(todo)
 
 
 # --- the chapters' grids as picklable evaluators ----------------------------------------
@@ -100,21 +108,23 @@ def run_sweep_ray(points: Sequence[Point], evaluate: Callable[[Point], Rows],
 
 @dataclass
 class _ModelPoint:
-    """Loads the base model on first use in its worker, then keeps it (one load per actor)."""
+    """Loads the profile's base model on first use in its worker, then keeps it (one load
+    per actor). `profile` is a plain Profile (a view is unwrapped: it does not pickle)."""
 
-    model: str
+    profile: Any
     vectors: dict[str, str]
-    dtype: str = "float32"
-    device: str = "cpu"
-    n_pairs: int | None = None
     _loaded: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.profile = cache.unwrap(self.profile)
 
     def loaded(self):
         if self._loaded is None:
-            from . import models
+            from . import models  # transformers: loaded in the worker, not when pickled
 
-            self._loaded = (models.load_model(self.model, self.dtype, self.device),
-                            models.load_tokenizer(self.model))
+            P = self.profile
+            self._loaded = (models.load_model(P.model, P.dtype, P.device),
+                            models.load_tokenizer(P.model))
         return self._loaded
 
     def __getstate__(self):  # ship the names, never a loaded model
@@ -124,61 +134,38 @@ class _ModelPoint:
 @dataclass
 class ContrastPoint(_ModelPoint):
     """RQ1: the contrast score of a vector's own trait at (condition, alpha), as
-    `analysis.vector_sweep` computes it."""
+    `sweeps.vector_sweep` measures it (θ + α φ by `sweeps.applying`)."""
 
     def __call__(self, point: Point) -> dict:
-        from .analysis import _at_point
-        from .evaluation import contrast_scores
-
         model, tok = self.loaded()
-        trait, level = point["condition"].rsplit("_", 1)
-        with _at_point(model, self.vectors, point):
-            score = contrast_scores(model, tok, [trait], n_pairs=self.n_pairs)[trait]
+        P = sweeps.RQ1.view(self.profile)
+        trait, level = sweeps._trait_level(point)
+        with sweeps.applying(model, self.vectors)(dict(point)):
+            score = sweeps._contrast(model, tok, [trait], P)[trait]
         return {"trait": trait, "level": level, "score": score}
 
 
 @dataclass
 class CompositionPoint(_ModelPoint):
-    """RQ2: one merged profile (one vector per trait, a shared alpha, a merge method), as
-    `analysis.composition_sweep` computes it."""
-
-    profiles: list[dict[str, str]] = field(default_factory=list)
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """RQ2: one merged profile (the point's `_uses` vectors, a shared alpha, a merge method
+    of `sweeps.merge_methods`), as `sweeps.composition_sweep` applies and measures it."""
 
     def __call__(self, point: Point) -> dict:
-        from .evaluation import contrast_scores
-        from .merging import applied
+        from .merging import applied  # merging imports the vectors stack; as sweeps does
 
         model, tok = self.loaded()
-        profile = {_code(p): p for p in self.profiles}[point["profile"]]
-        chosen = [self.vectors[f"{t}_{lv}"] for t, lv in profile.items()]
-        params = dict(self.methods[point["method"]])
-        method, alpha = params.pop("method"), point["alpha"]
+        P = sweeps.RQ2.view(self.profile)
+        params = dict(sweeps.merge_methods(P)[point["method"]])
+        method, alpha, chosen = params.pop("method"), point["alpha"], point["_uses"]
         weights = [alpha] * len(chosen)
         if params.pop("scale", "weight") == "lambda":
             weights, params = [1.0] * len(chosen), {**params, "normalize": True, "lambda_": alpha}
-        with applied(model, chosen, weights, method=method, reuse_buffers=True, **params):
-            scores = contrast_scores(model, tok, list(profile), n_pairs=self.n_pairs)
-        targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in profile.items()}
+        levels = dict(map(split_condition, chosen))
+        with applied(model, [self.vectors[c] for c in chosen], weights, method=method,
+                     reuse_buffers=True, **params):
+            scores = sweeps._contrast(model, tok, list(levels), P)
+        targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in levels.items()}
         return {**targets, **scores}
-
-
-def _code(profile: Mapping[str, str]) -> str:
-    return "".join(lv[0].upper() for lv in profile.values())
-
-
-def vector_points(vectors: Mapping[str, Any], alphas: Sequence[float]) -> list[dict]:
-    """RQ1's points, exactly the local sweep's (the base once per trait, then vector x alpha)."""
-    from .analysis import _sweep_points
-
-    return _sweep_points(vectors, alphas)
-
-
-def composition_points(profiles: Sequence[Mapping[str, str]], alphas: Sequence[float],
-                       methods: Mapping[str, Any]) -> list[dict]:
-    """RQ2's points, exactly the local sweep's (method x alpha x profile)."""
-    return [{"method": m, "alpha": float(a), "profile": _code(p)}
-            for m in methods for a in alphas for p in profiles]
 
 
 def ray_resources(device: str) -> dict[str, float]:
@@ -186,35 +173,27 @@ def ray_resources(device: str) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": 1 if device.startswith("cuda") else 0}
 
 
-def rq1_grid(profile, vectors: Mapping[str, str | Path], num_workers: int,
-             cache_file: str | Path | None = None) -> pd.DataFrame:
+def _paths(vectors: Mapping[str, str | Path]) -> dict[str, str]:
+    return {k: str(v) for k, v in vectors.items()}
+
+
+def rq1_grid(profile, vectors: Mapping[str, str | Path], num_workers: int) -> pd.DataFrame:
     """RQ1 on Ray: every vector at every alpha of the profile (200 models at paper scale).
 
-    The default cache is the chapter's own (`analysis.sweep_cache(P, "rq1", vectors,
-    P.alphas)`), so the notebook then reads the grid instead of computing it.
+    The points and their cache are `sweeps.vector_sweep`'s, which then returns the table
+    from the cache (no model needed), so the chapter reads the grid instead of computing it.
     """
-    from .analysis import sweep_cache
-
-    cache_file = cache_file or sweep_cache(profile, "rq1", vectors, profile.alphas)
-    evaluate = ContrastPoint(profile.model, {k: str(v) for k, v in vectors.items()},
-                             profile.dtype, profile.device, profile.contrast_pairs)
-    return run_sweep_ray(vector_points(vectors, profile.alphas), evaluate, cache_file,
-                         num_workers=num_workers, **ray_resources(profile.device))
+    P, vecs = sweeps.RQ1.view(profile), _paths(vectors)
+    run_sweep_ray(sweeps.rq1_plan(P, vecs), P, ContrastPoint(P, vecs), vecs,
+                  num_workers=num_workers, **ray_resources(P.device))
+    return sweeps.vector_sweep(None, None, vecs, P)
 
 
-def rq2_grid(profile, vectors: Mapping[str, str | Path], num_workers: int,
-             cache_file: str | Path | None = None) -> pd.DataFrame:
+def rq2_grid(profile, vectors: Mapping[str, str | Path], num_workers: int) -> pd.DataFrame:
     """RQ2 on Ray: 2^k profiles x shared alphas x merge methods (128 models per method
-    family at paper scale: 32 profiles x 4 alphas); cached where the chapter looks."""
-    from .analysis import merge_methods, sweep_cache, trait_profiles
-
-    profiles = trait_profiles(profile.composition_traits)
-    methods = merge_methods(profile)
-    cache_file = cache_file or sweep_cache(profile, "rq2", vectors, profile.composition_traits,
-                                           profile.composition_alphas, methods)
-    evaluate = CompositionPoint(profile.model, {k: str(v) for k, v in vectors.items()},
-                                profile.dtype, profile.device, profile.contrast_pairs,
-                                profiles=profiles, methods=methods)
-    return run_sweep_ray(composition_points(profiles, profile.composition_alphas, methods),
-                         evaluate, cache_file, num_workers=num_workers,
-                         **ray_resources(profile.device))
+    family at paper scale: 32 profiles x 4 alphas); cached where the chapter looks, and
+    returned by `sweeps.composition_sweep` from that cache."""
+    P, vecs = sweeps.RQ2.view(profile), _paths(vectors)
+    run_sweep_ray(sweeps.composition_plan(P), P, CompositionPoint(P, vecs), vecs,
+                  num_workers=num_workers, **ray_resources(P.device))
+    return sweeps.composition_sweep(None, None, vecs, P)

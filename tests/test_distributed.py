@@ -1,13 +1,14 @@
-"""The Ray sweep on a local Ray instance: the same table and the same cache as the local loop."""
+"""The Ray grids on a local Ray instance: the local sweep's table, in the local sweep's cache."""
 
 from __future__ import annotations
+
+import pickle
 
 import pandas as pd
 import pytest
 import torch
 
-from pvutils import analysis, distributed, vectors
-from pvutils.profiles import get_profile
+from pvutils import distributed, get_profile, models, sweeps, vectors
 
 ray = pytest.importorskip("ray", reason="the Ray path needs the optional extra: pip install .[ray]")
 
@@ -24,7 +25,8 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def grid_inputs(tiny_chat_model, tmp_path_factory):
-    """A tiny random Llama with the ChatML tokenizer on disk, and four random vectors."""
+    """A smoke profile on a tiny random Llama (the ChatML tokenizer) saved to disk, and four
+    random vectors; RQ2 composes extraversion and agreeableness by TA and TIES+DARE."""
     model, tok = tiny_chat_model
     root = tmp_path_factory.mktemp("ray-grid")
     model.save_pretrained(root / "model")
@@ -34,54 +36,59 @@ def grid_inputs(tiny_chat_model, tmp_path_factory):
     for cond in CONDITIONS:
         phi = {n: 0.05 * torch.randn(p.shape, generator=gen)
                for n, p in model.named_parameters()}
-        paths[cond] = vectors.save_vector(phi, root / f"{cond}.safetensors", {"condition": cond})
-    return root / "model", {c: str(p) for c, p in paths.items()}
+        paths[cond] = str(vectors.save_vector(phi, root / f"{cond}.safetensors",
+                                              {"condition": cond}))
+    profile = get_profile("smoke", model=str(root / "model"), alphas=(1.5,))
+    return profile, paths
 
 
-def local_model(model_dir):
-    from pvutils import models
-
-    return models.load_model(model_dir), models.load_tokenizer(model_dir)
+def never(point):
+    raise AssertionError(f"{point} should have come from the Ray run's cache")
 
 
-def test_rq1_on_ray_gives_the_local_table_and_cache(local_ray, grid_inputs, tmp_path):
-    model_dir, vecs = grid_inputs
-    alphas = [1.5]
-    local = analysis.vector_sweep(*local_model(model_dir), vecs, alphas, n_pairs=1)
-    cache = tmp_path / "rq1.json"
-    evaluate = distributed.ContrastPoint(str(model_dir), vecs, n_pairs=1)
-    on_ray = distributed.run_sweep_ray(distributed.vector_points(vecs, alphas), evaluate, cache,
-                                       num_workers=1)
-    assert len(on_ray) == 2 + len(CONDITIONS) * len(alphas)  # the base once per trait
-    pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
+def local_table(sweep, profile, vecs, home, monkeypatch) -> pd.DataFrame:
+    """The local driver's table, computed from scratch in its own artifacts dir."""
+    monkeypatch.setenv("PVUTILS_HOME", str(home))
+    return sweep(models.load_model(profile.model), models.load_tokenizer(profile.model), vecs,
+                 profile)
+
+
+def test_rq1_on_ray_is_the_local_table_and_cache(local_ray, grid_inputs, tmp_path, monkeypatch):
+    profile, vecs = grid_inputs
+    local = local_table(sweeps.vector_sweep, profile, vecs, tmp_path / "local", monkeypatch)
+    plan = sweeps.rq1_plan(profile, vecs)
+    # a killed grid resumes: a point already cached (here, the local one) is not sent again
+    monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
+    kept, *computed = distributed.point_files(plan, profile, vecs)
+    kept.parent.mkdir(parents=True)
+    kept.write_text((tmp_path / "local" / kept.relative_to(tmp_path / "ray")).read_text())
+    before = kept.stat().st_ino, kept.stat().st_mtime_ns
+    on_ray = distributed.rq1_grid(profile, vecs, num_workers=1)
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == before  # never rewritten
+    assert all(f.exists() for f in computed)
+    assert len(on_ray) == 2 + len(CONDITIONS)  # the base once per trait, one alpha
     assert on_ray["score"].nunique() > 2  # the vectors do move the scores
-
-    def never(point):
-        raise AssertionError(f"{point} should have come from the Ray run's cache")
-
-    pd.testing.assert_frame_equal(analysis.run_sweep(distributed.vector_points(vecs, alphas),
-                                                     never, cache), local, rtol=1e-6)
+    pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
+    pd.testing.assert_frame_equal(sweeps.run_sweep(plan, profile, never, inputs=vecs), local,
+                                  rtol=1e-6)
 
 
-def test_rq2_on_ray_gives_the_local_table(local_ray, grid_inputs):
-    model_dir, vecs = grid_inputs
-    # TIES+DARE: random masks (seeded per tensor name, so equal in every worker) and TIES
-    methods = analysis.merge_methods(get_profile("smoke", composition_methods=["TIES+DARE"]))
-    profiles = analysis.trait_profiles(["extraversion", "agreeableness"])
-    local = analysis.composition_sweep(*local_model(model_dir), vecs, profiles, [0.3], methods,
-                                       n_pairs=1)
-    evaluate = distributed.CompositionPoint(str(model_dir), vecs, n_pairs=1, profiles=profiles,
-                                            methods=methods)
-    rows = distributed.run_points(distributed.composition_points(profiles, [0.3], methods),
-                                  evaluate, num_workers=1)
-    assert len(rows) == len(methods) * len(profiles)
-    pd.testing.assert_frame_equal(pd.DataFrame(rows), local, rtol=1e-6)
+def test_rq2_on_ray_is_the_local_table_and_cache(local_ray, grid_inputs, tmp_path, monkeypatch):
+    profile, vecs = grid_inputs  # TIES+DARE: random masks, seeded per tensor name
+    local = local_table(sweeps.composition_sweep, profile, vecs, tmp_path / "local",
+                        monkeypatch)
+    monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
+    on_ray = distributed.rq2_grid(profile, vecs, num_workers=1)
+    assert len(on_ray) == 2 * 4  # two methods x one alpha x 2^2 profiles
+    pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
+    pd.testing.assert_frame_equal(
+        sweeps.run_sweep(sweeps.composition_plan(profile), profile, never, inputs=vecs), local,
+        rtol=1e-6)
 
 
 def test_an_evaluator_ships_names_not_a_loaded_model(grid_inputs):
-    import pickle
-
-    model_dir, vecs = grid_inputs
-    evaluate = distributed.ContrastPoint(str(model_dir), vecs, n_pairs=1)
+    profile, vecs = grid_inputs
+    evaluate = distributed.ContrastPoint(sweeps.RQ1.view(profile), vecs)
     evaluate.loaded()
-    assert pickle.loads(pickle.dumps(evaluate))._loaded is None
+    shipped = pickle.loads(pickle.dumps(evaluate))
+    assert shipped._loaded is None and shipped.profile == profile
