@@ -250,16 +250,17 @@ def chat(
     progress: bool = True,
     negative_conversations: Sequence[Sequence[dict]] | None = None,
     guidance_scale: float = 1.0,
-    batched_guidance: bool = True,
+    batched_guidance: bool = False,
 ) -> list[str]:
     """Reply to each conversation (a list of chat messages); greedy when temperature is 0.
 
     With `negative_conversations` and `guidance_scale` g != 1, sampling follows transformers'
     classifier-free guidance: `l_neg + g (l_pos - l_neg)` on log-probabilities. Contrastive
     persona guidance, `l_p + gamma (l_p - l_anti)`, is g = 1 + gamma with the persona's
-    conversation as positive and the opposite persona's as negative. That case runs through
-    `sampling.guided_chat` (both prompts in one forward per step) unless `batched_guidance`
-    is off, which keeps transformers' own (slower, separate-forward) processor.
+    conversation as positive and the opposite persona's as negative. `batched_guidance=True`
+    runs that case through `sampling.guided_chat` (both prompts in one forward per step, each
+    persona prompt prefilled once): token-identical when greedy, but only 1.09x faster in
+    the one benchmark so far (`benchmarks/bench_generation.py`, 32 rows), so it is opt-in.
     """
     if negative_conversations is not None and len(negative_conversations) != len(conversations):
         raise ValueError("negative_conversations must pair one-to-one with conversations")
