@@ -358,7 +358,7 @@ def negation_sweep(model, tokenizer, vectors: Mapping[str, Any], profile) -> pd.
 
 
 def _fidelity(model, tokenizer, P) -> float:
-    from .training import character_fidelity  # training pulls in TRL; only needed here
+    from .fidelity import character_fidelity  # imports TRL (via training); only needed here
 
     return character_fidelity(model, tokenizer, profile=P)
 

@@ -15,7 +15,7 @@ import torch
 from conftest import make_tiny_llama
 from safetensors.torch import load_file
 
-from pvutils import data, models, training, vectors
+from pvutils import data, fidelity, models, training, vectors
 from pvutils.profiles import get_profile
 from pvutils.training import TrainingError
 
@@ -173,14 +173,14 @@ def test_killed_run_resumes_without_retraining(tiny_profile, monkeypatch):
 
 def test_persona_shift_compares_tuned_and_base_answers(tiny_profile, monkeypatch):
     training.train_condition(tiny_profile, "extraversion_high")
-    table = training.persona_shift(tiny_profile, conditions=["extraversion_high"],
+    table = fidelity.persona_shift(tiny_profile, conditions=["extraversion_high"],
                                    prompts=["How was your weekend?", "Any plans tonight?"],
                                    max_new_tokens=6)
     row = table.iloc[0]
     assert row["condition"] == "extraversion_high" and row["n_prompts"] == 2
     assert row["shift"] == pytest.approx(row["tuned"] - row["base"], abs=1e-6)
     with pytest.raises(TrainingError, match="no vector for 'extraversion_low'"):
-        training.persona_shift(tiny_profile, conditions=["extraversion_low"], prompts=["Hi"])
+        fidelity.persona_shift(tiny_profile, conditions=["extraversion_low"], prompts=["Hi"])
 
 
 def test_lora_vector_is_the_merged_low_rank_delta(tiny_profile):
@@ -226,9 +226,9 @@ def test_character_fidelity_counts_the_characters_voice(monkeypatch):
     # 4 keywords (aye, sea, sailor... and not 'calm') over 13 words
     words = "aye the sea was calm that day sailor i had soup for lunch".split()
     expected = 100 * 3 / len(words)
-    assert training.character_fidelity(None, None, prompts=["a", "b"]) == pytest.approx(expected)
+    assert fidelity.character_fidelity(None, None, prompts=["a", "b"]) == pytest.approx(expected)
     with pytest.raises(ValueError, match="unknown character"):
-        training.character_fidelity(None, None, character="nobody")
+        fidelity.character_fidelity(None, None, character="nobody")
 
 
 @pytest.mark.slow

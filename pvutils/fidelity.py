@@ -1,0 +1,100 @@
+"""Did fine-tuning do what it was for? Each vector's persona shift on held-out prompts, and
+how much the role-play model talks like its character (RQ4's fidelity).
+
+Both are judged by the frozen base model or by the character's own keywords, never by the
+model under test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from . import data as pvdata
+from . import models, progress
+from .likelihood import persona_difference
+from .merging import applied
+from .profiles import Profile
+from .training import DEFAULT_CHARACTER, TrainingError, vector_path
+
+
+def persona_preference(scorer, tokenizer, condition: str, prompts: Sequence[str],
+                       answers: Sequence[str], batch_size: int = 16) -> list[float]:
+    """Per answer: log p(answer | condition's persona) − log p(answer | opposite persona).
+
+    Positive means the answer reads more like the condition's persona than its opposite,
+    judged by the frozen base model (per-token means, so length does not matter).
+    """
+    persona, anti = pvdata._condition_personas(condition)
+    pairs = list(zip(prompts, answers, strict=True))
+    return persona_difference(scorer, tokenizer, persona, anti, pairs, batch_size).tolist()
+
+
+def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
+                  prompts: Sequence[str] | None = None, alpha: float = 1.0,
+                  max_new_tokens: int = 40, batch_size: int = 20):
+    """How far each vector moves the base's answers toward its persona (a DataFrame).
+
+    For held-out prompts (never in the training data) the base and the base + α φ answer
+    greedily; the frozen base scores every answer by `persona_preference`. `shift` is the
+    mean per-prompt difference (tuned − base): > 0 means toward the condition's persona.
+    """
+    conditions = list(conditions or profile.conditions)
+    prompts = list(prompts or pvdata.heldout_prompts())
+    scorer = models.load_model(profile.model, dtype=profile.dtype)
+    model = models.load_model(profile.model, dtype=profile.dtype)
+    tok = models.load_tokenizer(profile.model)
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+
+    def answer(m) -> list[str]:
+        replies = models.chat(m, tok, convs, max_new_tokens=max_new_tokens, temperature=0.0,
+                              batch_size=batch_size, progress=False)
+        return [models.trim_to_sentence(r) for r in replies]
+
+    base_answers = answer(model)
+    rows = []
+    for cond in progress.bar(conditions, desc="persona shift"):  # terminal, not page
+        path = vector_path(profile, cond)
+        if not path.exists():
+            raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")
+        with applied(model, [path], [alpha], reuse_buffers=True):
+            tuned_answers = answer(model)
+        base = persona_preference(scorer, tok, cond, prompts, base_answers, batch_size)
+        tuned = persona_preference(scorer, tok, cond, prompts, tuned_answers, batch_size)
+        diffs = torch.tensor(tuned) - torch.tensor(base)
+        rows.append({
+            "condition": cond, "base": float(torch.tensor(base).mean()),
+            "tuned": float(torch.tensor(tuned).mean()), "shift": float(diffs.mean()),
+            "stderr": float(diffs.std() / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0,
+            "share_up": float((diffs > 0).float().mean()), "n_prompts": len(prompts),
+            "example": tuned_answers[0],
+        })
+    return pd.DataFrame(rows)
+
+
+def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
+                       prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                       batch_size: int | None = None, profile: Profile | None = None) -> float:
+    """How much a model talks like the character: its keywords per 100 words of answers.
+
+    Greedy answers to held-out prompts (no system prompt; by default the first 16, or the
+    profile's `n_heldout` if fewer); the keywords are the character's voice (for the sea
+    captain: aye, ship, storm, tide, ...). Cheap enough to call at every point of an (α, β) grid.
+    """
+    if character not in pvdata.CHARACTERS:
+        raise ValueError(f"unknown character {character!r}; characters: "
+                         f"{', '.join(pvdata.CHARACTERS)}")
+    keywords = set(pvdata.CHARACTERS[character]["keywords"])
+    n_prompts = min(16, profile.n_heldout) if profile is not None else 16
+    prompts = list(prompts or pvdata.heldout_prompts()[:n_prompts])
+    max_new_tokens = max_new_tokens or (profile.eval_max_new_tokens if profile else 40)
+    batch_size = batch_size or (profile.eval_batch_size if profile else 16)
+    replies = models.chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                          max_new_tokens=max_new_tokens, temperature=0.0,
+                          batch_size=batch_size, progress=False)
+    words = [w for r in replies for w in re.findall(r"[a-z']+", r.lower())]
+    return 100.0 * sum(w in keywords for w in words) / max(len(words), 1)
