@@ -20,7 +20,7 @@ import torch
 
 from ..vectors import MergeError
 
-TILE = 1 << 20  # entries per tile of the element-wise loops: cache-resident, few op calls
+TILE = 1 << 22  # entries per tile of the element-wise loops: cache-resident, few op calls
 Blocks = torch.Tensor | Callable[[], Iterable[torch.Tensor]]
 
 
@@ -195,17 +195,24 @@ def weighted_sum(deltas: Iterable[torch.Tensor], weights: Sequence[float],
         flat = d.reshape(-1)
         if out is None:
             out = torch.empty(d.shape, dtype=torch.float32, device=d.device)
-        acc = out.reshape(-1)
+        acc, first = out.reshape(-1), base.reshape(-1) if base is not None else None
+        direct = i == 0 and acc.dtype == torch.float32  # the first product goes straight in
+        if direct:  # two whole-tensor ops: each op call can wait ms for a busy thread
+            torch.mul(flat, w, out=acc)
+            if first is not None:
+                acc.add_(first)  # fl(w δ) + θ: the same sum as θ + fl(w δ)
+            continue
         if scratch is None:
             scratch = torch.empty(min(TILE, flat.numel()), dtype=torch.float32, device=d.device)
         for a in range(0, flat.numel(), TILE):
             b = min(a + TILE, flat.numel())
             tmp = torch.mul(flat[a:b], w, out=scratch[:b - a])
-            first = base.reshape(-1)[a:b] if base is not None else None
-            if i == 0 and first is None:
+            if i > 0:
+                acc[a:b].add_(tmp)
+            elif first is None:
                 acc[a:b].copy_(tmp)
             else:
-                torch.add(first if i == 0 else acc[a:b], tmp, out=acc[a:b])
+                torch.add(first[a:b], tmp, out=acc[a:b])
     if out is None:
         raise MergeError("nothing to merge: no deltas given")
     return out
