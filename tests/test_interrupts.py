@@ -8,7 +8,6 @@ A sweep killed half-way resumes from its cache and ends with the same numbers.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
