@@ -6,7 +6,7 @@ import importlib
 import sys
 
 from . import configure_torch_env
-from .outputs import run_cli
+from .outputs import exit_on_sigterm, run_cli
 
 # command -> (module, function taking argv and returning an exit code)
 COMMANDS = {
@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module, func, _ = COMMANDS[argv[0]]
     configure_torch_env()  # before the command's module imports torch
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     command = getattr(importlib.import_module(module), func)
     return run_cli(command, argv[1:])  # bad input: one line, exit 1; SIGTERM: cleanup, 143
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -180,6 +180,17 @@ def run_cli(command: Callable[[list[str]], int | None], argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def exit_on_sigterm() -> None:
+    """For a command-line process: a SIGTERM outside a running command (nothing half-written
+    then) exits 143 at once. Without it, one arriving just after a command finished — when
+    `run_cli` has put back the default handler — would kill the process with -15."""
+    def _exit(signum, frame):
+        print("terminated (SIGTERM)", file=sys.stderr, flush=True)
+        os._exit(EXIT_TERMINATED)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def report_error(err: BaseException | str) -> int:
     """Print `error: <one line, redacted>` to stderr; return the bad-input exit code."""
     print(f"error: {one_line(redact(str(err)))}", file=sys.stderr)

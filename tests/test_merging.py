@@ -468,8 +468,6 @@ def test_nan_half_way_restores_the_model():
      r"models\[0\].parameters.density: Input should be greater than 0 \(got 0\)"),
     (lambda c, r: c["models"][1]["parameters"].update(weight="big"),
      r"models\[1\].parameters.weight: Input should be a valid number"),
-    (lambda c, r: c["models"][1]["parameters"].update(weight=yaml.safe_load("w: 1e30")["w"]),
-     r"models\[1\].parameters.weight: .*got '1e30', a string: YAML reads 1e30"),
     (lambda c, r: c.update(merge_methd="ties"), "merge_methd: unknown field"),
     (lambda c, r: c.update(parameters={"normalise": True}), "parameters.normalise: unknown field"),
     (lambda c, r: c.update(max_shard_size=-1), r"max_shard_size: .*greater than 0.*\(got -1\)"),

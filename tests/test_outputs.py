@@ -102,7 +102,7 @@ class EchoingEndpoint(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_openai_judge_never_shows_the_key_or_the_url_password(isolated_home):
-    from pvutils.evaluation import JudgeError, OpenAIJudge
+    from pvutils.judges import JudgeError, OpenAIJudge
 
     server = http.server.HTTPServer(("127.0.0.1", 0), EchoingEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..vectors import MergeError, TensorSource, check_compatible, open_tensors
+from ..vectors import MergeError, TensorSource, check_compatible, open_vector
 from . import functional as F
 from .engine import Engine, Input
 from .options import MergeParams, check_weights, parse_params
@@ -132,7 +132,7 @@ def open_all(vectors: Sequence[TensorLike]) -> list[TensorSource]:
     """Tensor sources for a list of vectors, checked against each other."""
     if isinstance(vectors, (str, Path, Mapping)):
         raise MergeError("pass a list of vectors, e.g. [vector] — not a single vector")
-    sources = [open_tensors(v) for v in vectors]
+    sources = [open_vector(v) for v in vectors]  # a model directory is refused
     if not sources:
         raise MergeError("nothing to merge: no vectors given")
     for i, src in enumerate(sources):

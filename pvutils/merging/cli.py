@@ -8,7 +8,6 @@ import fnmatch
 import json
 import math
 import shutil
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -17,13 +16,18 @@ import yaml
 
 from ..artifacts import atomic_dir
 from ..models import ModelError, resolve_model_dir
+from ..outputs import check_local_path, check_output, report_error, write_marker
 from ..vectors import (
     MergeError,
     StreamingSafetensorsWriter,
     TensorSource,
     check_compatible,
     check_finite,
+    check_vector,
+    check_weights,
     open_tensors,
+    open_vector,
+    weights_fingerprint,
 )
 from .api import iter_merged_blocks, select_names
 from .config import MergeConfig, load_config
@@ -69,23 +73,34 @@ class LastBlock(TensorSource):
 
 
 def merge_from_config(config: str | Path | Mapping, out_dir: str | Path,
-                      accelerate: str | None = None) -> Path:
+                      accelerate: str | None = None, overwrite: bool = False,
+                      allow_foreign_base: bool = False) -> Path:
     """Run a mergekit-style merge and write a loadable model directory.
 
     Output weights are θ_base + merged delta in `dtype` (default: the base's), sharded like
     `save_pretrained` above `max_shard_size`; config, tokenizer and generation config are
     copied from the base. `accelerate="numba"`: the compiled TIES kernel (same result).
+    An existing output is refused unless `overwrite` and pvutils wrote it (its marker); a
+    vector made from another base is refused unless `allow_foreign_base`.
     """
     cfg, _ = load_config(dict(config) if isinstance(config, Mapping) else config)
     base_dir = Path(_local_model(cfg.base_model, "base_model"))
+    sources = [e.model or e.vector for e in cfg.entries]
+    check_output(out_dir, [base_dir, *sources]
+                 + ([] if isinstance(config, Mapping) else [config]), overwrite)
     base = LastBlock(open_tensors(base_dir))
     inputs = [_input(entry, base) for entry in cfg.entries]
     names = base.keys()
     chosen = select_names(names, cfg.include, cfg.exclude)
     for entry, inp in zip(cfg.entries, inputs, strict=True):
         if entry.vector is not None:
-            check_compatible(base, inp.source, what="vector", names=chosen, allow_float32=True)
+            check_vector(base.inner, inp.source, chosen, lambda: [weights_fingerprint(base.inner)],
+                         allow_foreign_base)
     out_dtype = DTYPES[cfg.out_dtype or cfg.dtype] if (cfg.out_dtype or cfg.dtype) else None
+    check_weights([e.parameters.weight for e in cfg.entries], out_dtype or torch.float32,
+                  where="models[].parameters.weight"
+                  + (f" (out_dtype {cfg.out_dtype or cfg.dtype})" if out_dtype else ""))
+    check_weights([cfg.parameters.lambda_], out_dtype or torch.float32, where="parameters.lambda")
     specs = [(n, base.shape(n), out_dtype if out_dtype and base.dtype(n).is_floating_point
               else base.dtype(n)) for n in names]
     blocks = iter_merged_blocks(inputs, [e.parameters.weight for e in cfg.entries], chosen,
@@ -99,18 +114,15 @@ def _input(entry, base: TensorSource) -> Input:
         model = open_tensors(_local_model(entry.model, "model"))
         check_compatible(base, model, what="model")
         return Input(model, base)
-    vector = open_tensors(entry.vector)
-    extra = sorted(set(vector.keys()) - set(base.keys()))
-    if extra:
-        raise MergeError(f"vector {vector.label} has {len(extra)} tensor(s) the base lacks, "
-                         f"e.g. {extra[:3]}")
-    return Input(vector)
+    check_local_path(entry.vector, "vector", MergeError)
+    return Input(open_vector(entry.vector))
 
 
 def write_model(out_dir: Path, base_dir: Path, base: TensorSource, specs: Sequence[Spec],
                 blocks: Blocks, cfg: MergeConfig, out_dtype: torch.dtype | None) -> Path:
     """θ_base + merged blocks, shard by shard, plus the base's non-weight files."""
     with atomic_dir(out_dir) as tmp:
+        write_marker(tmp, "merge")
         _copy_model_files(base_dir, tmp, out_dtype)
         pending = next(blocks, None)
         shards = plan_shards(specs, cfg.max_shard_size)
@@ -118,15 +130,17 @@ def write_model(out_dir: Path, base_dir: Path, base: TensorSource, specs: Sequen
             writer = StreamingSafetensorsWriter(tmp / shard_name, shard_specs, {"format": "pt"})
             for name, _, dtype in shard_specs:
                 if pending is None or pending[0] != name:  # not merged: the base's tensor
-                    tensor = base.get(name)
-                    check_finite(tensor, name, base.label)
-                    writer.write(name, tensor.to(dtype))
+                    tensor = base.get(name).to(dtype)
+                    check_finite(tensor, name, f"{base.label} (in {dtype})")
+                    writer.write(name, tensor)
                 while pending is not None and pending[0] == name:
                     _, start, stop, block = pending
                     rows = base.block(name, (start, stop))
                     pending = next(blocks, None)
                     last = pending is None or pending[0] != name
-                    writer.write_part(name, block.add_(rows).to(dtype), last=last)
+                    block = block.add_(rows).to(dtype)
+                    check_finite(block, name, f"merged model (overflows {dtype})")
+                    writer.write_part(name, block, last=last)
             writer.close()
         if len(shards) > 1:
             _write_index(tmp, specs, shards)
@@ -163,6 +177,7 @@ def _write_index(out: Path, specs: Sequence[Spec], shards) -> None:
 
 
 def _local_model(name: str, field_name: str) -> str:
+    check_local_path(name, field_name, MergeError)
     try:
         resolved = resolve_model_dir(name)
     except ModelError as err:
@@ -197,14 +212,20 @@ def cli_merge(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--accelerate", choices=["numba", "none"], default="numba",
                         help="compiled kernels where one exists (TIES); same results")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output that pvutils wrote")
+    parser.add_argument("--allow-foreign-base", action="store_true",
+                        help="merge vectors made from another base model")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     accelerate = None if args.accelerate == "none" else args.accelerate
     try:
-        out = merge_from_config(args.config, args.out_dir, accelerate)
-    except MergeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        out = merge_from_config(args.config, args.out_dir, accelerate, overwrite=args.overwrite,
+                                allow_foreign_base=args.allow_foreign_base)
+    except ValueError as err:
+        return report_error(err)
     print(out)
     return 0

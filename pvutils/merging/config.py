@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -36,6 +37,18 @@ from ..vectors import MergeError
 from .options import Fraction, Number, one_line
 from .registry import METHODS
 
+
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads `1e30` (no decimal point) as a string: a numeric string is a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+YamlNumber = Annotated[Number, BeforeValidator(_yaml_number)]
 Gamma = Annotated[Number, Field(ge=0, lt=1)]
 DType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half"]
 SHARED = ("normalize", "lambda", "rescale", "int8_mask", "trim_scope", "mask_strategy", "seed",
@@ -49,7 +62,7 @@ class Strict(BaseModel):
 
 
 class ModelParameters(Strict):
-    weight: Number | None = None  # required for every model but the base
+    weight: YamlNumber | None = None  # required for every model but the base
     density: Fraction = 1.0
     gamma: Gamma | None = None  # breadcrumbs
     epsilon: Annotated[Number, Field(gt=0, lt=0.5)] | None = None  # della
@@ -76,7 +89,7 @@ class ModelEntry(Strict):
 
 class SharedParameters(Strict):
     normalize: StrictBool | None = None
-    lambda_: Number = Field(1.0, alias="lambda")
+    lambda_: YamlNumber = Field(1.0, alias="lambda")
     rescale: StrictBool | Literal["l1", "inverse"] | None = None
     int8_mask: StrictBool = False  # mergekit's memory option; the result is the same
     trim_scope: Literal["per_tensor", "global"] = "per_tensor"
@@ -165,13 +178,16 @@ def load_config(config: str | Path | dict) -> tuple[MergeConfig, str]:
         data, where = config, "merge config"
     else:
         path = Path(config)
-        if not path.exists():
-            raise MergeError(f"{path}: no such merge config")
+        if not path.is_file():
+            raise MergeError(f"{path}: no such merge config (a YAML file)")
         where = str(path)
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise MergeError(f"{where}: malformed YAML ({' '.join(str(err).split())})") from err
+            raise MergeError(f"{where}: malformed YAML ({' '.join(str(err).split())})") from None
+        except UnicodeDecodeError as err:
+            raise MergeError(f"{where}: not a text file ({err.reason} at byte {err.start})"
+                             ) from None
     try:
         return MergeConfig.model_validate(data), where
     except ValidationError as err:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from ..vectors import MergeError, TensorSource, check_finite
+from ..vectors import TensorSource, check_finite, check_vectors_for_model
+from ..vectors import check_weights as check_representable
 from . import functional as F
 from .api import TensorLike, iter_merged_blocks, open_all, select_names
 from .engine import Input
@@ -20,6 +20,7 @@ SMALL_TENSOR = 1 << 22  # below this an element-wise op is faster on one thread
 _SPARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {name: tensor}
 # in-memory deltas already checked, by id (a WeakSet would compare tensors elementwise)
 _CHECKED_FINITE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_MAX_ABS: dict[int, float] = {}  # id -> max |x| of a live tensor in _CHECKED_FINITE / a θ
 
 
 @contextlib.contextmanager
@@ -27,7 +28,7 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
             method: str = "task_arithmetic", trim_scope: str = "per_tensor",
             include: str | Sequence[str] | None = None,
             exclude: str | Sequence[str] | None = None, reuse_buffers: bool = False,
-            **params: Any) -> Iterator[torch.nn.Module]:
+            allow_foreign_base: bool = False, **params: Any) -> Iterator[torch.nn.Module]:
     """Temporarily set θ = θ_model + merge(vectors): α sweeps without writing models.
 
     Each touched parameter gets a new tensor (θ + Δ) while its old tensor is kept aside, so
@@ -38,11 +39,19 @@ def applied(model: torch.nn.Module, vectors: Sequence[TensorLike], weights: Sequ
     `reuse_buffers=True` keeps the merged tensors after exit and writes the next merge into
     them: no fresh allocation (its page faults cost more than the add on a CPU), at the
     price of one extra copy of the touched weights held until `release_buffers(model)`.
+
+    The vectors must pass the rules `merge` applies (`vectors.check_vectors_for_model`: every
+    selected parameter, the model's shapes, its base fingerprint unless
+    `allow_foreign_base`), and every merged weight must be finite in the model's dtype.
     """
     sources = open_all(vectors)
     params_by_name = dict(model.named_parameters(remove_duplicate=False))
+    required = select_names([n for n, _ in model.named_parameters()], include, exclude)
+    check_vectors_for_model(model, sources, required, allow_foreign_base)
     names = _touched(params_by_name, sources, include, exclude)
     weights = check_weights(weights, len(sources))
+    dtype = params_by_name[names[0]].dtype if names else torch.float32
+    weights = check_representable(weights, dtype)
     opts = parse_params(method, params)
     originals: dict[str, torch.Tensor] = {}
     spares = _SPARES.setdefault(model, {}) if reuse_buffers else {}
@@ -71,20 +80,8 @@ def release_buffers(model: torch.nn.Module) -> None:
 
 def _touched(params_by_name: dict, sources: Sequence[TensorSource], include, exclude
              ) -> list[str]:
-    """The selected parameter names, each tied parameter once; vectors checked against
-    the model's names and shapes (not dtypes: a bfloat16 vector may move a float32 model)."""
-    for src in sources:
-        extra = [n for n in src.keys() if n not in params_by_name]
-        if extra:
-            raise MergeError(f"{src.label} has {len(extra)} tensor(s) the model lacks, "
-                             f"e.g. {extra[:3]}")
-        for n in src.keys():
-            have, want = tuple(src.shape(n)), tuple(params_by_name[n].shape)
-            if have != want:
-                vocab = " (different vocabulary sizes)" if have[1:] == want[1:] and \
-                    ("embed" in n or "lm_head" in n) else ""
-                raise MergeError(f"{src.label}: tensor {n!r} has shape {list(have)}, the "
-                                 f"model's is {list(want)}{vocab}")
+    """The selected parameter names, each tied parameter once (the vectors were checked
+    against the model by `check_vectors_for_model`)."""
     names, seen = [], set()
     for n in select_names(sources[0].keys(), include, exclude):
         if id(params_by_name[n]) not in seen:
@@ -110,13 +107,14 @@ def _add_task_arithmetic(params_by_name, sources, weights, names, originals, spa
 def _add_deltas(params_by_name, sources, weights, names, originals, spares) -> None:
     for name in names:
         param = params_by_name[name]
-        deltas = (_checked(src, name).to(param.device) for src in sources)
-        new = F.weighted_sum(deltas, weights, base=param.data,
+        deltas = [_checked(src, name) for src in sources]
+        # |θ + Σ w δ| <= max|θ| + Σ |w| max|δ|: only when that bound nears the dtype's range
+        # can the sum overflow, and only then is the merged tensor scanned
+        bound = _max_abs(param.data) + sum(abs(w) * _max_abs(d) for w, d in zip(weights, deltas))
+        new = F.weighted_sum((d.to(param.device) for d in deltas), weights, base=param.data,
                              out=_spare_or_new(spares, name, param.data))
-        # finite θ and δ with finite weights overflow only where the dtype's range is small
-        if new.dtype in (torch.float16, torch.float8_e4m3fn, torch.float8_e5m2) and \
-                not math.isfinite(float(new.float().sum())):
-            raise MergeError(f"merged tensor {name!r} overflowed {new.dtype}")
+        if not bound < torch.finfo(new.dtype).max / 2:
+            check_finite(new, name, f"merged model (weights x vectors overflow {new.dtype})")
         _swap(params_by_name, name, new, originals)
 
 
@@ -127,6 +125,7 @@ def _add_blocks(params_by_name, blocks, originals, spares) -> None:
         param = params_by_name[name]
         if name != current:
             if current is not None:
+                check_finite(new, current, f"merged model (overflows {new.dtype})")
                 _swap(params_by_name, current, new, originals)
             current, new = name, _spare_or_new(spares, name, param.data)
         rows = slice(None) if stop < 0 else slice(start, stop)
@@ -136,6 +135,7 @@ def _add_blocks(params_by_name, blocks, originals, spares) -> None:
         else:
             new[rows] = (param.data[rows].float() + block).to(param.dtype)
     if current is not None:
+        check_finite(new, current, f"merged model (overflows {new.dtype})")
         _swap(params_by_name, current, new, originals)
 
 
@@ -155,6 +155,19 @@ def _checked(src: TensorSource, name: str) -> torch.Tensor:
         check_finite(delta, name, src.label)
         _CHECKED_FINITE[id(delta)] = delta
     return delta
+
+
+def _max_abs(tensor: torch.Tensor) -> float:
+    """max |x|, computed once per live tensor object (a sweep adds the same θ and δ again
+    and again); forgotten when the tensor is freed."""
+    key = id(tensor)
+    if _CHECKED_FINITE.get(key) is tensor and key in _MAX_ABS:
+        return _MAX_ABS[key]
+    value = float(tensor.abs().max()) if tensor.numel() else 0.0
+    _CHECKED_FINITE[key] = tensor
+    _MAX_ABS[key] = value
+    weakref.finalize(tensor, _MAX_ABS.pop, key, None)
+    return value
 
 
 @contextlib.contextmanager
