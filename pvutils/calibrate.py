@@ -18,11 +18,11 @@ import numpy as np
 import yaml
 from scipy.optimize import isotonic_regression
 
-from .analysis import sweep_cache
 from .artifacts import artifacts_dir
 from .harness import dose_sweep, item_bootstrap, keyed_matrix, vector_dial
 from .merging import merge_from_config
 from .models import load_model, load_tokenizer, resolve_model_dir
+from .pointcache import chapter_cache as sweep_cache
 from .profiles import get_profile
 from .training import vector_path
 

@@ -1,7 +1,7 @@
 """Capability cost of a trait dial: what the model can no longer do at a setting.
 
 Two cheap, deterministic checks: perplexity on held-out ordinary prose
-(`analysis.HELD_OUT_TEXT`), and short factual questions (`resources/factual_questions.json`)
+(`side_effects.held_out_text()`), and short factual questions (`resources/factual_questions.json`)
 answered greedily, each kept in the file only if the embedded base model answers it right
 (`verify_questions`), so the base scores 1.0 by construction and any drop is a cost.
 """
@@ -16,8 +16,8 @@ from importlib import resources
 
 import pandas as pd
 
-from .analysis import HELD_OUT_TEXT, perplexity
 from .models import chat
+from .side_effects import held_out_text, perplexity
 
 ANSWER_PROMPT = "Answer the question with a word or a short phrase."
 
@@ -58,7 +58,7 @@ def capability(model, tokenizer, n_questions: int | None = None,
     prose with no prompt: a prompt-only dial (P2) leaves it unchanged by construction."""
     facts = factual_answers(model, tokenizer, factual_questions()[:n_questions],
                             max_new_tokens=max_new_tokens, persona=persona)
-    return {"perplexity": perplexity(model, tokenizer, HELD_OUT_TEXT),
+    return {"perplexity": perplexity(model, tokenizer, held_out_text()),
             "factual": float(facts["correct"].mean())}
 
 

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import run_sweep
 from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE, npti_intervention, npti_neurons
+from .bfi import ITEMS_BY_NUMBER
 from .capability import capability
-from .evaluation import ITEMS_BY_NUMBER, REAL_PERSON_PROMPT, contrast_item_scores
+from .evaluation import REAL_PERSON_PROMPT, contrast_item_scores
 from .merging import applied
 from .personas import split_condition
+from .pointcache import run_points as run_sweep
 from .profiles import TRAITS
 from .steering import condition_direction, steered
 

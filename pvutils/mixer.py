@@ -1,7 +1,7 @@
 """The trait mixer: precomputed answers over a grid of (vector, α) and two-trait mixes,
 shown with sliders on a plain HTML/JS page that works offline (no server, no CDN).
 
-`mixer_sweep` is a resumable sweep (`analysis.run_sweep`) that records, at every grid
+`mixer_sweep` is a resumable sweep (`pointcache.run_points`) that records, at every grid
 point, the embedded model's greedy answers to a few held-out questions and the
 likelihood-contrast score of each trait in the mix; `mixer_html` renders only what that
 sweep measured. The page is a fragment (one <div> and one <script>) so a notebook can
@@ -19,12 +19,12 @@ from typing import Any
 
 import pandas as pd
 
-from .analysis import run_sweep
 from .artifacts import atomic_path, fingerprint
 from .evaluation import REAL_PERSON_PROMPT, contrast_scores
 from .merging import applied
 from .models import chat, trim_to_sentence
 from .personas import split_condition
+from .pointcache import run_points as run_sweep
 
 
 def mixer_points(mixes: Mapping[str, Sequence[str]], alphas: Sequence[float]) -> list[dict]:

@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .analysis import run_sweep
 from .artifacts import atomic_path
 from .merging import applied
 from .personas import split_condition
+from .pointcache import run_points as run_sweep
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -441,3 +441,4 @@ PLANS = {
     RQ1_NPTI.name: npti_plan, RQ2.name: composition_plan, RQ3.name: negation_plan,
     RQ4.name: transfer_plan, LAYERWISE.name: layerwise_plan,
 }
+

@@ -80,7 +80,11 @@ READERS = {
 
 # notebook parameters that are not Profile fields -> the stages they reach
 PAGE_ONLY = {"profile": "selects the profile", "seed": None, "density": None,
-             "max_new_tokens": None, "example_condition": None, "example_question": None}
+             "max_new_tokens": None, "example_condition": None, "example_question": None,
+             # chapter 06's own settings: its caches key them as inputs (pointcache)
+             **dict.fromkeys(["steering_coefficients", "n_questions", "steering_layer_step",
+                              "ranks", "steering_probe", "mixer_alphas", "p2_intensities",
+                              "dial_targets"])}
 NOTEBOOK_INPUTS = {"judges": ["embedding"], "transfer_conditions": ["agreeableness_low"]}
 NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-transfer"}}
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pvutils.calibrate import DialError, dial_alpha, invert, mergekit_config, monotone_fit
-from pvutils.merging import parse_config
+from pvutils.merging import load_config
 
 
 def linear_sweep(slope=1.0, noise=0.0, n_items=8, seed=0):
@@ -52,8 +52,8 @@ def test_unreachable_target_names_the_range():
 
 def test_mergekit_config_is_a_valid_pvutils_merge_config(tmp_path):
     config = mergekit_config("/models/base", tmp_path / "v.safetensors", 0.73)
-    plan = parse_config(yaml.safe_load(yaml.safe_dump(config)))
-    assert plan.method == "task_arithmetic" and plan.entries[0]["weight"] == 0.73
+    cfg, _ = load_config(yaml.safe_load(yaml.safe_dump(config)))
+    assert cfg.merge_method == "task_arithmetic" and cfg.entries[0].parameters.weight == 0.73
 
 
 def test_resamples_that_miss_the_target_make_the_interval_unbounded():

@@ -43,7 +43,7 @@ def test_page_data_keys_points_by_their_alphas():
 
 def test_sweep_records_answers_and_scores_per_point(tiny_chat_model, tmp_path):
     model, tok = tiny_chat_model
-    vec = {n: 0.0 * p.detach() for n, p in model.named_parameters() if n.endswith("up_proj.weight")}
+    vec = {n: 0.0 * p.detach() for n, p in model.named_parameters()}  # a whole (zero) vector
     table = mixer_sweep(model, tok, {"extraversion_high": vec}, {"e": ["extraversion_high"]},
                         [1.0], ["How are you?"], tmp_path / "m.json", max_new_tokens=3, n_pairs=1)
     assert table["alphas"].tolist() == [[0.0], [1.0]]

@@ -115,7 +115,8 @@ def test_bridge_cosine_is_plus_or_minus_one_for_a_shift_along_the_direction(tiny
     d = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(2))
     name = f"model.layers.{n_layers - 1}.mlp.down_proj.weight"
     width = dict(model.named_parameters())[name].shape[1]
-    delta = {name: torch.outer(d, torch.ones(width) / width)}
+    delta = {n: torch.zeros_like(p) for n, p in model.named_parameters()}  # a whole vector
+    delta[name] = torch.outer(d, torch.ones(width) / width)
     directions = {"extraversion": torch.stack([d] * n_layers)}
     table = bridge_cosines(model, tok, {"extraversion_high": delta, "extraversion_low": delta},
                            directions, chats(["Fine, thanks.", "Busy but good."]))

@@ -141,8 +141,10 @@ def _add_blocks(params_by_name, blocks, originals, spares) -> None:
 
 def _spare_or_new(spares: dict, name: str, like: torch.Tensor) -> torch.Tensor:
     spare = spares.pop(name, None)
+    # a buffer made under torch.inference_mode cannot be written outside it
     if spare is not None and spare.shape == like.shape and spare.dtype == like.dtype \
-            and spare.device == like.device:
+            and spare.device == like.device \
+            and (not spare.is_inference() or torch.is_inference_mode_enabled()):
         return spare
     return torch.empty_like(like)
 
