@@ -11,11 +11,10 @@ import math
 import re
 from collections.abc import Sequence
 
-import pandas as pd
 import torch
 
+from . import cache, models, sweeps
 from . import data as pvdata
-from . import models, progress
 from .likelihood import persona_difference
 from .merging import applied
 from .profiles import Profile
@@ -42,38 +41,49 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
     For held-out prompts (never in the training data) the base and the base + α φ answer
     greedily; the frozen base scores every answer by `persona_preference`. `shift` is the
     mean per-prompt difference (tuned − base): > 0 means toward the condition's persona.
+    Each condition is one cached point of the `persona-shift` stage (models are loaded only
+    when a point is missing).
     """
+    P = PERSONA_SHIFT.view(profile)
     conditions = list(conditions or profile.conditions)
     prompts = list(prompts or pvdata.heldout_prompts())
-    scorer = models.load_model(profile.model, dtype=profile.dtype)
-    model = models.load_model(profile.model, dtype=profile.dtype)
-    tok = models.load_tokenizer(profile.model)
-    convs = [[{"role": "user", "content": p}] for p in prompts]
-
-    def answer(m) -> list[str]:
-        replies = models.chat(m, tok, convs, max_new_tokens=max_new_tokens, temperature=0.0,
-                              batch_size=batch_size, progress=False)
-        return [models.trim_to_sentence(r) for r in replies]
-
-    base_answers = answer(model)
-    rows = []
-    for cond in progress.bar(conditions, desc="persona shift"):  # terminal, not page
-        path = vector_path(profile, cond)
+    paths = {c: vector_path(profile, c) for c in conditions}
+    for cond, path in paths.items():
         if not path.exists():
             raise TrainingError(f"no vector for {cond!r} at {path}; run train_all_vectors first")
-        with applied(model, [path], [alpha], reuse_buffers=True):
-            tuned_answers = answer(model)
-        base = persona_preference(scorer, tok, cond, prompts, base_answers, batch_size)
+    convs = [[{"role": "user", "content": p}] for p in prompts]
+    loaded: dict = {}
+
+    def answer(m) -> list[str]:
+        replies = models.chat(m, loaded["tok"], convs, max_new_tokens=max_new_tokens,
+                              temperature=0.0, batch_size=batch_size, progress=False)
+        return [models.trim_to_sentence(r) for r in replies]
+
+    def setup() -> None:  # the frozen scorer, the model to move, and the base's answers
+        if not loaded:
+            loaded["scorer"] = models.load_model(P.model, dtype=P.dtype)
+            loaded["model"] = models.load_model(P.model, dtype=P.dtype)
+            loaded["tok"] = models.load_tokenizer(P.model)
+            loaded["base_answers"] = answer(loaded["model"])
+
+    def measure(point: dict) -> dict:
+        setup()
+        cond, scorer, tok = point["condition"], loaded["scorer"], loaded["tok"]
+        with applied(loaded["model"], [paths[cond]], [point["alpha"]], reuse_buffers=True):
+            tuned_answers = answer(loaded["model"])
+        base = persona_preference(scorer, tok, cond, prompts, loaded["base_answers"], batch_size)
         tuned = persona_preference(scorer, tok, cond, prompts, tuned_answers, batch_size)
         diffs = torch.tensor(tuned) - torch.tensor(base)
-        rows.append({
-            "condition": cond, "base": float(torch.tensor(base).mean()),
-            "tuned": float(torch.tensor(tuned).mean()), "shift": float(diffs.mean()),
-            "stderr": float(diffs.std() / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0,
-            "share_up": float((diffs > 0).float().mean()), "n_prompts": len(prompts),
-            "example": tuned_answers[0],
-        })
-    return pd.DataFrame(rows)
+        return {"base": float(torch.tensor(base).mean()),
+                "tuned": float(torch.tensor(tuned).mean()), "shift": float(diffs.mean()),
+                "stderr": float(diffs.std() / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0,
+                "share_up": float((diffs > 0).float().mean()), "n_prompts": len(prompts),
+                "example": tuned_answers[0]}
+
+    points = [{"condition": c, "alpha": float(alpha), "_uses": [c]} for c in conditions]
+    plan = (PERSONA_SHIFT, points, (prompts, max_new_tokens, batch_size))
+    table = sweeps.run_sweep(plan, P, measure, None, paths)
+    return table.drop(columns=["alpha"])
 
 
 def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
@@ -98,3 +108,7 @@ def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
                           batch_size=batch_size, progress=False)
     words = [w for r in replies for w in re.findall(r"[a-z']+", r.lower())]
     return 100.0 * sum(w in keywords for w in words) / max(len(words), 1)
+
+
+PERSONA_SHIFT = cache.Stage("persona-shift", ("model", "dtype", "device"), grid=("conditions",),
+                            code=(persona_shift, persona_preference))

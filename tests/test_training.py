@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import pandas as pd
 import pytest
 import torch
 from conftest import make_tiny_llama
@@ -179,6 +180,12 @@ def test_persona_shift_compares_tuned_and_base_answers(tiny_profile, monkeypatch
     row = table.iloc[0]
     assert row["condition"] == "extraversion_high" and row["n_prompts"] == 2
     assert row["shift"] == pytest.approx(row["tuned"] - row["base"], abs=1e-6)
+    # cached per condition: a rerun loads no model and gives the same row
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    again = fidelity.persona_shift(tiny_profile, conditions=["extraversion_high"],
+                                   prompts=["How was your weekend?", "Any plans tonight?"],
+                                   max_new_tokens=6)
+    pd.testing.assert_frame_equal(again, table)
     with pytest.raises(TrainingError, match="no vector for 'extraversion_low'"):
         fidelity.persona_shift(tiny_profile, conditions=["extraversion_low"], prompts=["Hi"])
 
