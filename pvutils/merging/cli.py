@@ -122,8 +122,8 @@ def write_model(out_dir: Path, base_dir: Path, base: TensorSource, specs: Sequen
                 blocks: Blocks, cfg: MergeConfig, out_dtype: torch.dtype | None) -> Path:
     """θ_base + merged blocks, shard by shard, plus the base's non-weight files."""
     with atomic_dir(out_dir) as tmp:
-        write_marker(tmp, "merge")
         _copy_model_files(base_dir, tmp, out_dtype)
+        write_marker(tmp, "merge")  # after the copy: a base that is itself an output has one
         pending = next(blocks, None)
         shards = plan_shards(specs, cfg.max_shard_size)
         for shard_name, shard_specs in shards:

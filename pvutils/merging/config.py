@@ -15,8 +15,6 @@ trim after the DARE drop), `max_shard_size` (bytes or "5GB").
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..vectors import MergeError
+from ..vectors import MergeError, check_weights
+from ..writer import parse_size
 from .options import Fraction, Number, one_line
 from .registry import METHODS
 
@@ -53,8 +52,6 @@ Gamma = Annotated[Number, Field(ge=0, lt=1)]
 DType = Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half"]
 SHARED = ("normalize", "lambda", "rescale", "int8_mask", "trim_scope", "mask_strategy", "seed",
           "majority_sign_method", "disjoint", "trim_density", "gamma", "epsilon")
-SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 class Strict(BaseModel):
@@ -66,13 +63,6 @@ class ModelParameters(Strict):
     density: Fraction = 1.0
     gamma: Gamma | None = None  # breadcrumbs
     epsilon: Annotated[Number, Field(gt=0, lt=0.5)] | None = None  # della
-
-    @field_validator("weight")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"must be finite, got {value!r}")
-        return value
 
 
 class ModelEntry(Strict):
@@ -137,18 +127,22 @@ class MergeConfig(Strict):
     @field_validator("max_shard_size")
     @classmethod
     def _bytes(cls, value: int | str) -> int:
-        if isinstance(value, int):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)\s*", value.upper())
-        if not match:
-            raise ValueError(f"must be a byte count or a size like '5GB', got {value!r}")
-        return int(float(match[1]) * SIZE_UNITS[match[2]])
+        """Sizes as mergekit and transformers write them ("5GB"), read by `parse_size`."""
+        try:
+            return parse_size(value)
+        except MergeError as err:  # the field is named by the schema
+            raise ValueError(str(err).removeprefix("max_shard_size ")) from None
 
     @model_validator(mode="after")
     def _weights_given(self) -> MergeConfig:
+        """Weights and lambda finite and within float32 (the output dtype is checked at
+        merge time), the field named as `check_weights` names it."""
         for i, entry in enumerate(self.models):
             if entry.model != self.base_model and entry.parameters.weight is None:
                 raise ValueError(f"models[{i}].parameters.weight is required")
+            if entry.parameters.weight is not None:
+                check_weights([entry.parameters.weight], where=f"models[{i}].parameters.weight")
+        check_weights([self.parameters.lambda_], where="parameters.lambda")
         if not self.entries:
             raise ValueError("no models besides the base to merge")
         return self
