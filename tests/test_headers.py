@@ -70,7 +70,8 @@ def forge(header: dict, data: bytes, mutations) -> bytes:
             header[args[0]].pop(args[1], None)
         elif kind == "copy" and args[0] in header:
             header[args[1]] = dict(header[args[0]])
-        elif kind == "swap_ranges" and all(n in header for n in args[0]):
+        elif kind == "swap_ranges" and all(isinstance(header.get(n), dict)
+                                           and "data_offsets" in header[n] for n in args[0]):
             x, y = args[0]
             header[x]["data_offsets"], header[y]["data_offsets"] = \
                 header[y]["data_offsets"], header[x]["data_offsets"]
