@@ -24,7 +24,6 @@ import pandas as pd
 
 from . import cache, progress, sweeps
 from .artifacts import write_json
-from .personas import split_condition
 
 Point = Mapping[str, Any]
 Rows = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -151,21 +150,10 @@ class CompositionPoint(_ModelPoint):
     of `sweeps.merge_methods`), as `sweeps.composition_sweep` applies and measures it."""
 
     def __call__(self, point: Point) -> dict:
-        from .merging import applied  # merging imports the vectors stack; as sweeps does
-
         model, tok = self.loaded()
         P = sweeps.RQ2.view(self.profile)
-        params = dict(sweeps.merge_methods(P)[point["method"]])
-        method, alpha, chosen = params.pop("method"), point["alpha"], point["_uses"]
-        weights = [alpha] * len(chosen)
-        if params.pop("scale", "weight") == "lambda":
-            weights, params = [1.0] * len(chosen), {**params, "normalize": True, "lambda_": alpha}
-        levels = dict(map(split_condition, chosen))
-        with applied(model, [self.vectors[c] for c in chosen], weights, method=method,
-                     reuse_buffers=True, **params):
-            scores = sweeps._contrast(model, tok, list(levels), P)
-        targets = {f"target_{t}": 1 if lv == "high" else -1 for t, lv in levels.items()}
-        return {**targets, **scores}
+        with sweeps.composition_apply(model, self.vectors, sweeps.merge_methods(P), point):
+            return sweeps.composition_measure(model, tok, P, point)
 
 
 def ray_resources(device: str) -> dict[str, float]:
