@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from scipy.optimize import isotonic_regression
 
+from . import harness
 from .artifacts import artifacts_dir
-from .harness import dose_sweep, item_bootstrap, keyed_matrix, vector_dial
-from .merging import merge_from_config
+from .cache import Stage
+from .evaluation import contrast_scores
+from .harness import dose_plan, dose_sweep, item_bootstrap, keyed_matrix, vector_dial
+from .merging import applied, merge_from_config
 from .models import load_model, load_tokenizer, resolve_model_dir
-from .pointcache import chapter_cache as sweep_cache
+from .personas import split_condition
+from .plans import CONTRAST
 from .profiles import get_profile
+from .sweeps import Plan, point_files, run_sweep
 from .training import vector_path
 
 
@@ -100,16 +106,69 @@ def mergekit_config(base: str | Path, vector: str | Path, alpha: float) -> dict:
 
 
 def vector_dose(profile, condition: str, vector: Path, model=None, tokenizer=None):
-    """The cached item-level α sweep of one vector (computed when missing): α = 0 (the
-    base) and the profile's alphas."""
-    cache = sweep_cache(profile, "dose-vector", {condition: vector})
-    alphas = sorted({0.0, *profile.alphas})
-    if model is None and not cache.exists():
-        model = load_model(profile.model, dtype=profile.dtype, device=profile.device)
-        tokenizer = load_tokenizer(profile.model)
-    return dose_sweep(model, tokenizer, "vector", vector_dial(model, {condition: vector})
-                      if model is not None else None, [condition], alphas, cache,
-                      n_pairs=profile.contrast_pairs)
+    """The cached item-level α sweep of one vector (the model is loaded only when a point
+    is missing): α = 0 (the base) and the profile's alphas."""
+    P = harness.DOSE["vector"].view(profile)
+    plan = dose_plan(P, "vector", [condition], sorted({0.0, *P.alphas}), {condition: [condition]})
+    inputs = {condition: vector}
+    if model is None and not all(f.exists() for f in point_files(plan, P, inputs)):
+        model = load_model(P.model, dtype=P.dtype, device=P.device)
+        tokenizer = load_tokenizer(P.model)
+    return dose_sweep(model, tokenizer, plan, P, vector_dial(model, inputs), inputs)
+
+
+def default_targets(x: np.ndarray, fitted: np.ndarray, n: int = 3) -> list[float]:
+    """`n` targets evenly inside the fitted curve's range, its ends left out."""
+    return np.linspace(fitted[0], fitted[-1], n + 2)[1:-1].round(3).tolist()
+
+
+def dial_table(dose: pd.DataFrame, targets: Sequence[float] | None = None,
+               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Dial every vector of a dose table (its `method == "vector"` rows) to each target
+    (default: three inside its reachable range). Rows: condition, target, alpha, lo, hi,
+    resamples_reaching; a target out of reach has NaN there and the reason in `note`."""
+    rows = []
+    for condition, part in dose[dose["method"] == "vector"].groupby("condition", sort=False):
+        strengths, mat = keyed_matrix(part, split_condition(condition)[0])
+        x, fitted, _ = monotone_fit(strengths, mat.mean(axis=1))
+        for target in default_targets(x, fitted) if targets is None else targets:
+            try:
+                d = dial_alpha(strengths, mat, target, n_boot, seed, label=condition)
+            except DialError as err:
+                rows.append({"condition": condition, "target": target, "note": str(err)})
+                continue
+            rows.append({"condition": condition, "target": target, "alpha": d.alpha,
+                         "lo": d.lo, "hi": d.hi, "resamples_reaching": d.share_reached})
+    columns = ["condition", "target", "alpha", "lo", "hi", "resamples_reaching", "note"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def rescore(model, tokenizer, vectors, point, n_pairs: int | None = None) -> dict[str, float]:
+    """The contrast score of the condition's trait with θ + α φ (the point's alpha)."""
+    trait = split_condition(point["condition"])[0]
+    with applied(model, [vectors[point["condition"]]], [point["alpha"]], reuse_buffers=True):
+        return {"measured": contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]}
+
+
+DIAL_CHECK = Stage("dial-check", CONTRAST, grid=("sweep_conditions",), code=(rescore,))
+
+
+def dial_check_plan(profile, table: pd.DataFrame) -> Plan:
+    """One point per dialled (condition, alpha) of a `dial_table`."""
+    dialled = table.dropna(subset=["alpha"])
+    return DIAL_CHECK, [{"condition": c, "alpha": float(a), "_uses": [c]}
+                        for c, a in zip(dialled["condition"], dialled["alpha"], strict=True)], ()
+
+
+def check_dials(model, tokenizer, vectors, table: pd.DataFrame, profile) -> pd.DataFrame:
+    """`table` with `measured`: the score of the model merged at each returned alpha."""
+    P = DIAL_CHECK.view(profile)
+    plan = dial_check_plan(P, table)
+    if not plan[1]:
+        return table.assign(measured=np.nan)
+    checks = run_sweep(plan, P, lambda point: rescore(model, tokenizer, vectors, point,
+                                                      P.contrast_pairs), inputs=vectors)
+    return table.merge(checks, on=["condition", "alpha"], how="left")
 
 
 def cli_dial(argv: list[str]) -> int:

@@ -10,13 +10,15 @@ strengths of a dial: one resample of items is used for all of them):
 - `leakage`: each dial's effect on all five traits (off-diagonal = what bleeds);
 - `pareto_front`: which settings no other setting beats on both trait shift and
   capability lost.
+
+Each dial's sweep is a cached stage (`dose-<dial>`, `capability-<dial>`) run by
+`sweeps.run_sweep`; `bench` sets them up for chapter 06.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +27,15 @@ from scipy import stats
 
 from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE, npti_intervention, npti_neurons
 from .bfi import ITEMS_BY_NUMBER
+from .cache import Stage
 from .capability import capability
 from .evaluation import REAL_PERSON_PROMPT, contrast_item_scores
 from .merging import applied
 from .personas import split_condition
-from .pointcache import run_points as run_sweep
+from .plans import CONTRAST
 from .profiles import TRAITS
 from .steering import condition_direction, steered
+from .sweeps import Plan, run_sweep
 
 # (context manager that puts the model at the point, system prompt) for (condition, strength)
 PointFactory = Callable[[str, float], tuple[contextlib.AbstractContextManager, str]]
@@ -97,33 +101,74 @@ def p2_dial(model) -> PointFactory:
     return at
 
 
-# --- the sweep ----------------------------------------------------------------------------
+# --- the sweeps ---------------------------------------------------------------------------
 
 
-def dose_sweep(model, tokenizer, method: str, at: PointFactory, conditions: Sequence[str],
-               strengths: Sequence[float], cache_file: str | Path | None = None,
-               n_pairs: int | None = None,
-               extra: Callable[[Any, Any], Mapping[str, Any]] | None = None) -> pd.DataFrame:
-    """Every (condition, strength): all five trait scores and the 44 item answers.
+def dose_measure(model, tokenizer, at: PointFactory, point: Mapping[str, Any],
+                 n_pairs: int | None = None) -> dict[str, Any]:
+    """At one (condition, strength): the five trait scores and the 44 raw item answers."""
+    trait, level = split_condition(point["condition"])
+    ctx, system = at(point["condition"], point["strength"])
+    with ctx:
+        detail = contrast_item_scores(model, tokenizer, system_prompt=system, n_pairs=n_pairs)
+    keyed = detail.groupby("dimension")["keyed"].mean().to_dict()
+    items = {str(i): float(r) for i, r in zip(detail["item"], detail["raw"], strict=True)}
+    return {"trait": trait, "level": level, **keyed, "items": items}
 
-    `extra(model, tokenizer)` adds measures taken at the point (e.g. capability).
-    Rows: method, condition, strength, trait, level, <five traits>, items (+ extra).
-    """
-    points = [{"method": method, "condition": c, "strength": float(s)}
-              for c in conditions for s in strengths]
 
-    def evaluate(point):
-        trait, level = split_condition(point["condition"])
-        ctx, system = at(point["condition"], point["strength"])
-        with ctx:
-            detail = contrast_item_scores(model, tokenizer, system_prompt=system,
-                                          n_pairs=n_pairs)
-            more = dict(extra(model, tokenizer)) if extra else {}
-        keyed = detail.groupby("dimension")["keyed"].mean().to_dict()
-        items = {str(i): float(r) for i, r in zip(detail["item"], detail["raw"], strict=True)}
-        return {"trait": trait, "level": level, **keyed, "items": items, **more}
+def capability_measure(model, tokenizer, at: PointFactory,
+                       point: Mapping[str, Any]) -> dict[str, float]:
+    """`capability.capability` at one (condition, strength); P2's adjectives as persona."""
+    ctx, system = at(point["condition"], point["strength"])
+    persona = system.removesuffix(REAL_PERSON_PROMPT).strip()  # P2's adjectives, if any
+    with ctx:
+        return capability(model, tokenizer, n_questions=point["n_questions"], persona=persona)
 
-    return run_sweep(points, evaluate, cache_file, desc=f"{method} dose")
+
+DIAL_CODE = {"vector": (vector_dial,), "steering": (steering_dial, steered),
+             "NPTI": (npti_dial, npti_neurons, npti_intervention),
+             "P2": (p2_dial, p2_intensity_prompt), "lowrank": (vector_dial,)}
+DIAL_GRID = {"vector": ("alphas",), "lowrank": ("alphas",), "NPTI": ("npti_gammas",)}
+DOSE = {d: Stage(f"dose-{d}", CONTRAST, grid=(*DIAL_GRID.get(d, ()), "sweep_conditions"),
+                 code=(dose_measure, *code)) for d, code in DIAL_CODE.items()}
+CAPABILITY = {d: Stage(f"capability-{d}", ("model", "dtype", "device"),
+                       grid=(*DIAL_GRID.get(d, ()), "sweep_conditions"),
+                       code=(capability_measure, *code)) for d, code in DIAL_CODE.items()}
+
+
+def dial_points(method: str, conditions: Sequence[str], strengths: Sequence[float],
+                uses: Mapping[str, Sequence[str]] | None = None, **labels: Any) -> list[dict]:
+    """Every (condition, strength) of a dial; `uses[condition]` names the inputs (vector,
+    direction) its points apply, whose identities key them; `labels` (e.g. the steering
+    layer) are settings of every point."""
+    return [{"method": method, "condition": c, "strength": float(s), **labels,
+             "_uses": list((uses or {}).get(c, ()))} for c in conditions for s in strengths]
+
+
+def dose_plan(profile, dial: str, conditions: Sequence[str], strengths: Sequence[float],
+              uses: Mapping[str, Sequence[str]] | None = None, **labels: Any) -> Plan:
+    """The dose sweep of `dial` (a key of `DOSE`) over (condition, strength)."""
+    return DOSE[dial], dial_points(dial, conditions, strengths, uses, **labels), ()
+
+
+def dose_sweep(model, tokenizer, plan: Plan, profile, at: PointFactory | None,
+               inputs: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Every point of a `dose_plan`: all five trait scores and the 44 item answers.
+    `at` is only called for points not cached (None: all are).
+    Rows: method, condition, strength, trait, level, <five traits>, items."""
+    P = plan[0].view(profile)
+    return run_sweep(plan, P, lambda point: dose_measure(model, tokenizer, at, point,
+                                                         P.contrast_pairs), inputs=inputs)
+
+
+def capability_sweep(model, tokenizer, plan: Plan, profile, at: PointFactory | None,
+                     inputs: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """`capability.capability` at every point of a capability plan (`bench.bench_plans`:
+    its own stage, so the trait sweep can be shared with `pvutils dial`).
+    Rows: method, condition, strength, n_questions, perplexity, factual."""
+    P = plan[0].view(profile)
+    return run_sweep(plan, P, lambda point: capability_measure(model, tokenizer, at, point),
+                     inputs=inputs)
 
 
 def keyed_matrix(rows: pd.DataFrame, trait: str) -> tuple[np.ndarray, np.ndarray]:
@@ -238,11 +283,14 @@ def pareto_front(gain: Sequence[float], cost: Sequence[float]) -> np.ndarray:
 
 
 
-def capability_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per sweep point: shift of the intended trait toward its pole and capability lost,
-    both relative to the same method's strength-0 point of that condition.
+def capability_table(dose: pd.DataFrame, capab: pd.DataFrame) -> pd.DataFrame:
+    """Per sweep point: shift of the intended trait toward its pole (from `dose`) and
+    capability lost (from `capab`, the same points), both relative to the same method's
+    strength-0 point of that condition.
     Rows: method, condition, strength, shift, factual_lost, perplexity_ratio, front
     (whether no point beats it on shift and perplexity both)."""
+    on = ["method", "condition", "strength"]
+    table = dose.merge(capab[[*on, "perplexity", "factual"]], on=on)
     out = []
     for (method, condition), rows in table.groupby(["method", "condition"], sort=False):
         trait, level = split_condition(condition)
@@ -257,90 +305,3 @@ def capability_table(table: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(out)
     frame["front"] = pareto_front(frame["shift"], frame["perplexity_ratio"])
     return frame
-
-
-# --- figures ------------------------------------------------------------------------------
-
-
-def plot_dose(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0):
-    """One panel per method: the intended trait's score vs strength, 95 % item intervals."""
-    import matplotlib.pyplot as plt  # plotting only where a figure is drawn
-
-    methods = list(dict.fromkeys(table["method"]))
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), sharey=True,
-                             squeeze=False)
-    for ax, method in zip(axes[0], methods, strict=True):
-        for condition, rows in table[table["method"] == method].groupby("condition"):
-            strengths, mat = keyed_matrix(rows, split_condition(condition)[0])
-            ci = intervals(mat, n_boot, seed)
-            line = ax.plot(strengths, mat.mean(axis=1), marker="o", label=condition)[0]
-            ax.fill_between(strengths, ci[:, 0], ci[:, 1], alpha=0.2, color=line.get_color())
-        ax.set_title(method)
-        ax.set_xlabel("strength")
-    axes[0][0].set_ylabel("intended trait score (1-5)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_pareto(cap: pd.DataFrame):
-    """Trait shift vs capability lost (perplexity ratio, factual answers lost), by method;
-    circled: the Pareto front on shift and perplexity."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    for ax, cost in zip(axes, ("perplexity_ratio", "factual_lost"), strict=True):
-        sns.scatterplot(data=cap, x=cost, y="shift", hue="method", style="condition", ax=ax,
-                        legend=ax is axes[-1])
-        front = cap[cap["front"]]
-        ax.scatter(front[cost], front["shift"], s=160, facecolors="none", edgecolors="black")
-        ax.axhline(0, color="grey", lw=0.8)
-    axes[0].set_xlabel("perplexity / perplexity at strength 0")
-    axes[1].set_xlabel("share of factual answers lost")
-    axes[0].set_ylabel("shift toward the intended pole")
-    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    return fig
-
-
-def plot_leakage(leak: pd.DataFrame):
-    """Heatmap per method: effect of each condition (rows) on each trait (columns), with
-    the 95 % interval in each cell."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    methods = list(dict.fromkeys(leak["method"]))
-    n_rows = leak["condition"].nunique()
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 2.2 + 0.5 * n_rows),
-                             squeeze=False)
-    for ax, method in zip(axes[0], methods, strict=True):
-        part = leak[leak["method"] == method]
-        effect = part.pivot(index="condition", columns="trait", values="effect")[list(TRAITS)]
-        text = part.assign(label=[f"{e:+.2f}\n[{lo:+.2f}, {hi:+.2f}]" for e, lo, hi in
-                                  zip(part["effect"], part["lo"], part["hi"], strict=True)])
-        labels = text.pivot(index="condition", columns="trait", values="label")[list(TRAITS)]
-        sns.heatmap(effect, annot=labels, fmt="", cmap="RdBu_r", center=0, ax=ax,
-                    annot_kws={"size": 7}, cbar_kws={"label": "score change"})
-        ax.set_title(method)
-    fig.tight_layout()
-    return fig
-
-
-def capability_sweep(model, tokenizer, method: str, at: PointFactory, conditions: Sequence[str],
-                     strengths: Sequence[float], cache_file: str | Path | None = None,
-                     n_questions: int | None = None) -> pd.DataFrame:
-    """`capability.capability` at every (condition, strength) of a dial (its own cache, so
-    the trait sweep can be shared with `pvutils dial`).
-    Rows: method, condition, strength, perplexity, factual."""
-    points = [{"method": method, "condition": c, "strength": float(s),
-               "n_questions": n_questions} for c in conditions for s in strengths]
-
-    def evaluate(point):
-        ctx, system = at(point["condition"], point["strength"])
-        persona = system.removesuffix(REAL_PERSON_PROMPT).strip()  # P2's adjectives, if any
-        with ctx:
-            return capability(model, tokenizer, n_questions=point["n_questions"],
-                              persona=persona)
-
-    return run_sweep(points, evaluate, cache_file, desc=f"{method} capability")

@@ -6,17 +6,25 @@ The file is safetensors with `<name>.lora_B` / `<name>.lora_A` pairs and metadat
 `format = pvutils-lowrank-vector`; `vectors.open_tensors` dispatches on that flag to
 `LowRankSource`, which multiplies B A back on read, so a low-rank file loads wherever a
 vector does (`applied`, `merge_vectors`, `pvutils merge`).
+
+The truncated files are a cached stage (`lowrank`, keyed by the source vector's identity
+and the rank); `kept_table` says how much of the full vector's trait shift each keeps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from .artifacts import atomic_path
+from . import cache
+from .artifacts import atomic_path, write_json
+from .cache import Stage
+from .personas import split_condition
 from .vectors import MergeError, SafetensorsSource, TensorSource, check_finite, open_tensors
 
 FORMAT = "pvutils-lowrank-vector"
@@ -132,20 +140,55 @@ class LowRankSource(TensorSource):
 
 
 
-def lowrank_files(vectors: dict[str, Path], out_dir: str | Path,
-                  ranks: tuple[int, ...] = (4, 16, 64)) -> dict[tuple[str, int], Path]:
-    """Low-rank copies of each vector at each rank, written once into `out_dir` (a file
-    already there is reused: its name carries the source's size and mtime)."""
+LOWRANK = Stage("lowrank", (), code=(_factored, write_lowrank_ranks))
+
+
+def lowrank_file(vector: str | Path, rank: int) -> Path:
+    """Where the rank-`rank` copy of `vector` lives: keyed by the vector's identity (its
+    producer's key or its bytes, never its mtime) and the rank."""
+    return LOWRANK.entry(LOWRANK.key(None, cache.identity(vector), rank)) / "vector.safetensors"
+
+
+def lowrank_files(vectors: Mapping[str, str | Path], ranks: tuple[int, ...] = (4, 16, 64),
+                  profile: str = "") -> dict[tuple[str, int], Path]:
+    """Low-rank copies of each vector at each rank, written once (one SVD per matrix for
+    all missing ranks). Beside each a JSON with its key, its identity for later stages."""
     out = {}
     for condition, path in vectors.items():
-        st = Path(path).stat()
-        files = {r: Path(out_dir) / f"{condition}-{st.st_size}-{st.st_mtime_ns}-r{r}.safetensors"
-                 for r in ranks}
+        files = {r: lowrank_file(path, r) for r in ranks}
         missing = {r: f for r, f in files.items() if not f.exists()}
         if missing:
             write_lowrank_ranks(path, missing)
-        out.update({(condition, r): f for r, f in files.items()})
+            for r, f in missing.items():
+                write_json(f.with_suffix(".json"), {"key": f.parent.name, "rank": r})
+        for r, f in files.items():
+            cache.touch(f.parent, LOWRANK.name, profile, {"vector": condition, "rank": r})
+            out[(condition, r)] = f
     return out
+
+
+def kept_table(dose: pd.DataFrame, truncated: pd.DataFrame,
+               files: Mapping[tuple[str, int], Any], vectors: Mapping[str, Any]) -> pd.DataFrame:
+    """How much of the dial survives truncation: per vector and rank, the trait shift of
+    the rank-r vector at its strength over the full vector's at the same strength (both
+    from the base, strength 0, of the full vector's `dose` rows), with each file's size.
+    `truncated` has the rank-r rows (method "rank r"). Rows: condition, label, megabytes,
+    kept, shift (toward the intended pole); one "full" row per vector (kept = 1)."""
+    full = dose[dose["method"] == "vector"]
+    rows = []
+    for (condition, rank), file in files.items():
+        trait, level = split_condition(condition)
+        mine = truncated[(truncated["condition"] == condition)
+                         & (truncated["method"] == f"rank {rank}")].iloc[0]
+        ref = full[full["condition"] == condition].set_index("strength")[trait]
+        base, at_full = ref.loc[0.0], ref.loc[mine["strength"]]
+        rows.append({"condition": condition, "label": f"r={rank}",
+                     "megabytes": Path(file).stat().st_size / 1e6,
+                     "kept": (mine[trait] - base) / (at_full - base),
+                     "shift": (1.0 if level == "high" else -1.0) * (mine[trait] - base)})
+    rows += [{"condition": c, "label": "full", "megabytes": Path(p).stat().st_size / 1e6,
+              "kept": 1.0, "shift": float("nan")} for c, p in vectors.items()]
+    return pd.DataFrame(rows)
 
 
 def plot_lowrank(table):

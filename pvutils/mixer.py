@@ -1,8 +1,8 @@
 """The trait mixer: precomputed answers over a grid of (vector, α) and two-trait mixes,
 shown with sliders on a plain HTML/JS page that works offline (no server, no CDN).
 
-`mixer_sweep` is a resumable sweep (`pointcache.run_points`) that records, at every grid
-point, the embedded model's greedy answers to a few held-out questions and the
+`mixer_sweep` is a cached stage (`mixer`, run by `sweeps.run_sweep`) that records, at every
+grid point, the embedded model's greedy answers to a few held-out questions and the
 likelihood-contrast score of each trait in the mix; `mixer_html` renders only what that
 sweep measured. The page is a fragment (one <div> and one <script>) so a notebook can
 display it in the book, or `write_mixer_page` can wrap it as a standalone file.
@@ -20,11 +20,27 @@ from typing import Any
 import pandas as pd
 
 from .artifacts import atomic_path, fingerprint
+from .cache import Stage
 from .evaluation import REAL_PERSON_PROMPT, contrast_scores
 from .merging import applied
 from .models import chat, trim_to_sentence
 from .personas import split_condition
-from .pointcache import run_points as run_sweep
+from .plans import CONTRAST
+from .sweeps import Plan, run_sweep
+
+
+def default_mixes(vectors: Sequence[str], available: Sequence[str],
+                  partners: Sequence[str] = ("agreeableness_high", "neuroticism_low")
+                  ) -> dict[str, list[str]]:
+    """Each swept vector alone, plus the first one mixed with the first available partner
+    of another trait (none if no such vector was trained)."""
+    mixes = {c: [c] for c in vectors}
+    traits = {split_condition(c)[0] for c in vectors}
+    partner = next((c for c in partners if c in available
+                    and split_condition(c)[0] not in traits), None)
+    if partner and vectors:
+        mixes[f"{vectors[0]} + {partner}"] = [vectors[0], partner]
+    return mixes
 
 
 def mixer_points(mixes: Mapping[str, Sequence[str]], alphas: Sequence[float]) -> list[dict]:
@@ -33,32 +49,51 @@ def mixer_points(mixes: Mapping[str, Sequence[str]], alphas: Sequence[float]) ->
     points = []
     for name, conditions in mixes.items():
         for combo in itertools.product(sorted({0.0, *map(float, alphas)}), repeat=len(conditions)):
-            points.append({"mix": name, "conditions": list(conditions), "alphas": list(combo)})
+            points.append({"mix": name, "conditions": list(conditions), "alphas": list(combo),
+                           "_uses": list(conditions)})
     return points
 
 
-def mixer_sweep(model, tokenizer, vectors: Mapping[str, Any], mixes: Mapping[str, Sequence[str]],
-                alphas: Sequence[float], questions: Sequence[str],
-                cache_file: str | Path | None = None, max_new_tokens: int = 40,
-                n_pairs: int | None = None) -> pd.DataFrame:
-    """Answers and trait scores at every mixer grid point.
-
-    Rows: mix, conditions, alphas, answers (one per question), scores (trait -> 1-5).
-    """
+def mixer_point(model, tokenizer, vectors: Mapping[str, Any], questions: Sequence[str],
+                point: Mapping[str, Any], max_new_tokens: int = 40,
+                n_pairs: int | None = None) -> dict[str, Any]:
+    """At one grid point: greedy answers to `questions` and the contrast score of each
+    trait in the mix."""
     convos = [[{"role": "system", "content": REAL_PERSON_PROMPT},
                {"role": "user", "content": q}] for q in questions]
+    traits = list(dict.fromkeys(split_condition(c)[0] for c in point["conditions"]))
+    with applied(model, [vectors[c] for c in point["conditions"]], point["alphas"],
+                 reuse_buffers=True):
+        replies = chat(model, tokenizer, convos, max_new_tokens=max_new_tokens,
+                       temperature=0.0, batch_size=len(convos), progress=False)
+        scores = contrast_scores(model, tokenizer, traits, n_pairs=n_pairs)
+    return {"questions": list(questions), "answers": [trim_to_sentence(r) for r in replies],
+            "scores": scores}
 
-    def evaluate(point):
-        traits = list(dict.fromkeys(split_condition(c)[0] for c in point["conditions"]))
-        with applied(model, [vectors[c] for c in point["conditions"]], point["alphas"],
-                     reuse_buffers=True):
-            replies = chat(model, tokenizer, convos, max_new_tokens=max_new_tokens,
-                           temperature=0.0, batch_size=len(convos), progress=False)
-            scores = contrast_scores(model, tokenizer, traits, n_pairs=n_pairs)
-        return {"questions": list(questions), "answers": [trim_to_sentence(r) for r in replies],
-                "scores": scores}
 
-    return run_sweep(mixer_points(mixes, alphas), evaluate, cache_file, desc="mixer")
+MIXER = Stage("mixer", (*CONTRAST, "eval_max_new_tokens"), grid=("sweep_conditions",),
+              code=(mixer_point,))
+
+
+def mixer_plan(profile, mixes: Mapping[str, Sequence[str]], alphas: Sequence[float],
+               questions: Sequence[str]) -> Plan:
+    """The mixer's grid; the questions are part of its key."""
+    return MIXER, mixer_points(mixes, alphas), (list(questions),)
+
+
+def mixer_sweep(model, tokenizer, vectors: Mapping[str, Any], mixes: Mapping[str, Sequence[str]],
+                alphas: Sequence[float], questions: Sequence[str], profile) -> pd.DataFrame:
+    """Answers (at most the profile's `eval_max_new_tokens` tokens) and trait scores at
+    every mixer grid point.
+
+    Rows: mix, conditions, alphas, questions, answers (one per question), scores (trait -> 1-5).
+    """
+    P = MIXER.view(profile)
+    used = {c: vectors[c] for m in mixes.values() for c in m}
+    return run_sweep(mixer_plan(P, mixes, alphas, questions), P,
+                     lambda point: mixer_point(model, tokenizer, used, questions, point,
+                                               P.eval_max_new_tokens, P.contrast_pairs),
+                     inputs=used)
 
 
 def mixer_data(table: pd.DataFrame) -> dict:

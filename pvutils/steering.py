@@ -11,6 +11,9 @@ transformers < 5 and repeng 0.4 pins numpy 1.26 (pip's dry run here), and a hook
 
 The bridge: a personality vector also shifts the residual stream; `bridge_cosines` asks,
 layer by layer, whether that shift points along the steering direction of the same trait.
+
+Cached stages: `steering-directions` (one file per trait, keyed by the data of its two
+poles) and `steering-layers` (the layer sweep, a `sweeps.run_sweep` plan).
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .artifacts import atomic_path
+from . import cache, data
+from .artifacts import atomic_path, write_json
+from .cache import Stage
+from .evaluation import contrast_scores
 from .merging import applied
 from .personas import split_condition
-from .pointcache import run_points as run_sweep
+from .plans import CONTRAST
+from .sweeps import Plan, run_sweep
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -116,20 +123,38 @@ def trait_directions(model, tokenizer, datasets: Mapping[str, Any], traits: Sequ
     return out
 
 
-def cached_directions(path: str | Path, model, tokenizer, datasets: Mapping[str, Any],
-                      traits: Sequence[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """`trait_directions`, read from `path` (safetensors, one tensor per trait) when it
-    holds every trait asked for; computed and written otherwise."""
-    path = Path(path)
-    if path.exists():
-        found = load_file(str(path))
-        if set(traits) <= set(found):
-            return {t: found[t] for t in traits}
-    out = trait_directions(model, tokenizer, datasets, traits, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({t: v.contiguous() for t, v in out.items()}, str(tmp))
+DIRECTIONS = Stage("steering-directions", ("model", "dtype", "device"),
+                   code=(answer_batches, answer_activations, steering_directions))
+
+
+def direction_file(profile, trait: str) -> Path:
+    """Where the trait's direction lives: keyed by the model and the data of both poles."""
+    key = DIRECTIONS.key(profile, *(data.data_key(cache.unwrap(profile), f"{trait}_{lv}")
+                                    for lv in ("high", "low")))
+    return DIRECTIONS.entry(key) / f"{trait}.safetensors"
+
+
+def direction_files(profile, model, tokenizer, datasets: Mapping[str, Any],
+                    traits: Sequence[str], batch_size: int = 16) -> dict[str, Path]:
+    """Each trait's direction file (computed from `datasets` when missing). Beside it a
+    JSON with its key, so `cache.identity` of the file is that key."""
+    out = {}
+    for trait in traits:
+        file = direction_file(profile, trait)
+        if not file.exists():
+            direction = trait_directions(model, tokenizer, datasets, [trait], batch_size)[trait]
+            file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(file) as tmp:
+                save_file({trait: direction.contiguous()}, str(tmp))
+            write_json(file.with_suffix(".json"), {"key": file.parent.name, "trait": trait})
+        cache.touch(file.parent, DIRECTIONS.name, cache.unwrap(profile).name, {"trait": trait})
+        out[trait] = file
     return out
+
+
+def load_directions(files: Mapping[str, str | Path]) -> dict[str, torch.Tensor]:
+    """The direction tensors of `direction_files`' files."""
+    return {trait: load_file(str(f))[trait] for trait, f in files.items()}
 
 
 def condition_direction(directions: Mapping[str, torch.Tensor], condition: str) -> torch.Tensor:
@@ -165,28 +190,53 @@ def steered(model, direction: torch.Tensor, coefficient: float, layer: int) -> I
         handle.remove()
 
 
-def layer_sweep(model, tokenizer, directions: Mapping[str, torch.Tensor], traits: Sequence[str],
-                layers: Sequence[int], coefficient: float, cache_file: str | Path | None = None,
-                n_pairs: int | None = None) -> pd.DataFrame:
+def probe_layers(n_layers: int, step: int) -> list[int]:
+    """The layers the layer sweep tries: every `step`-th, from the first."""
+    if step < 1:
+        raise ValueError(f"the layer step must be at least 1, got {step}")
+    return list(range(0, n_layers, step))
+
+
+def layer_gap(model, tokenizer, direction: torch.Tensor, trait: str, layer: int,
+              coefficient: float, n_pairs: int | None = None) -> dict[str, float]:
+    """The trait's contrast score steered at +c and at −c at `layer`, and their gap."""
+    scores = {}
+    for sign, label in ((1.0, "score_plus"), (-1.0, "score_minus")):
+        with steered(model, direction, sign * coefficient, layer):
+            scores[label] = contrast_scores(model, tokenizer, [trait], n_pairs=n_pairs)[trait]
+    return {**scores, "gap": scores["score_plus"] - scores["score_minus"]}
+
+
+LAYERS = Stage("steering-layers", CONTRAST, grid=("sweep_conditions",),
+               code=(steered, layer_gap))
+
+
+def layer_plan(profile, traits: Sequence[str], layers: Sequence[int],
+               coefficient: float) -> Plan:
+    """Each trait at each layer, steered at ±`coefficient` along its direction file."""
+    return LAYERS, [{"trait": t, "layer": int(layer), "coefficient": float(coefficient),
+                     "_uses": [f"direction:{t}"]} for t in traits for layer in layers], ()
+
+
+def layer_sweep(model, tokenizer, directions: Mapping[str, str | Path], profile,
+                traits: Sequence[str], layers: Sequence[int],
+                coefficient: float) -> pd.DataFrame:
     """Steer each trait at ±`coefficient` at each layer; `gap` = score(+c) − score(−c).
+    `directions`: trait -> its direction file (`direction_files`).
 
     Rows: trait, layer, coefficient, score_plus, score_minus, gap.
     """
-    from .evaluation import contrast_scores
+    P = LAYERS.view(profile)
+    tensors: dict[str, torch.Tensor] = {}
 
-    points = [{"trait": t, "layer": int(layer), "coefficient": float(coefficient)}
-              for t in traits for layer in layers]
+    def measure(point):
+        if not tensors:  # read only when a point is not cached
+            tensors.update(load_directions({t: directions[t] for t in traits}))
+        return layer_gap(model, tokenizer, tensors[point["trait"]], point["trait"],
+                         point["layer"], point["coefficient"], P.contrast_pairs)
 
-    def evaluate(point):
-        scores = {}
-        for sign, label in ((1.0, "score_plus"), (-1.0, "score_minus")):
-            with steered(model, directions[point["trait"]], sign * point["coefficient"],
-                         point["layer"]):
-                scores[label] = contrast_scores(model, tokenizer, [point["trait"]],
-                                                n_pairs=n_pairs)[point["trait"]]
-        return {**scores, "gap": scores["score_plus"] - scores["score_minus"]}
-
-    return run_sweep(points, evaluate, cache_file, desc="steering layers")
+    inputs = {f"direction:{t}": directions[t] for t in traits}
+    return run_sweep(layer_plan(P, traits, layers, coefficient), P, measure, inputs=inputs)
 
 
 def best_layer(table: pd.DataFrame) -> int:

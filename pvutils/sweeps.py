@@ -45,9 +45,7 @@ def run_sweep(plan: Plan, profile: Any, measure: Callable[[dict], Mapping | Sequ
     stage, points, extra = plan
     key = stage.key(profile, *extra)
     entry = stage.entry(key)
-    ids = {name: cache.identity(v) for name, v in (inputs or {}).items()
-           if any(name in p.get("_uses", ()) for p in points)}
-    files = [entry / "points" / f"{point_key(p, ids)}.json" for p in points]
+    files = point_files(plan, profile, inputs)
     done = sum(f.exists() for f in files)
     progress.log(f"stage {stage.name} [key {key}]: {done} of {len(points)} points cached, "
                  f"{len(points) - done} to compute")
@@ -64,6 +62,15 @@ def run_sweep(plan: Plan, profile: Any, measure: Callable[[dict], Mapping | Sequ
         rows += [{**labels, **r} for r in result]
     cache.touch(entry, stage.name, profile.name, summary(stage, profile, len(points)))
     return pd.DataFrame(rows)
+
+
+def point_files(plan: Plan, profile: Any, inputs: Mapping[str, Any] | None = None) -> list:
+    """Each point's cache file: `<stage>/<stage key>/points/<point key>.json`."""
+    stage, points, extra = plan
+    entry = stage.entry(stage.key(profile, *extra))
+    ids = {name: cache.identity(v) for name, v in (inputs or {}).items()
+           if any(name in p.get("_uses", ()) for p in points)}
+    return [entry / "points" / f"{point_key(p, ids)}.json" for p in points]
 
 
 def summary(stage: Stage, profile: Any, n_points: int) -> dict[str, Any]:

@@ -7,7 +7,15 @@ import shutil
 import pandas as pd
 import pytest
 
-from pvutils.mixer import mixer_data, mixer_points, mixer_sweep, write_mixer_page
+from pvutils import get_profile
+from pvutils.mixer import (
+    default_mixes,
+    mixer_data,
+    mixer_point,
+    mixer_points,
+    mixer_sweep,
+    write_mixer_page,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -41,14 +49,34 @@ def test_page_data_keys_points_by_their_alphas():
     assert data["mix"]["alphas"] == [[0.0, 1.0], [0.0, 1.0]]
 
 
-def test_sweep_records_answers_and_scores_per_point(tiny_chat_model, tmp_path):
+def test_default_mixes_pair_the_first_vector_with_another_trait():
+    mixes = default_mixes(["extraversion_high", "extraversion_low"],
+                          ["extraversion_high", "extraversion_low", "neuroticism_low"])
+    assert mixes == {"extraversion_high": ["extraversion_high"],
+                     "extraversion_low": ["extraversion_low"],
+                     "extraversion_high + neuroticism_low": ["extraversion_high",
+                                                             "neuroticism_low"]}
+    # a partner of a trait already swept, or one not trained, is no mix
+    assert len(default_mixes(["agreeableness_high"], ["agreeableness_high"])) == 1
+
+
+def test_sweep_records_answers_and_scores_per_point(tiny_chat_model, isolated_home):
     model, tok = tiny_chat_model
     vec = {n: 0.0 * p.detach() for n, p in model.named_parameters()}  # a whole (zero) vector
-    table = mixer_sweep(model, tok, {"extraversion_high": vec}, {"e": ["extraversion_high"]},
-                        [1.0], ["How are you?"], tmp_path / "m.json", max_new_tokens=3, n_pairs=1)
+    profile = get_profile("smoke", eval_max_new_tokens=3)
+    args = ({"extraversion_high": vec}, {"e": ["extraversion_high"]}, [1.0], ["How are you?"])
+    table = mixer_sweep(model, tok, *args, profile)
     assert table["alphas"].tolist() == [[0.0], [1.0]]
     assert len(table["answers"][0]) == 1 and set(table["scores"][0]) == {"extraversion"}
     assert table["answers"][0] == table["answers"][1]  # a zero vector changes nothing
+    assert table["scores"][0] == pytest.approx(table["scores"][1], abs=1e-6)
+    # a point's row is the measure applied to that point directly
+    direct = mixer_point(model, tok, args[0], args[3], mixer_points(args[1], [1.0])[1],
+                         max_new_tokens=3, n_pairs=profile.contrast_pairs)
+    assert table["answers"][1] == direct["answers"]
+    assert table["scores"][1] == pytest.approx(direct["scores"], abs=1e-9)
+    # cached: the rerun needs no model and returns the identical table
+    assert mixer_sweep(None, None, *args, profile).equals(table)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")

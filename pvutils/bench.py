@@ -1,0 +1,129 @@
+"""Chapter 06's bench: its own settings, the plan of every dial's cached sweep, and the runs.
+
+The four dials (`harness`: vector α, steering c at the chosen layer, NPTI γ, P2 intensity)
+are swept from "off" (strength 0) upward, each a `dose-<dial>` and a `capability-<dial>`
+stage; the rank-r copies of the vectors (`lowrank`) at the largest α are `dose-lowrank`.
+`bench_plans` is pure (the key tests walk it); `bench_sweeps` and `lowrank_dose` run them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import cache
+from .harness import (
+    CAPABILITY,
+    DOSE,
+    capability_sweep,
+    dial_points,
+    dose_measure,
+    dose_sweep,
+    npti_dial,
+    p2_dial,
+    steering_dial,
+    vector_dial,
+)
+from .personas import split_condition
+from .steering import load_directions
+from .sweeps import Plan, run_sweep
+
+
+@dataclass(frozen=True)
+class Bench:
+    """Chapter 06's own strengths and sizes (notebook parameters; None there means these).
+    Smoke sweeps fewer points so CI proves every cell in about a minute; `cpu` and larger
+    profiles sweep the full grids."""
+
+    npti_gammas: tuple[float, ...]
+    steering_coefficients: tuple[float, ...] = (0.5, 1.0, 2.0)
+    steering_probe: float = 2.0  # c of the layer sweep
+    steering_layer_step: int = 3
+    p2_intensities: tuple[int, ...] = (1, 2, 3)
+    n_questions: int = 40
+    ranks: tuple[int, ...] = (4, 16, 64)
+    mixer_alphas: tuple[float, ...] = (1.0, 2.0)
+    mixer_questions: int = 3
+
+
+SMOKE_BENCH = {"npti_gammas": (2.0,), "steering_coefficients": (2.0,),
+               "steering_layer_step": 10, "p2_intensities": (3,), "n_questions": 3,
+               "ranks": (4,), "mixer_alphas": (1.0,), "mixer_questions": 1}
+
+
+def bench_settings(profile, **given: Any) -> Bench:
+    """The chapter's settings for `profile`: each given (not None) value, else the smoke
+    value for the smoke profile, else the full default (NPTI: the profile's gammas)."""
+    unknown = sorted(set(given) - {f.name for f in fields(Bench)})
+    if unknown:
+        raise ValueError(f"unknown chapter-06 setting(s) {unknown}")
+    P = cache.unwrap(profile)
+    chosen = {**(SMOKE_BENCH if P.name == "smoke" else {}),
+              **{k: v for k, v in given.items() if v is not None}}
+    chosen.setdefault("npti_gammas", P.npti_gammas)
+    return Bench(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
+
+
+def _direction(condition: str) -> str:
+    return f"direction:{split_condition(condition)[0]}"
+
+
+def bench_plans(profile, bench: Bench, conditions: Sequence[str],
+                layer: int) -> dict[str, Plan]:
+    """The dose and capability plans of the four dials, by stage name. A vector point uses
+    its vector, a steering point its trait's direction file (`steering.direction_files`)."""
+    alphas = DOSE["vector"].view(profile).alphas
+    dials = {
+        "vector": ([0.0, *alphas], {c: [c] for c in conditions}, {}),
+        "steering": ([0.0, *bench.steering_coefficients],
+                     {c: [_direction(c)] for c in conditions}, {"layer": int(layer)}),
+        "NPTI": ([0.0, *bench.npti_gammas], {}, {}),
+        "P2": ([0, *bench.p2_intensities], {}, {}),
+    }
+    plans = {}
+    for dial, (strengths, uses, labels) in dials.items():
+        points = dial_points(dial, conditions, strengths, uses, **labels)
+        plans[DOSE[dial].name] = (DOSE[dial], points, ())
+        plans[CAPABILITY[dial].name] = (CAPABILITY[dial], [
+            {**p, "n_questions": bench.n_questions} for p in points], ())
+    return plans
+
+
+def bench_sweeps(model, tokenizer, profile, bench: Bench, vectors: Mapping[str, Path],
+                 directions: Mapping[str, Path], layer: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(dose, capability) tables of the four dials over the vectors' conditions, cached.
+    `directions`: trait -> direction file."""
+    plans = bench_plans(profile, bench, list(vectors), layer)
+    factories = {"vector": vector_dial(model, vectors),
+                 "steering": steering_dial(model, load_directions(directions), layer),
+                 "NPTI": npti_dial(model, tokenizer), "P2": p2_dial(model)}
+    inputs = {**vectors, **{f"direction:{t}": f for t, f in directions.items()}}
+    dose = [dose_sweep(model, tokenizer, plans[DOSE[d].name], profile, at, inputs)
+            for d, at in factories.items()]
+    capab = [capability_sweep(model, tokenizer, plans[CAPABILITY[d].name], profile, at, inputs)
+             for d, at in factories.items()]
+    return pd.concat(dose, ignore_index=True), pd.concat(capab, ignore_index=True)
+
+
+def lowrank_plan(profile, pairs: Sequence[tuple[str, int]]) -> Plan:
+    """Each (condition, rank) copy at the profile's largest alpha."""
+    top = max(DOSE["lowrank"].view(profile).alphas)
+    return DOSE["lowrank"], [p for c, r in pairs for p in
+                             dial_points(f"rank {r}", [c], [top], {c: [f"{c}@r{r}"]})], ()
+
+
+def lowrank_dose(model, tokenizer, files: Mapping[tuple[str, int], Path],
+                 profile) -> pd.DataFrame:
+    """The dose rows of each low-rank copy (`lowrank.lowrank_files`) at the largest alpha."""
+    P = DOSE["lowrank"].view(profile)
+    inputs = {f"{c}@r{r}": f for (c, r), f in files.items()}
+
+    def measure(point):
+        at = vector_dial(model, {point["condition"]: inputs[point["_uses"][0]]})
+        return dose_measure(model, tokenizer, at, point, P.contrast_pairs)
+
+    return run_sweep(lowrank_plan(P, list(files)), P, measure, inputs=inputs)
