@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from . import cache
 from .harness import (
     CAPABILITY,
     DOSE,
@@ -39,7 +38,6 @@ class Bench:
     Smoke sweeps fewer points so CI proves every cell in about a minute; `cpu` and larger
     profiles sweep the full grids."""
 
-    npti_gammas: tuple[float, ...]
     steering_coefficients: tuple[float, ...] = (0.5, 1.0, 2.0)
     steering_probe: float = 2.0  # c of the layer sweep
     steering_layer_step: int = 3
@@ -50,21 +48,20 @@ class Bench:
     mixer_questions: int = 3
 
 
-SMOKE_BENCH = {"npti_gammas": (2.0,), "steering_coefficients": (2.0,),
+SMOKE_BENCH = {"steering_coefficients": (2.0,),
                "steering_layer_step": 10, "p2_intensities": (3,), "n_questions": 3,
                "ranks": (4,), "mixer_alphas": (1.0,), "mixer_questions": 1}
 
 
-def bench_settings(profile, **given: Any) -> Bench:
-    """The chapter's settings for `profile`: each given (not None) value, else the smoke
-    value for the smoke profile, else the full default (NPTI: the profile's gammas)."""
+def bench_settings(name: str, **given: Any) -> Bench:
+    """The chapter's settings for the profile named `name` (the notebook's `profile`
+    parameter, so a renamed profile keeps them): each given (not None) value, else the
+    smoke value for "smoke", else the full default. (NPTI's γ is the profile's field.)"""
     unknown = sorted(set(given) - {f.name for f in fields(Bench)})
     if unknown:
         raise ValueError(f"unknown chapter-06 setting(s) {unknown}")
-    P = cache.unwrap(profile)
-    chosen = {**(SMOKE_BENCH if P.name == "smoke" else {}),
+    chosen = {**(SMOKE_BENCH if name == "smoke" else {}),
               **{k: v for k, v in given.items() if v is not None}}
-    chosen.setdefault("npti_gammas", P.npti_gammas)
     return Bench(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
 
 
@@ -77,11 +74,12 @@ def bench_plans(profile, bench: Bench, conditions: Sequence[str],
     """The dose and capability plans of the four dials, by stage name. A vector point uses
     its vector, a steering point its trait's direction file (`steering.direction_files`)."""
     alphas = DOSE["vector"].view(profile).alphas
+    gammas = DOSE["NPTI"].view(profile).npti_gammas
     dials = {
         "vector": ([0.0, *alphas], {c: [c] for c in conditions}, {}),
         "steering": ([0.0, *bench.steering_coefficients],
                      {c: [_direction(c)] for c in conditions}, {"layer": int(layer)}),
-        "NPTI": ([0.0, *bench.npti_gammas], {}, {}),
+        "NPTI": ([0.0, *gammas], {}, {}),
         "P2": ([0, *bench.p2_intensities], {}, {}),
     }
     plans = {}

@@ -143,10 +143,15 @@ class LowRankSource(TensorSource):
 LOWRANK = Stage("lowrank", (), code=(_factored, write_lowrank_ranks))
 
 
-def lowrank_file(vector: str | Path, rank: int) -> Path:
-    """Where the rank-`rank` copy of `vector` lives: keyed by the vector's identity (its
+def lowrank_key(vector_identity: str, rank: int) -> str:
+    """The key of a rank-`rank` copy: the source vector's identity (`cache.identity`: its
     producer's key or its bytes, never its mtime) and the rank."""
-    return LOWRANK.entry(LOWRANK.key(None, cache.identity(vector), rank)) / "vector.safetensors"
+    return LOWRANK.key(None, vector_identity, rank)
+
+
+def lowrank_file(vector: str | Path, rank: int) -> Path:
+    """Where the rank-`rank` copy of `vector` lives."""
+    return LOWRANK.entry(lowrank_key(cache.identity(vector), rank)) / "vector.safetensors"
 
 
 def lowrank_files(vectors: Mapping[str, str | Path], ranks: tuple[int, ...] = (4, 16, 64),

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import pytest
 
-from pvutils import book, cache, data, sweeps, training
+from pvutils import bench, book, cache, calibrate, data, lowrank, mixer, steering, sweeps, training
+from pvutils.bfi import ITEMS_BY_NUMBER
+from pvutils.personas import split_condition
 from pvutils.profiles import CONDITIONS, field_names, get_profile
 
 BASE = get_profile("smoke")
@@ -40,9 +43,22 @@ MUTATIONS = {
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
                  "rq4-transfer", "layerwise"}  # they apply trained vectors
-EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS
-TRAINING = {"vectors"} | VECTOR_SWEEPS  # a new vector is a new input of every vector sweep
-DATA = {"data"} | TRAINING
+# chapter 06: the stages that apply vectors (or their low-rank copies), and those that read
+# the trait data through the steering directions
+CH06_VECTOR = {"dose-vector", "capability-vector", "dial-check", "lowrank", "dose-lowrank",
+               "mixer"}
+CH06_STEERING = {"steering-directions", "steering-layers", "dose-steering",
+                 "capability-steering"}
+CH06_CONTRAST = {"steering-layers", "dose-vector", "dose-steering", "dose-NPTI", "dose-P2",
+                 "dose-lowrank", "dial-check", "mixer"}  # they read contrast_pairs
+CH06 = CH06_VECTOR | CH06_STEERING | CH06_CONTRAST | {f"capability-{d}"
+                                                     for d in ("NPTI", "P2")}
+EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS | CH06
+TRAINING = {"vectors"} | VECTOR_SWEEPS | CH06_VECTOR  # a new vector: a new input of these
+DATA = {"data"} | TRAINING | CH06_STEERING
+# the swept vectors choose the points of every chapter-06 stage but those keyed by trait
+# (smoke's mutation keeps extraversion, so its directions and layer sweep stay)
+CH06_SWEPT = CH06 - {"steering-directions", "steering-layers"}
 
 # field -> the stages whose key (or point set) it changes
 READERS = {
@@ -59,17 +75,20 @@ READERS = {
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
     "n_samples": {"rq1-interview", "rq3-negation"},
     "eval_temperature": {"rq1-interview", "rq3-negation"},
-    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer"},
+    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "mixer"},
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer"},
-    "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview"},
-    "npti_gammas": {"rq1-npti"}, "p2_seeds": {"rq1-p2"},
+                       "rq3-negation", "rq4-transfer"} | CH06_CONTRAST,
+    # 06: the vector dial's strengths, so the dialled alphas and the low-rank strength
+    "alphas": {"rq1-contrast", "dose-vector", "capability-vector", "dial-check",
+               "dose-lowrank"},
+    "interview_alphas": {"rq1-interview"},
+    "npti_gammas": {"rq1-npti", "dose-NPTI", "capability-NPTI"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise"},
+                         "rq3-negation", "rq4-transfer", "layerwise"} | CH06_SWEPT,
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
@@ -80,16 +99,65 @@ READERS = {
 
 # notebook parameters that are not Profile fields -> the stages they reach
 PAGE_ONLY = {"profile": "selects the profile", "seed": None, "density": None,
-             "max_new_tokens": None, "example_condition": None, "example_question": None,
-             # chapter 06's own settings: its caches key them as inputs (pointcache)
-             **dict.fromkeys(["steering_coefficients", "n_questions", "steering_layer_step",
-                              "ranks", "steering_probe", "mixer_alphas", "p2_intensities",
-                              "dial_targets"])}
-NOTEBOOK_INPUTS = {"judges": ["embedding"], "transfer_conditions": ["agreeableness_low"]}
-NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-transfer"}}
+             "max_new_tokens": None, "example_condition": None, "example_question": None}
+NOTEBOOK_INPUTS = {"judges": ["embedding"], "transfer_conditions": ["agreeableness_low"],
+                   # chapter 06's own settings (`bench.bench_settings`)
+                   "steering_coefficients": [1.0], "steering_probe": 1.0,
+                   "steering_layer_step": 4, "p2_intensities": [1, 3], "n_questions": 5,
+                   "ranks": [16], "mixer_alphas": [2.0], "dial_targets": [3.1]}
+NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-transfer"},
+                    "steering_coefficients": {"dose-steering", "capability-steering"},
+                    "steering_probe": {"steering-layers"},
+                    "steering_layer_step": {"steering-layers"},
+                    "p2_intensities": {"dose-P2", "capability-P2"},
+                    "n_questions": {f"capability-{d}" for d in ("vector", "steering", "NPTI",
+                                                                 "P2")},
+                    "ranks": {"lowrank", "dose-lowrank"}, "mixer_alphas": {"mixer"},
+                    "dial_targets": {"dial-check"}}
+N_LAYERS = 30  # the embedded model's depth (the layer sweep's points depend on it)
 
 
-def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object]:
+def _linear_dose(conditions, strengths) -> pd.DataFrame:
+    """A vector dose table rising 0.5 per unit strength toward each condition's pole, as
+    the dial check's input (its points are the alphas dialled on the dose)."""
+    rows = []
+    for c in conditions:
+        trait, level = split_condition(c)
+        for s in strengths:
+            score = 3.0 + (0.5 if level == "high" else -0.5) * s
+            items = {str(n): (6 - score if it.reverse else score) if it.dimension == trait
+                     else 3.0 for n, it in ITEMS_BY_NUMBER.items()}
+            rows.append({"method": "vector", "condition": c, "strength": s, "items": items})
+    return pd.DataFrame(rows)
+
+
+def chapter06(P, swept, ids, dial_targets=None, **given) -> dict[str, object]:
+    """Chapter 06's plans as the notebook builds them (the chosen layer fixed at 0)."""
+    S = bench.bench_settings("smoke", **given)  # the notebook's `profile` parameter
+    traits = list(dict.fromkeys(split_condition(c)[0] for c in swept))
+    directions = {t: steering.direction_file(P, t).parent.name for t in traits}
+    ids = {**ids, **{f"direction:{t}": k for t, k in directions.items()}}
+    pairs = [(c, r) for c in swept for r in S.ranks]
+    ids.update({f"{c}@r{r}": lowrank.lowrank_key(ids[c], r) for c, r in pairs})
+    dose = _linear_dose(swept, [0.0, *P.alphas])
+    questions = data.heldout_prompts()[:S.mixer_questions]
+    plans = {
+        **bench.bench_plans(P, S, swept, layer=0),
+        "steering-layers": steering.layer_plan(
+            P, traits, steering.probe_layers(N_LAYERS, S.steering_layer_step), S.steering_probe),
+        "dial-check": calibrate.dial_check_plan(P, calibrate.dial_table(dose, dial_targets,
+                                                                        n_boot=20)),
+        "dose-lowrank": bench.lowrank_plan(P, pairs),
+        "mixer": mixer.mixer_plan(P, mixer.default_mixes(swept, P.conditions),
+                                  S.mixer_alphas, questions),
+    }
+    out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
+           for name, (stage, points, extra) in plans.items()}
+    return {**out, "steering-directions": directions,
+            "lowrank": {pair: ids[f"{pair[0]}@r{pair[1]}"] for pair in pairs}}
+
+
+def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str, object]:
     """Every stage's key and point keys, as the chapters would compute them for `P`."""
     ids = {c: training.train_key(P, c) for c in P.conditions}
     ids["domain"] = training.train_key(P, DOMAIN)
@@ -107,6 +175,7 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object
     assert set(plans) == set(sweeps.PLANS)
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
+    out.update(chapter06(P, swept, ids, **ch06))
     out["data"] = {c: data.data_key(P, c) for c in [*P.conditions, DOMAIN]}
     out["vectors"] = {c: training.train_key(P, c) for c in [*P.conditions, DOMAIN]}
     return out

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from pvutils.calibrate import DialError, dial_alpha, invert, mergekit_config, monotone_fit
+from pvutils import get_profile
+from pvutils.bfi import ITEMS_BY_NUMBER
+from pvutils.calibrate import (
+    DialError,
+    check_dials,
+    dial_alpha,
+    dial_table,
+    invert,
+    mergekit_config,
+    monotone_fit,
+)
+from pvutils.evaluation import contrast_scores
 from pvutils.merging import load_config
 
 
@@ -65,3 +77,46 @@ def test_resamples_that_miss_the_target_make_the_interval_unbounded():
     dial = dial_alpha(alphas, mat, 2.9, n_boot=400)
     assert dial.alpha == pytest.approx(1.8)
     assert dial.hi == np.inf and dial.share_reached < 1.0
+
+
+def dose_rows(condition: str, alphas, scores) -> pd.DataFrame:
+    """A vector dose table whose trait items all answer `score` (keyed) at each alpha."""
+    trait = condition.rsplit("_", 1)[0]
+    rows = []
+    for a, score in zip(alphas, scores, strict=True):
+        items = {str(n): (6.0 - score if it.reverse else score) if it.dimension == trait else 3.0
+                 for n, it in ITEMS_BY_NUMBER.items()}
+        rows.append({"method": "vector", "condition": condition, "strength": a, "items": items})
+    return pd.DataFrame(rows)
+
+
+def test_dial_table_known_answers_and_default_targets():
+    dose = pd.concat([dose_rows("extraversion_high", [0.0, 1.0, 2.0], [2.0, 3.0, 4.0]),
+                      dose_rows("agreeableness_low", [0.0, 2.0], [3.0, 2.0]),
+                      dose_rows("agreeableness_low", [1.0], [3.0]).assign(method="P2")])
+    table = dial_table(dose, n_boot=50).set_index(["condition", "target"])
+    # default: three targets evenly inside each reachable range, the ends left out
+    assert table.loc["extraversion_high"].index.tolist() == [2.5, 3.0, 3.5]
+    assert table.loc["extraversion_high", "alpha"].tolist() == pytest.approx([0.5, 1.0, 1.5])
+    assert table.loc["agreeableness_low"].index.tolist() == [2.75, 2.5, 2.25]
+    assert table.loc["agreeableness_low", "alpha"].tolist() == pytest.approx([0.5, 1.0, 1.5])
+    assert table["note"].isna().all()
+    given = dial_table(dose, targets=[3.0, 9.0], n_boot=50).set_index(["condition", "target"])
+    assert given.loc[("extraversion_high", 3.0), "alpha"] == pytest.approx(1.0)
+    assert np.isnan(given.loc[("extraversion_high", 9.0), "alpha"])
+    assert "outside the range extraversion_high reaches" in given.loc[("extraversion_high", 9.0),
+                                                                      "note"]
+
+
+def test_dial_check_of_a_zero_vector_measures_the_base(tiny_chat_model, isolated_home):
+    model, tok = tiny_chat_model
+    zero = {n: p.detach().new_zeros(p.shape) for n, p in model.named_parameters()}
+    smoke = get_profile("smoke")
+    table = pd.DataFrame([{"condition": "extraversion_high", "target": 3.0, "alpha": 1.5},
+                          {"condition": "extraversion_high", "target": 9.0, "alpha": np.nan}])
+    checked = check_dials(model, tok, {"extraversion_high": zero}, table, smoke)
+    base = contrast_scores(model, tok, ["extraversion"], n_pairs=smoke.contrast_pairs)
+    assert checked["measured"][0] == pytest.approx(base["extraversion"], abs=1e-6)
+    assert np.isnan(checked["measured"][1])  # an unreachable target is not re-scored
+    again = check_dials(None, None, {"extraversion_high": zero}, table, smoke)  # cached
+    assert again.equals(checked)

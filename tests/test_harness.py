@@ -6,9 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pvutils import get_profile
+from pvutils.bench import SMOKE_BENCH, Bench, bench_plans, bench_settings
 from pvutils.bfi import ITEMS_BY_NUMBER
 from pvutils.evaluation import REAL_PERSON_PROMPT
 from pvutils.harness import (
+    capability_table,
+    dose_measure,
+    dose_plan,
     dose_summary,
     dose_sweep,
     leakage,
@@ -101,13 +106,56 @@ def test_p2_intensity_prompts():
         p2_intensity_prompt("extraversion", "high", 4)
 
 
-def test_zero_vector_sweep_scores_like_the_base(tiny_chat_model, tmp_path):
+def test_capability_table_is_relative_to_the_dial_off():
+    dose = pd.DataFrame([
+        {"method": "vector", "condition": "extraversion_low", "strength": s, "extraversion": e}
+        for s, e in ((0.0, 3.0), (1.0, 2.5), (2.0, 2.0))])
+    capab = pd.DataFrame([
+        {"method": "vector", "condition": "extraversion_low", "strength": s, "perplexity": p,
+         "factual": f, "n_questions": 4} for s, p, f in ((0.0, 10.0, 1.0), (1.0, 12.0, 0.75),
+                                                         (2.0, 11.0, 0.5))])
+    table = capability_table(dose, capab)
+    assert table["shift"].tolist() == [0.0, 0.5, 1.0]  # toward "low": a falling score
+    assert table["perplexity_ratio"].tolist() == [1.0, 1.2, 1.1]
+    assert table["factual_lost"].tolist() == [0.0, 0.25, 0.5]
+    assert table["front"].tolist() == [True, False, True]  # (0.5, 1.2) is beaten by (1, 1.1)
+
+
+def test_bench_settings_smoke_defaults_and_overrides():
+    assert bench_settings("smoke") == Bench(**SMOKE_BENCH)
+    assert bench_settings("cpu") == Bench() == bench_settings("paper")
+    mine = bench_settings("smoke", ranks=[16], n_questions=None)
+    assert mine.ranks == (16,) and mine.n_questions == SMOKE_BENCH["n_questions"]
+    with pytest.raises(ValueError, match="unknown chapter-06 setting"):
+        bench_settings("cpu", rank=4)
+
+
+def test_bench_plans_start_every_dial_off_and_share_the_vector_points():
+    smoke = get_profile("smoke")
+    plans = bench_plans(smoke, bench_settings("smoke"), ["extraversion_high"], layer=3)
+    assert set(plans) == {f"{k}-{d}" for k in ("dose", "capability")
+                          for d in ("vector", "steering", "NPTI", "P2")}
+    for stage, points, _ in plans.values():
+        assert points[0]["strength"] == 0.0 and stage.name.split("-")[1] == points[0]["method"]
+    vector = plans["dose-vector"][1]
+    assert [p["strength"] for p in vector] == [0.0, *smoke.alphas]
+    assert vector == dose_plan(smoke, "vector", ["extraversion_high"], [0.0, *smoke.alphas],
+                               {"extraversion_high": ["extraversion_high"]})[1]
+    assert {p["layer"] for p in plans["capability-steering"][1]} == {3}
+
+
+def test_zero_vector_sweep_scores_like_the_base(tiny_chat_model, isolated_home):
     model, tok = tiny_chat_model
     zero = {n: p.detach().new_zeros(p.shape) for n, p in model.named_parameters()}
-    table = dose_sweep(model, tok, "vector", vector_dial(model, {"extraversion_high": zero}),
-                       ["extraversion_high"], [0.0, 1.0], tmp_path / "c.json", n_pairs=1)
+    vectors, smoke = {"extraversion_high": zero}, get_profile("smoke")
+    plan = dose_plan(smoke, "vector", ["extraversion_high"], [0.0, 1.0],
+                     {"extraversion_high": ["extraversion_high"]})
+    table = dose_sweep(model, tok, plan, smoke, vector_dial(model, vectors), vectors)
     assert len(table) == 2 and len(table["items"][0]) == 44
     assert table["extraversion"][0] == pytest.approx(table["extraversion"][1], abs=1e-6)
-    again = dose_sweep(model, tok, "vector", None, ["extraversion_high"], [0.0, 1.0],
-                       tmp_path / "c.json")  # cached: the factory is never called
-    assert again["extraversion"].tolist() == table["extraversion"].tolist()
+    # a point's row is the measure applied to that point directly
+    direct = dose_measure(model, tok, vector_dial(model, vectors), plan[1][1],
+                          smoke.contrast_pairs)
+    assert table["items"][1] == pytest.approx(direct["items"], abs=1e-9)
+    again = dose_sweep(None, None, plan, smoke, None, vectors)  # cached: no factory called
+    assert again.equals(table)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import pandas as pd
 import pytest
 import torch
 
@@ -87,3 +90,43 @@ def test_several_ranks_from_one_pass_equal_single_rank_files(tiny_llama, tmp_pat
         assert vector_metadata(both[rank])["rank"] == str(rank)
         for name in single.keys():
             assert torch.equal(single.get(name), multi.get(name))
+
+
+def test_lowrank_files_are_keyed_by_content_never_mtime(tiny_llama, isolated_home, tmp_path):
+    from pvutils.lowrank import lowrank_files
+
+    path = save_vector(tiny_vector(tiny_llama, seed=3), tmp_path / "v.safetensors",
+                       {"condition": "extraversion_high"})
+    files = lowrank_files({"extraversion_high": path}, (2, 4))
+    assert sorted(files) == [("extraversion_high", 2), ("extraversion_high", 4)]
+    assert vector_metadata(files[("extraversion_high", 4)])["rank"] == "4"
+    written = {k: f.stat().st_mtime_ns for k, f in files.items()}
+    os.utime(path, ns=(1, 1))  # a touched vector is the same vector: nothing rewritten
+    again = lowrank_files({"extraversion_high": path}, (2, 4))
+    assert again == files and {k: f.stat().st_mtime_ns for k, f in again.items()} == written
+    other = save_vector(tiny_vector(tiny_llama, seed=4), tmp_path / "v.safetensors",
+                        {"condition": "extraversion_high"})  # new content, same name
+    assert lowrank_files({"extraversion_high": other}, (2,))[("extraversion_high", 2)] \
+        != files[("extraversion_high", 2)]
+
+
+def test_kept_table_known_shares(tmp_path):
+    from pvutils.lowrank import kept_table
+
+    dose = pd.DataFrame([{"method": "vector", "condition": c, "strength": s, "extraversion": e}
+                         for c, pts in (("extraversion_high", ((0.0, 3.0), (2.0, 4.0))),
+                                        ("extraversion_low", ((0.0, 3.0), (2.0, 2.0))))
+                         for s, e in pts])
+    truncated = pd.DataFrame([{"method": "rank 4", "condition": c, "strength": 2.0,
+                               "extraversion": e}
+                              for c, e in (("extraversion_high", 3.5), ("extraversion_low", 2.25))])
+    files = {}
+    for c, size in (("extraversion_high", 1000), ("extraversion_low", 3000)):
+        files[(c, 4)] = tmp_path / f"{c}.r4"
+        files[(c, 4)].write_bytes(b"x" * size)
+    vectors = {"extraversion_high": files[("extraversion_low", 4)]}  # any file: its size
+    table = kept_table(dose, truncated, files, vectors).set_index(["condition", "label"])
+    assert table.loc[("extraversion_high", "r=4"), ["kept", "shift"]].tolist() == [0.5, 0.5]
+    assert table.loc[("extraversion_low", "r=4"), ["kept", "shift"]].tolist() == [0.75, 0.75]
+    assert table.loc[("extraversion_high", "r=4"), "megabytes"] == 0.001
+    assert table.loc[("extraversion_high", "full"), ["kept", "megabytes"]].tolist() == [1.0, 0.003]

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pvutils import cache, get_profile
 from pvutils.steering import (
     answer_batches,
     bridge_cosines,
-    cached_directions,
     condition_direction,
     decoder_layers,
+    direction_files,
+    layer_gap,
+    layer_sweep,
+    load_directions,
+    probe_layers,
     steered,
     steering_directions,
 )
@@ -132,12 +137,39 @@ def test_bridge_cosine_is_plus_or_minus_one_for_a_shift_along_the_direction(tiny
     assert hooks(model) == hooks_before  # the bridge removed every hook it added
 
 
-def test_directions_are_cached_per_file(tiny_chat_model, tmp_path):
+def test_directions_are_a_cached_stage_keyed_by_their_data(tiny_chat_model, isolated_home):
     model, tok = tiny_chat_model
     sets = {"extraversion_high": {"messages": chats(["Parties!", "Let's go out."])},
             "extraversion_low": {"messages": chats(["I stay in.", "Quiet night."])}}
-    first = cached_directions(tmp_path / "d.safetensors", model, tok, sets, ["extraversion"])
-    # a second call reads the file: no model is needed
-    again = cached_directions(tmp_path / "d.safetensors", None, None, {}, ["extraversion"])
-    assert torch.equal(first["extraversion"], again["extraversion"])
+    smoke = get_profile("smoke")
+    files = direction_files(smoke, model, tok, sets, ["extraversion"])
+    expected = steering_directions(model, tok, sets["extraversion_high"]["messages"],
+                                   sets["extraversion_low"]["messages"])
+    assert torch.equal(load_directions(files)["extraversion"], expected)
+    # a second call reads the file: no model is needed; its identity is its stage key
+    assert direction_files(smoke, None, None, {}, ["extraversion"]) == files
+    assert cache.identity(files["extraversion"]) == files["extraversion"].parent.name
+    # other data (a data field changed) is another entry
+    other = direction_files(smoke.replace(n_dialogues=5), model, tok, sets, ["extraversion"])
+    assert other["extraversion"] != files["extraversion"]
 
+
+def test_layer_sweep_rows_are_the_gap_measured_directly(tiny_chat_model, isolated_home):
+    model, tok = tiny_chat_model
+    n = model.config.num_hidden_layers
+    assert probe_layers(n, 10) == list(range(0, n, 10))
+    d = torch.randn(n, model.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    sets = {"extraversion_high": {"messages": chats(["Parties!"])},
+            "extraversion_low": {"messages": chats(["I stay in."])}}
+    smoke = get_profile("smoke")
+    files = direction_files(smoke, model, tok, sets, ["extraversion"])
+    table = layer_sweep(model, tok, files, smoke, ["extraversion"], [0, n - 1], 2.0)
+    direction = load_directions(files)["extraversion"]
+    for row in table.itertuples(index=False):
+        direct = layer_gap(model, tok, direction, "extraversion", row.layer, 2.0,
+                           smoke.contrast_pairs)
+        assert (row.score_plus, row.score_minus, row.gap) == pytest.approx(
+            (direct["score_plus"], direct["score_minus"], direct["gap"]), abs=1e-9)
+    # a zero coefficient is the unsteered model at both signs: no gap
+    assert layer_gap(model, tok, d, "extraversion", 0, 0.0, 1)["gap"] == 0.0
+    assert layer_sweep(None, None, files, smoke, ["extraversion"], [0, n - 1], 2.0).equals(table)

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from pvutils import cache, get_profile, sweeps
+from pvutils.evaluation import contrast_scores
+from pvutils.merging import applied
 
 SMOKE = get_profile("smoke")
 
@@ -49,6 +51,11 @@ def test_points_are_cached_one_by_one_and_a_killed_sweep_resumes(isolated_home):
     df = sweeps.run_sweep(_toy_plan(profile), profile, measure, inputs=inputs)
     assert calls == [0.1, 0.2, 0.3, 0.3]  # finished points never recomputed
     assert df["score"].tolist() == [0.2, 0.4, 0.6] and "_uses" not in df
+
+    def never(point):
+        raise AssertionError(f"{point} is cached")
+
+    assert sweeps.run_sweep(_toy_plan(profile), profile, never, inputs=inputs).equals(df)
     longer = profile.replace(alphas=(0.1, 0.2, 0.3, 0.4))  # a grid field: same key
     sweeps.run_sweep(_toy_plan(longer), longer, measure, inputs=inputs)
     assert calls[4:] == [0.4]
@@ -86,13 +93,17 @@ def test_vector_sweep_zero_vector_scores_like_the_base(chat_model):
     assert df.score.tolist() == pytest.approx([base] * 3, abs=1e-5)
 
 
-def test_vector_sweep_alpha_changes_the_score_and_a_rerun_reads_the_cache(chat_model):
+def test_vector_sweep_rows_are_the_measure_at_each_point_and_a_rerun_reads_the_cache(
+        chat_model):
     model, tok = chat_model
     vec = _random_vector(model, 0.05, seed=1)
     profile = SMOKE.replace(alphas=(1.0, 2.0))
     df = sweeps.vector_sweep(model, tok, {"openness_low": vec}, profile)
     assert set(df.level) == {"base", "low"} and set(df.trait) == {"openness"}
-    assert df.score.nunique() == 3
+    for row in df.itertuples(index=False):  # θ + α φ scored directly, outside the driver
+        with applied(model, [vec], [row.alpha]):
+            direct = contrast_scores(model, tok, ["openness"], n_pairs=profile.contrast_pairs)
+        assert row.score == pytest.approx(direct["openness"], abs=1e-6), row.alpha
     again = sweeps.vector_sweep(None, None, {"openness_low": vec}, profile)  # no model needed
     assert again.equals(df)
 
@@ -108,20 +119,30 @@ def test_composition_sweep_targets_and_zero_vectors(chat_model):
     assert len(df) == 4 * 2
     hh = df[df.profile == "HH"].iloc[0]
     assert hh.target_extraversion == 1 and hh.target_agreeableness == 1
-    assert df.extraversion.nunique() == 1  # zero vectors: every merge is the base model
+    lh = df[df.profile == "LH"].iloc[0]
+    assert lh.target_extraversion == -1 and lh.target_agreeableness == 1
+    # zero vectors: every merge is the base model
+    base = contrast_scores(model, tok, ["extraversion", "agreeableness"],
+                           n_pairs=profile.contrast_pairs)
+    for trait in base:
+        assert df[trait].tolist() == pytest.approx([base[trait]] * len(df), abs=1e-6)
 
 
 def test_ties_family_scales_the_mean_by_alpha(chat_model):
-    """TIES with a shared alpha: alpha must change the merged model (it scales the
-    disjoint mean), unlike plain weights, which a mean would cancel."""
+    """TIES with a shared alpha scales the disjoint *mean* (mergekit's lambda): one vector
+    kept whole (density 1) merges to θ + α φ, exactly task arithmetic at α, at every α
+    (plain weights would cancel out of the mean and leave θ + φ)."""
     model, tok = chat_model
     vec = _random_vector(model, 0.05, seed=2)
     vectors = {f"extraversion_{lv}": vec for lv in ("high", "low")}
     profile = SMOKE.replace(composition_traits=("extraversion",), composition_alphas=(0.1, 0.4),
-                            composition_methods=("TIES",))
+                            composition_methods=("TA", "TIES"), ties_density=1.0)
     df = sweeps.composition_sweep(model, tok, vectors, profile)
-    by_alpha = df.groupby("alpha").extraversion.first()
-    assert by_alpha[0.1] != pytest.approx(by_alpha[0.4])
+    table = df.pivot_table(index=["alpha", "profile"], columns="method", values="extraversion")
+    assert table["TIES"].tolist() == pytest.approx(table["TA"].tolist(), abs=1e-5)
+    with applied(model, [vec], [0.4]):
+        direct = contrast_scores(model, tok, ["extraversion"], n_pairs=profile.contrast_pairs)
+    assert table.loc[(0.4, "H"), "TIES"] == pytest.approx(direct["extraversion"], abs=1e-5)
 
 
 def test_layerwise_sweep_alpha_zero_is_identical(chat_model):
