@@ -15,19 +15,22 @@ from typing import Any
 
 import pandas as pd
 
+from .cache import Stage
+from .evaluation import contrast_scores
 from .harness import (
     CAPABILITY,
     DOSE,
     capability_sweep,
     dial_points,
-    dose_measure,
     dose_sweep,
     npti_dial,
     p2_dial,
     steering_dial,
     vector_dial,
 )
+from .merging import applied
 from .personas import split_condition
+from .plans import CONTRAST
 from .steering import load_directions
 from .sweeps import Plan, run_sweep
 
@@ -46,11 +49,20 @@ class Bench:
     ranks: tuple[int, ...] = (4, 16, 64)
     mixer_alphas: tuple[float, ...] = (1.0, 2.0)
     mixer_questions: int = 3
+    n_conditions: int | None = None  # the first n swept vectors (None: all)
+    n_targets: int = 3  # dialled targets per vector
+    npti_prompts: int | None = None  # NPTI's neurons from the first n prompts (None: all)
+
+    def chosen(self, vectors: Mapping[str, Any]) -> dict[str, Any]:
+        """The vectors the chapter compares: the first `n_conditions` swept ones."""
+        return dict(list(vectors.items())[: self.n_conditions])
 
 
-SMOKE_BENCH = {"steering_coefficients": (2.0,),
-               "steering_layer_step": 10, "p2_intensities": (3,), "n_questions": 3,
-               "ranks": (4,), "mixer_alphas": (1.0,), "mixer_questions": 1}
+# smoke: one vector (extraversion_high) on every dial at one strength, one dialled target,
+# the layer sweep on three layers, NPTI's neurons from 4 of its 12 prompts
+SMOKE_BENCH = {"steering_coefficients": (2.0,), "steering_layer_step": 10,
+               "p2_intensities": (3,), "n_questions": 3, "ranks": (4,), "mixer_alphas": (1.0,),
+               "mixer_questions": 1, "n_conditions": 1, "n_targets": 1, "npti_prompts": 4}
 
 
 def bench_settings(name: str, **given: Any) -> Bench:
@@ -79,7 +91,7 @@ def bench_plans(profile, bench: Bench, conditions: Sequence[str],
         "vector": ([0.0, *alphas], {c: [c] for c in conditions}, {}),
         "steering": ([0.0, *bench.steering_coefficients],
                      {c: [_direction(c)] for c in conditions}, {"layer": int(layer)}),
-        "NPTI": ([0.0, *gammas], {}, {}),
+        "NPTI": ([0.0, *gammas], {}, {"npti_prompts": bench.npti_prompts}),
         "P2": ([0, *bench.p2_intensities], {}, {}),
     }
     plans = {}
@@ -98,7 +110,8 @@ def bench_sweeps(model, tokenizer, profile, bench: Bench, vectors: Mapping[str, 
     plans = bench_plans(profile, bench, list(vectors), layer)
     factories = {"vector": vector_dial(model, vectors),
                  "steering": steering_dial(model, load_directions(directions), layer),
-                 "NPTI": npti_dial(model, tokenizer), "P2": p2_dial(model)}
+                 "NPTI": npti_dial(model, tokenizer, n_prompts=bench.npti_prompts),
+                 "P2": p2_dial(model)}
     inputs = {**vectors, **{f"direction:{t}": f for t, f in directions.items()}}
     dose = [dose_sweep(model, tokenizer, plans[DOSE[d].name], profile, at, inputs)
             for d, at in factories.items()]
@@ -109,19 +122,28 @@ def bench_sweeps(model, tokenizer, profile, bench: Bench, vectors: Mapping[str, 
 
 def lowrank_plan(profile, pairs: Sequence[tuple[str, int]]) -> Plan:
     """Each (condition, rank) copy at the profile's largest alpha."""
-    top = max(DOSE["lowrank"].view(profile).alphas)
-    return DOSE["lowrank"], [p for c, r in pairs for p in
+    top = max(LOWRANK_DOSE.view(profile).alphas)
+    return LOWRANK_DOSE, [p for c, r in pairs for p in
                              dial_points(f"rank {r}", [c], [top], {c: [f"{c}@r{r}"]})], ()
 
 
 def lowrank_dose(model, tokenizer, files: Mapping[tuple[str, int], Path],
                  profile) -> pd.DataFrame:
-    """The dose rows of each low-rank copy (`lowrank.lowrank_files`) at the largest alpha."""
-    P = DOSE["lowrank"].view(profile)
+    """The intended trait's score of each low-rank copy (`lowrank.lowrank_files`) at the
+    largest alpha (only that trait: `lowrank.kept_table` reads nothing else).
+    Rows: method ("rank r"), condition, strength, trait, level, <trait>."""
+    P = LOWRANK_DOSE.view(profile)
     inputs = {f"{c}@r{r}": f for (c, r), f in files.items()}
 
     def measure(point):
-        at = vector_dial(model, {point["condition"]: inputs[point["_uses"][0]]})
-        return dose_measure(model, tokenizer, at, point, P.contrast_pairs)
+        trait, level = split_condition(point["condition"])
+        with applied(model, [inputs[point["_uses"][0]]], [point["strength"]],
+                     reuse_buffers=True):
+            score = contrast_scores(model, tokenizer, [trait], n_pairs=P.contrast_pairs)
+        return {"trait": trait, "level": level, **score}
 
     return run_sweep(lowrank_plan(P, list(files)), P, measure, inputs=inputs)
+
+
+LOWRANK_DOSE = Stage("dose-lowrank", CONTRAST, grid=("alphas", "sweep_conditions"),
+                     code=(lowrank_dose,))

@@ -123,15 +123,16 @@ def default_targets(x: np.ndarray, fitted: np.ndarray, n: int = 3) -> list[float
 
 
 def dial_table(dose: pd.DataFrame, targets: Sequence[float] | None = None,
-               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+               n_boot: int = 1000, seed: int = 0, n_targets: int = 3) -> pd.DataFrame:
     """Dial every vector of a dose table (its `method == "vector"` rows) to each target
-    (default: three inside its reachable range). Rows: condition, target, alpha, lo, hi,
-    resamples_reaching; a target out of reach has NaN there and the reason in `note`."""
+    (default: `n_targets` evenly inside its reachable range).
+    Rows: condition, target, alpha, lo, hi, resamples_reaching; a target out of reach has
+    NaN there and the reason in `note`."""
     rows = []
     for condition, part in dose[dose["method"] == "vector"].groupby("condition", sort=False):
         strengths, mat = keyed_matrix(part, split_condition(condition)[0])
         x, fitted, _ = monotone_fit(strengths, mat.mean(axis=1))
-        for target in default_targets(x, fitted) if targets is None else targets:
+        for target in default_targets(x, fitted, n_targets) if targets is None else targets:
             try:
                 d = dial_alpha(strengths, mat, target, n_boot, seed, label=condition)
             except DialError as err:

@@ -25,7 +25,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .baselines import BIPOLAR_ADJECTIVES, P2_TEMPLATE, npti_intervention, npti_neurons
+from .baselines import (
+    BIPOLAR_ADJECTIVES,
+    NPTI_PROMPTS,
+    P2_TEMPLATE,
+    npti_intervention,
+    npti_neurons,
+    npti_texts,
+)
 from .bfi import ITEMS_BY_NUMBER
 from .cache import Stage
 from .capability import capability
@@ -62,17 +69,21 @@ def steering_dial(model, directions: Mapping[str, Any], layer: int) -> PointFact
     return at
 
 
-def npti_dial(model, tokenizer, neurons: dict[str, Any] | None = None) -> PointFactory:
+def npti_dial(model, tokenizer, neurons: dict[str, Any] | None = None,
+              n_prompts: int | None = None) -> PointFactory:
     """NPTI toward the condition's level with strength γ; each trait's neurons are found
-    on first use (only sweep points not yet cached need them) and kept in `neurons`."""
+    on first use (only sweep points not yet cached need them) from the first `n_prompts`
+    NPTI prompts (None: all) and kept in `neurons`."""
     neurons = {} if neurons is None else neurons
+    prompts = NPTI_PROMPTS[:n_prompts]
 
     def at(condition: str, gamma: float):
         trait, level = split_condition(condition)
         if gamma == 0:
             return contextlib.nullcontext(model), REAL_PERSON_PROMPT
         if trait not in neurons:
-            neurons[trait] = npti_neurons(model, tokenizer, trait)
+            neurons[trait] = npti_neurons(model, tokenizer, trait,
+                                          texts=npti_texts(tokenizer, trait, prompts))
         return npti_intervention(model, neurons[trait], gamma, level), REAL_PERSON_PROMPT
     return at
 
@@ -104,16 +115,23 @@ def p2_dial(model) -> PointFactory:
 # --- the sweeps ---------------------------------------------------------------------------
 
 
+def item_answers(model, tokenizer, system: str | None,
+                 n_pairs: int | None = None) -> dict[str, Any]:
+    """The five trait scores and the 44 raw item answers of the model as it is now."""
+    detail = contrast_item_scores(model, tokenizer, system_prompt=system, n_pairs=n_pairs)
+    keyed = detail.groupby("dimension")["keyed"].mean().to_dict()
+    items = {str(i): float(r) for i, r in zip(detail["item"], detail["raw"], strict=True)}
+    return {**keyed, "items": items}
+
+
 def dose_measure(model, tokenizer, at: PointFactory, point: Mapping[str, Any],
                  n_pairs: int | None = None) -> dict[str, Any]:
     """At one (condition, strength): the five trait scores and the 44 raw item answers."""
     trait, level = split_condition(point["condition"])
     ctx, system = at(point["condition"], point["strength"])
     with ctx:
-        detail = contrast_item_scores(model, tokenizer, system_prompt=system, n_pairs=n_pairs)
-    keyed = detail.groupby("dimension")["keyed"].mean().to_dict()
-    items = {str(i): float(r) for i, r in zip(detail["item"], detail["raw"], strict=True)}
-    return {"trait": trait, "level": level, **keyed, "items": items}
+        return {"trait": trait, "level": level,
+                **item_answers(model, tokenizer, system, n_pairs)}
 
 
 def capability_measure(model, tokenizer, at: PointFactory,
@@ -125,10 +143,49 @@ def capability_measure(model, tokenizer, at: PointFactory,
         return capability(model, tokenizer, n_questions=point["n_questions"], persona=persona)
 
 
+# strength 0 is every dial off: the base model under the plain interview frame, the same
+# for every dial and condition, so it is measured once (its own stage) and shared
+DOSE_OFF = Stage("dose-off", CONTRAST, code=(item_answers,))
+CAPABILITY_OFF = Stage("capability-off", ("model", "dtype", "device"), code=(capability,))
+
+
+def split_off(plan: Plan) -> tuple[Plan, Plan]:
+    """(the plan's points with strength > 0, the off plan its strength-0 points share)."""
+    stage, points, extra = plan
+    off = any(p["strength"] == 0 for p in points)
+    if stage.name.startswith("capability-"):
+        questions = {p["n_questions"] for p in points if p["strength"] == 0}
+        off_plan = (CAPABILITY_OFF, [{"n_questions": q} for q in sorted(questions, key=str)], ())
+    else:
+        off_plan = (DOSE_OFF, [{"off": True}] if off else [], ())
+    return (stage, [p for p in points if p["strength"] != 0], extra), off_plan
+
+
+def _sweep_with_off(plan: Plan, P, measure, measure_off,
+                    inputs: Mapping[str, Any] | None) -> pd.DataFrame:
+    """`run_sweep` of the points that are on; each off point's row is the off measure."""
+    on, off_plan = split_off(plan)
+    table = run_sweep(on, P, measure, inputs=inputs) if on[1] else pd.DataFrame()
+    base = run_sweep(off_plan, P, measure_off).to_dict("records") if off_plan[1] else []
+    by_questions = {r.pop("n_questions", None): r for r in base}  # one row per question count
+    done = iter(table.to_dict("records"))
+    rows = []
+    for point in plan[1]:
+        if point["strength"] != 0:
+            rows.append(next(done))
+            continue
+        labels = {k: v for k, v in point.items() if not k.startswith("_")}
+        trait, level = split_condition(point["condition"])
+        own = {} if "n_questions" in point else {"trait": trait, "level": level}  # a dose row
+        off = {k: v for k, v in by_questions[point.get("n_questions")].items() if k != "off"}
+        rows.append({**labels, **own, **off})
+    return pd.DataFrame(rows)
+
+
 DIAL_CODE = {"vector": (vector_dial,), "steering": (steering_dial, steered),
              "NPTI": (npti_dial, npti_neurons, npti_intervention),
-             "P2": (p2_dial, p2_intensity_prompt), "lowrank": (vector_dial,)}
-DIAL_GRID = {"vector": ("alphas",), "lowrank": ("alphas",), "NPTI": ("npti_gammas",)}
+             "P2": (p2_dial, p2_intensity_prompt)}
+DIAL_GRID = {"vector": ("alphas",), "NPTI": ("npti_gammas",)}
 DOSE = {d: Stage(f"dose-{d}", CONTRAST, grid=(*DIAL_GRID.get(d, ()), "sweep_conditions"),
                  code=(dose_measure, *code)) for d, code in DIAL_CODE.items()}
 CAPABILITY = {d: Stage(f"capability-{d}", ("model", "dtype", "device"),
@@ -153,12 +210,13 @@ def dose_plan(profile, dial: str, conditions: Sequence[str], strengths: Sequence
 
 def dose_sweep(model, tokenizer, plan: Plan, profile, at: PointFactory | None,
                inputs: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Every point of a `dose_plan`: all five trait scores and the 44 item answers.
-    `at` is only called for points not cached (None: all are).
+    """Every point of a `dose_plan`: all five trait scores and the 44 item answers. `at`
+    is only called for points not cached (None: all are); strength 0 is the dial off.
     Rows: method, condition, strength, trait, level, <five traits>, items."""
     P = plan[0].view(profile)
-    return run_sweep(plan, P, lambda point: dose_measure(model, tokenizer, at, point,
-                                                         P.contrast_pairs), inputs=inputs)
+    return _sweep_with_off(
+        plan, P, lambda point: dose_measure(model, tokenizer, at, point, P.contrast_pairs),
+        lambda _: item_answers(model, tokenizer, REAL_PERSON_PROMPT, P.contrast_pairs), inputs)
 
 
 def capability_sweep(model, tokenizer, plan: Plan, profile, at: PointFactory | None,
@@ -167,8 +225,9 @@ def capability_sweep(model, tokenizer, plan: Plan, profile, at: PointFactory | N
     its own stage, so the trait sweep can be shared with `pvutils dial`).
     Rows: method, condition, strength, n_questions, perplexity, factual."""
     P = plan[0].view(profile)
-    return run_sweep(plan, P, lambda point: capability_measure(model, tokenizer, at, point),
-                     inputs=inputs)
+    return _sweep_with_off(
+        plan, P, lambda point: capability_measure(model, tokenizer, at, point),
+        lambda point: capability(model, tokenizer, n_questions=point["n_questions"]), inputs)
 
 
 def keyed_matrix(rows: pd.DataFrame, trait: str) -> tuple[np.ndarray, np.ndarray]:

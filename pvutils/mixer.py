@@ -10,6 +10,7 @@ display it in the book, or `write_mixer_page` can wrap it as a standalone file.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import json
@@ -62,8 +63,10 @@ def mixer_point(model, tokenizer, vectors: Mapping[str, Any], questions: Sequenc
     convos = [[{"role": "system", "content": REAL_PERSON_PROMPT},
                {"role": "user", "content": q}] for q in questions]
     traits = list(dict.fromkeys(split_condition(c)[0] for c in point["conditions"]))
-    with applied(model, [vectors[c] for c in point["conditions"]], point["alphas"],
-                 reuse_buffers=True):
+    on = [(vectors[c], a) for c, a in zip(point["conditions"], point["alphas"], strict=True)
+          if a != 0]  # α = 0 adds nothing: not even read
+    with applied(model, [v for v, _ in on], [a for _, a in on], reuse_buffers=True) if on \
+            else contextlib.nullcontext(model):
         replies = chat(model, tokenizer, convos, max_new_tokens=max_new_tokens,
                        temperature=0.0, batch_size=len(convos), progress=False)
         scores = contrast_scores(model, tokenizer, traits, n_pairs=n_pairs)

@@ -12,7 +12,19 @@ import os
 import pandas as pd
 import pytest
 
-from pvutils import bench, book, cache, calibrate, data, lowrank, mixer, steering, sweeps, training
+from pvutils import (
+    bench,
+    book,
+    cache,
+    calibrate,
+    data,
+    harness,
+    lowrank,
+    mixer,
+    steering,
+    sweeps,
+    training,
+)
 from pvutils.bfi import ITEMS_BY_NUMBER
 from pvutils.personas import split_condition
 from pvutils.profiles import CONDITIONS, field_names, get_profile
@@ -49,16 +61,16 @@ CH06_VECTOR = {"dose-vector", "capability-vector", "dial-check", "lowrank", "dos
                "mixer"}
 CH06_STEERING = {"steering-directions", "steering-layers", "dose-steering",
                  "capability-steering"}
-CH06_CONTRAST = {"steering-layers", "dose-vector", "dose-steering", "dose-NPTI", "dose-P2",
-                 "dose-lowrank", "dial-check", "mixer"}  # they read contrast_pairs
+CH06_CONTRAST = {"steering-layers", "dose-off", "dose-vector", "dose-steering", "dose-NPTI",
+                 "dose-P2", "dose-lowrank", "dial-check", "mixer"}  # they read contrast_pairs
 CH06 = CH06_VECTOR | CH06_STEERING | CH06_CONTRAST | {f"capability-{d}"
-                                                     for d in ("NPTI", "P2")}
+                                                     for d in ("off", "NPTI", "P2")}
 EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS | CH06
 TRAINING = {"vectors"} | VECTOR_SWEEPS | CH06_VECTOR  # a new vector: a new input of these
 DATA = {"data"} | TRAINING | CH06_STEERING
-# the swept vectors choose the points of every chapter-06 stage but those keyed by trait
-# (smoke's mutation keeps extraversion, so its directions and layer sweep stay)
-CH06_SWEPT = CH06 - {"steering-directions", "steering-layers"}
+# the swept vectors choose the points of every chapter-06 stage but the base model's (the
+# dials off) and those keyed by trait (smoke's mutation keeps extraversion)
+CH06_SWEPT = CH06 - {"steering-directions", "steering-layers", "dose-off", "capability-off"}
 
 # field -> the stages whose key (or point set) it changes
 READERS = {
@@ -110,8 +122,8 @@ NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-tr
                     "steering_probe": {"steering-layers"},
                     "steering_layer_step": {"steering-layers"},
                     "p2_intensities": {"dose-P2", "capability-P2"},
-                    "n_questions": {f"capability-{d}" for d in ("vector", "steering", "NPTI",
-                                                                 "P2")},
+                    "n_questions": {f"capability-{d}" for d in ("off", "vector", "steering",
+                                                                 "NPTI", "P2")},
                     "ranks": {"lowrank", "dose-lowrank"}, "mixer_alphas": {"mixer"},
                     "dial_targets": {"dial-check"}}
 N_LAYERS = 30  # the embedded model's depth (the layer sweep's points depend on it)
@@ -132,8 +144,9 @@ def _linear_dose(conditions, strengths) -> pd.DataFrame:
 
 
 def chapter06(P, swept, ids, dial_targets=None, **given) -> dict[str, object]:
-    """Chapter 06's plans as the notebook builds them (the chosen layer fixed at 0)."""
-    S = bench.bench_settings("smoke", **given)  # the notebook's `profile` parameter
+    """Chapter 06's plans as the notebook builds them (the chosen layer fixed at 0), with
+    the full settings (smoke's own compare only the first vector)."""
+    S = bench.bench_settings("cpu", **given)
     traits = list(dict.fromkeys(split_condition(c)[0] for c in swept))
     directions = {t: steering.direction_file(P, t).parent.name for t in traits}
     ids = {**ids, **{f"direction:{t}": k for t, k in directions.items()}}
@@ -141,8 +154,11 @@ def chapter06(P, swept, ids, dial_targets=None, **given) -> dict[str, object]:
     ids.update({f"{c}@r{r}": lowrank.lowrank_key(ids[c], r) for c, r in pairs})
     dose = _linear_dose(swept, [0.0, *P.alphas])
     questions = data.heldout_prompts()[:S.mixer_questions]
-    plans = {
-        **bench.bench_plans(P, S, swept, layer=0),
+    plans = {}
+    for name, plan in bench.bench_plans(P, S, swept, layer=0).items():
+        plans[name], off = harness.split_off(plan)  # the dials off: one shared base point
+        plans[off[0].name] = off
+    plans |= {
         "steering-layers": steering.layer_plan(
             P, traits, steering.probe_layers(N_LAYERS, S.steering_layer_step), S.steering_probe),
         "dial-check": calibrate.dial_check_plan(P, calibrate.dial_table(dose, dial_targets,

@@ -21,6 +21,7 @@ from pvutils.harness import (
     p2_intensity_prompt,
     pareto_front,
     resolution,
+    split_off,
     vector_dial,
 )
 
@@ -142,6 +143,10 @@ def test_bench_plans_start_every_dial_off_and_share_the_vector_points():
     assert vector == dose_plan(smoke, "vector", ["extraversion_high"], [0.0, *smoke.alphas],
                                {"extraversion_high": ["extraversion_high"]})[1]
     assert {p["layer"] for p in plans["capability-steering"][1]} == {3}
+    on, off = split_off(plans["capability-NPTI"])
+    assert [p["strength"] for p in on[1]] == list(smoke.npti_gammas)
+    assert {p["npti_prompts"] for p in on[1]} == {SMOKE_BENCH["npti_prompts"]}
+    assert off[0].name == "capability-off" and off[1] == [{"n_questions": 3}]
 
 
 def test_zero_vector_sweep_scores_like_the_base(tiny_chat_model, isolated_home):
@@ -159,3 +164,7 @@ def test_zero_vector_sweep_scores_like_the_base(tiny_chat_model, isolated_home):
     assert table["items"][1] == pytest.approx(direct["items"], abs=1e-9)
     again = dose_sweep(None, None, plan, smoke, None, vectors)  # cached: no factory called
     assert again.equals(table)
+    # every dial off is the same base model: another dial's strength 0 is that row again
+    off = dose_sweep(None, None, dose_plan(smoke, "P2", ["extraversion_low"], [0]), smoke, None)
+    assert off["items"][0] == table["items"][0]
+    assert (off["method"][0], off["trait"][0], off["level"][0]) == ("P2", "extraversion", "low")
