@@ -13,9 +13,10 @@
 (c) paper scale, simulated: sharded bf16 checkpoints shaped like Llama-3.1-8B layers
     (hidden 4096, intermediate 14336, vocab 128256, 2 layers): our peak RSS vs tensor sizes.
 
-mergekit lives in its own venv (benchmarks/out/mergekit-venv): torch==2.13.0 first (the CPU
-build), then mergekit==0.1.5. Results go to benchmarks/out/bench_merge.json and a Markdown
-table on stdout (copied into benchmarks/README.md).
+mergekit lives in its own venv ($MERGEKIT_VENV, default benchmarks/out/mergekit-venv):
+torch==2.13.0 first (the CPU build), then mergekit==0.1.5. Results go to
+benchmarks/out/bench_merge.json and a Markdown table on stdout (copied into
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
-VENV = OUT / "mergekit-venv"
+VENV = Path(os.environ.get("MERGEKIT_VENV", OUT / "mergekit-venv"))  # mergekit's own venv
 PY = sys.executable
 sys.path.insert(0, str(ROOT))
 

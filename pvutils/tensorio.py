@@ -1,20 +1,14 @@
-"""Tensor I/O: models and vectors read one tensor at a time, written one tensor at a time.
+"""Tensor I/O: models and vectors read one tensor (or one tile of one) at a time.
 
-Every safetensors file is opened through the `safetensors` library first (`safe_open`), so
-its header is validated exactly as the library validates it (offsets contiguous and inside
-the file, sizes equal to shape × dtype, no overlaps); a header the library refuses is
-refused here with the file named. Reads then go through one of two readers, chosen by
-`SafetensorsSource(reader=...)`:
-
-- "library": `safe_open(...).get_tensor` / `get_slice` (memory-mapped);
-- "pread" (default): plain `os.preadv` into a new or a reused buffer at the offsets the
-  library validated. Kept because benchmarks/bench_reads.py measured it leaner: reading a
-  SmolLM2 base and two vectors, peak RSS 0.38 GB vs 1.83 GB through the memory map (whose
-  touched pages stay resident while the file is open: 6 × 16 GB in an 8B merge), wall
-  time within noise (3.0 s vs 2.1 s, min of 3, busy machine); and it can fill a reused
-  buffer (the merge engine's hot path).
-
-Writing is in `pvutils.writer`.
+Every safetensors file is opened through `safetensors.safe_open` first, so its header is
+validated exactly as the library validates it (a header it refuses is refused here, the
+file named). Reads then go through `SafetensorsSource(reader=...)`: "library"
+(`get_tensor` / `get_slice`, memory-mapped) or "pread" (default: `os.preadv` at the offsets
+the library validated, into a new or a reused buffer). pread is kept because
+benchmarks/bench_reads.py measured it leaner (SmolLM2 base + two vectors: peak RSS 0.38 GB
+vs 1.83 GB through the map, whose touched pages stay resident while the file is open;
+wall time within noise) and because it fills reused buffers and single tiles (the merge
+engine's hot path). Writing is in `pvutils.writer`.
 """
 
 from __future__ import annotations
@@ -77,6 +71,14 @@ class TensorSource:
     def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
         """Copy a block into the flat float32 tensor `out` (reused buffers, no new tensor)."""
         out.copy_(self.block(name, span).reshape(-1))
+
+    def tiles_cheaply(self, name: str) -> bool:
+        """Whether `read_tile` costs only the tile (not a read of the whole block)."""
+        return False
+
+    def read_tile(self, name: str, span: tuple[int, int], start: int, out: torch.Tensor) -> None:
+        """Entries start:start + out.numel() of the flattened block into `out`."""
+        out.copy_(self.block(name, span).reshape(-1)[start:start + out.numel()])
 
     def metadata(self) -> dict[str, str]:
         return {}
@@ -157,17 +159,21 @@ class SafetensorsSource(TensorSource):
         stop = min(stop, shape[0])
         if self.reader == "library":
             return self._handle(name).get_slice(name)[start:stop]
-        row_bytes = math.prod(shape[1:]) * itemsize(self.dtype(name))
+        row_bytes = math.prod(shape[1:]) * self.dtype(name).itemsize
         first = self._info(name)[2] + start * row_bytes
         return self._read(name, first, (max(0, stop - start), *shape[1:]))
 
     def read_into(self, name: str, span: tuple[int, int], out: torch.Tensor) -> None:
-        if self.reader == "library" or self.dtype(name) != torch.float32:
-            return super().read_into(name, span, out)
-        offset = self._info(name)[2]
-        if span[1] >= 0:
-            offset += span[0] * math.prod(self.shape(name)[1:]) * 4
-        self._read(name, offset, tuple(out.shape), out=out)
+        self.read_tile(name, span, 0, out)
+
+    def tiles_cheaply(self, name: str) -> bool:
+        return self.reader == "pread" and self.dtype(name) == torch.float32
+
+    def read_tile(self, name: str, span: tuple[int, int], start: int, out: torch.Tensor) -> None:
+        if not self.tiles_cheaply(name):
+            return super().read_tile(name, span, start, out)
+        row = 0 if span[1] < 0 else span[0] * math.prod(self.shape(name)[1:])
+        self._read(name, self._info(name)[2] + 4 * (row + start), tuple(out.shape), out=out)
 
     def _handle(self, name: str):
         file = self.files[name]
@@ -327,7 +333,8 @@ def validated_layout(path: str | Path) -> dict:
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(size), object_pairs_hook=_refuse_duplicates)
     except (OSError, SafetensorError, ValueError) as err:
-        raise MergeError(f"{path}: not a valid safetensors file ({_one_line(err)})") from None
+        reason = " ".join(str(err).split())[:300]
+        raise MergeError(f"{path}: not a valid safetensors file ({reason})") from None
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
@@ -344,14 +351,6 @@ def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:
         dup = next(k for k in keys if keys.count(k) > 1)
         raise ValueError(f"duplicate key {dup!r} in the header")
     return dict(pairs)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
-
-
-def itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 # --- checks shared by every reader ----------------------------------------------------

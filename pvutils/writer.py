@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .tensorio import _ST_NAMES, MergeError, itemsize, validated_layout
+from .tensorio import _ST_NAMES, MergeError, validated_layout
 
 HEADER_SLACK = 512  # spare header bytes, so metadata known only at the end can be filled in
 
@@ -50,7 +50,7 @@ class StreamingSafetensorsWriter:
         for name, shape, dtype in self.specs:
             if dtype not in _ST_NAMES:
                 raise MergeError(f"{path}: cannot store tensor {name!r} of dtype {dtype}")
-            nbytes = math.prod(shape) * itemsize(dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
             self.header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape),
                                  "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
@@ -85,7 +85,7 @@ class StreamingSafetensorsWriter:
             raise MergeError(f"{self.path}: tensor {name!r} is beyond the planned tensors")
         expected, shape, dtype = self.specs[self.next]
         nbytes = part.numel() * part.element_size()
-        total = math.prod(shape) * itemsize(dtype)
+        total = math.prod(shape) * dtype.itemsize
         if name != expected or part.dtype != dtype or self.written + nbytes > total or (
                 last and self.written + nbytes != total):
             raise MergeError(f"{self.path}: expected tensor {expected!r} {list(shape)} {dtype}, "

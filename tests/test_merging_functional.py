@@ -89,6 +89,26 @@ def test_breadcrumbs_equals_mergekit_magnitude_outliers(seed, density, gamma, sh
     assert torch.equal(functional.sparsify_outliers(delta.clone(), density, gamma), want)
 
 
+@pytest.mark.parametrize("density, gamma", [(0.2, 0.05), (0.5, 0.01), (0.9, 0.05)])
+def test_breadcrumbs_splits_ties_at_the_band_edges_as_mergekit(density, gamma):
+    """Equal magnitudes across an edge of the band: mergekit keeps positions
+    [n_bot, n − n_top) of torch's (unstable) ascending sort of |δ|, and so do we."""
+    gen = torch.Generator().manual_seed(5)
+    delta = (torch.randn(300, 70, generator=gen) * 8).round() / 8  # few distinct values
+    n = delta.numel()
+    target, top = int(density * n), int(gamma * n)
+    bottom = max(0, n - target - top)
+    order = torch.sort(delta.abs().reshape(-1), descending=False).indices
+    mask = torch.zeros(n)
+    mask[order[bottom:bottom + target]] = 1
+    want = delta * mask.view_as(delta)
+    low = float(delta.abs().reshape(-1)[order[bottom]])
+    assert int((delta.abs() == low).sum()) > 1  # the edge is tied
+    assert torch.equal(functional.sparsify_outliers(delta.clone(), density, gamma), want)
+    merged = merge_deltas([delta], [1.0], "breadcrumbs", density=density, gamma=gamma)
+    assert torch.equal(merged, want)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10**6), density=st.floats(0.05, 0.95), gamma=st.floats(0.0, 0.1),
        consensus=st.booleans())

@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from ..artifacts import atomic_dir
-from ..models import ModelError, resolve_model_dir
 from ..outputs import check_local_path, check_output, report_error, write_marker
 from ..vectors import (
     MergeError,
@@ -156,7 +155,7 @@ def plan_shards(specs: Sequence[Spec], max_bytes: int) -> list[tuple[str, list[S
     torch.distributed, 1.5 s of a 3 s merge, to add up sizes we know from the headers.)"""
     shards, current, size = [], [], 0
     for spec in specs:
-        nbytes = math.prod(spec[1]) * torch.empty((), dtype=spec[2]).element_size()
+        nbytes = math.prod(spec[1]) * spec[2].itemsize
         if current and size + nbytes > max_bytes:
             shards.append(current)
             current, size = [], 0
@@ -170,7 +169,7 @@ def plan_shards(specs: Sequence[Spec], max_bytes: int) -> list[tuple[str, list[S
 
 
 def _write_index(out: Path, specs: Sequence[Spec], shards) -> None:
-    total = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for _, s, d in specs)
+    total = sum(math.prod(s) * d.itemsize for _, s, d in specs)
     weight_map = {spec[0]: f for f, shard in shards for spec in shard}
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
@@ -178,6 +177,12 @@ def _write_index(out: Path, specs: Sequence[Spec], shards) -> None:
 
 def _local_model(name: str, field_name: str) -> str:
     check_local_path(name, field_name, MergeError)
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return str(path)  # a model directory; its weights are checked when opened
+    # embedded names and the errors: models imports transformers (~1 s of a 3 s merge)
+    from ..models import ModelError, resolve_model_dir
+
     try:
         resolved = resolve_model_dir(name)
     except ModelError as err:

@@ -33,8 +33,7 @@ from pydantic import (
 
 from ..vectors import MergeError, check_weights
 from ..writer import parse_size
-from .options import Fraction, Number, one_line
-from .registry import METHODS
+from .options import Fraction, MethodName, Number, one_line
 
 
 def _yaml_number(value: Any) -> Any:
@@ -93,7 +92,7 @@ class SharedParameters(Strict):
 
 
 class MergeConfig(Strict):
-    merge_method: str
+    merge_method: MethodName
     base_model: Annotated[str, Field(min_length=1)]
     models: Annotated[list[ModelEntry], Field(min_length=1)]
     parameters: SharedParameters = SharedParameters()
@@ -116,13 +115,6 @@ class MergeConfig(Strict):
         rest = {k: v for k, v in data.items() if k not in top}
         inner = data.get("parameters") or {}
         return {**rest, "parameters": {**top, **inner} if isinstance(inner, dict) else inner}
-
-    @field_validator("merge_method")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"must be one of {list(METHODS)}, got {value!r}")
-        return value
 
     @field_validator("max_shard_size")
     @classmethod

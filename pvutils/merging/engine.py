@@ -20,6 +20,8 @@ from . import functional as F
 from .options import MergeParams, check_weights
 from .registry import SPARSIFICATIONS, Context
 
+TILE = 1 << 20  # entries per tile of task arithmetic: the sum's tile (4 MB) stays in cache
+
 
 class Input:
     """One term of a merge: a vector, or a model minus the (shared) base."""
@@ -28,11 +30,17 @@ class Input:
         self.source, self.base = source, base
         self.label = source.label if base is None else f"{source.label} − {base.label}"
 
-    def read(self, name: str, span: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
-        """The float32 delta block, read into the flat buffer `out`."""
-        self.source.read_into(name, span, out)
+    def read(self, name: str, span: tuple[int, int], out: torch.Tensor,
+             start: int | None = None) -> torch.Tensor:
+        """The float32 delta block, or its flat entries from `start` on (a tile), read
+        into the flat buffer `out` (the base's block is read once, `cli.LastBlock`)."""
+        if start is None:
+            self.source.read_into(name, span, out)
+        else:
+            self.source.read_tile(name, span, start, out)
         if self.base is not None:
-            out.sub_(self.base.block(name, span).reshape(-1))
+            base = self.base.block(name, span).reshape(-1)
+            out.sub_(base if start is None else base[start:start + out.numel()])
         return out
 
 
@@ -106,9 +114,8 @@ class Engine:
         context = self.context(i, name, block, sparsification)
         if not whole:
             context.l1_scale = self.stat(i, name, "l1")
-        if sparsification.statistic is not None:
-            context.stat = self.stat(i, name, "stat") if not whole else \
-                sparsification.statistic(d, d.numel(), self.density[i], context)
+        if sparsification.statistic is not None and not whole:  # whole: the function's own
+            context.stat = self.stat(i, name, "stat")
         return sparsification.apply(d, self.density[i], context)
 
     def context(self, i: int, name: str, block: int, sparsification) -> Context:
@@ -210,11 +217,21 @@ class Engine:
         return F.normalize(mixed, divisor) if p.do_normalize else mixed
 
     def task_arithmetic(self, name: str, span, n: int) -> torch.Tensor:
-        """Σ w_i δ_i with one delta in memory at a time; NaN / Inf in any input reach the
-        sum, so one check of the result replaces k checks of the inputs."""
-        buf = self.buffers(n)[0]
-        deltas = (self.raw(i, name, span, buf, check=False) for i in range(len(self.inputs)))
-        mixed = F.weighted_sum(deltas, self.weights, out=torch.empty(n))
+        """Σ w_i δ_i tile by tile where every source reads a tile cheaply (each tile of the
+        sum stays in cache while the k deltas' tiles are read into it), else one delta in
+        memory at a time. NaN / Inf in any input reach the sum, so one check of the result
+        replaces k checks of the inputs."""
+        mixed = torch.empty(n)
+        if all(inp.source.tiles_cheaply(name) for inp in self.inputs):
+            tile = self.buffers(min(TILE, n))[0]
+            for a in range(0, n, TILE):
+                part = tile[:min(TILE, n - a)]
+                deltas = (inp.read(name, span, part, a) for inp in self.inputs)
+                F.weighted_sum(deltas, self.weights, out=mixed[a:a + part.numel()])
+        else:
+            buf = self.buffers(n)[0]
+            deltas = (self.raw(i, name, span, buf, check=False) for i in range(len(self.inputs)))
+            F.weighted_sum(deltas, self.weights, out=mixed)
         if not math.isfinite(float(mixed.sum())):
             for i in range(len(self.inputs)):
                 self.raw(i, name, span)  # raises, naming the source

@@ -111,14 +111,39 @@ def sparsify_outliers(delta: torch.Tensor, density: float, gamma: float = 0.01,
                       band: tuple[float, float] | None = None, rescale: str | None = None,
                       l1_scale: float | None = None) -> torch.Tensor:
     """Model Breadcrumbs: zero the `gamma` largest magnitudes and all below the next
-    `density` (`band`: the whole tensor's, when this is one row block). In place."""
+    `density` (`band`: the whole tensor's, when this is one row block). In place.
+
+    On a whole tensor, magnitudes tied across an edge of the band are split as mergekit
+    splits them (`outlier_band_mask`); a row block keeps every entry tied with an edge."""
     if density >= 1:
         return delta
-    low, high = band or outlier_thresholds(delta, delta.numel(), density, gamma)
     before = l1_norm(delta) if rescale == "l1" and l1_scale is None else None
     magnitude = delta.abs()
-    delta.masked_fill_((magnitude < low) | (magnitude >= high), 0.0)
+    if band is None:
+        drop = outlier_band_mask(magnitude, density, gamma).logical_not_()
+    else:
+        drop = (magnitude < band[0]) | (magnitude >= band[1])
+    delta.masked_fill_(drop, 0.0)
     return rescale_kept(delta, rescale, before, l1_scale, density)
+
+
+def outlier_band_mask(magnitude: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """The entries mergekit's `magnitude_outliers` keeps: positions [n_bot, n − n_top) of
+    the ascending sort of |δ| (float32). The band's edges come from the exact threshold;
+    only when equal magnitudes straddle an edge does the order among them matter, and then
+    it is torch's (unstable) sort of the same tensor, as in mergekit, that decides."""
+    n = magnitude.numel()
+    low, high = outlier_thresholds(magnitude, n, density, gamma)
+    keep = (magnitude >= low) & (magnitude < high)
+    target, top = int(density * n), int(gamma * n)
+    bottom = max(0, n - target - top)
+    if math.isinf(low) or (int((magnitude < low).sum()) == bottom
+                           and int((magnitude < high).sum()) == bottom + target):
+        return keep  # no tie across an edge: the band is the sort's slice
+    order = torch.sort(magnitude.reshape(-1).float(), descending=False).indices
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order[bottom:bottom + target]] = True
+    return keep.view(magnitude.shape)
 
 
 def sparsify_random(delta: torch.Tensor, density: float, rescale: str | None = "l1",

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,9 +24,10 @@ from pydantic import (
 )
 
 from ..vectors import MergeError
-from .registry import METHODS, Method
+from .registry import METHODS, Method, known_method
 
 Number = StrictFloat | StrictInt
+MethodName = Annotated[str, AfterValidator(known_method)]
 Fraction = Annotated[Number, Field(gt=0, le=1)]
 Epsilon = Annotated[Number, Field(gt=0, lt=0.5)]
 SIGN_ALIASES = {"sum": "total", "count": "frequency"}  # mergekit's names for the same
@@ -36,7 +38,7 @@ class MergeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    method: str = "task_arithmetic"
+    method: MethodName = "task_arithmetic"
     density: Fraction | tuple[Fraction, ...] = 1.0  # keep fraction (DARE: 1 − drop rate)
     gamma: Annotated[Number, Field(ge=0, lt=1)] | tuple[Annotated[Number, Field(ge=0, lt=1)],
                                                         ...] = 0.01  # breadcrumbs outliers
@@ -75,13 +77,6 @@ class MergeParams(BaseModel):
     @classmethod
     def _sign_alias(cls, value: Any) -> Any:
         return SIGN_ALIASES.get(value, value) if isinstance(value, str) else value
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown merge method {value!r}; choose one of {list(METHODS)}")
-        return value
 
     @field_validator("lambda_")
     @classmethod

@@ -39,6 +39,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
+def known_method(name: str) -> str:
+    """The one check of a method name (the schema of `MergeParams` and of the YAML use it)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown merge method; choose one of {list(METHODS)}")
+    return name
+
+
 @dataclass
 class Context:
     """What a sparsification of one vector's block may need besides the delta."""
