@@ -27,6 +27,7 @@ from pvutils import book
 from pvutils.artifacts import REPO_ROOT, write_json
 
 pytestmark = pytest.mark.book
+ONE_BOOK = pytest.mark.xdist_group("book")  # under `pytest -n`: one worker builds it, once
 HTML = book.BUILD_DIR / "smoke" / "html"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -53,6 +54,7 @@ def built_book(tree_before) -> Path:
     return book.build_book("smoke", warnings_as_errors=True)
 
 
+@ONE_BOOK
 def test_the_runner_and_the_build_leave_the_tracked_notebooks_alone(built_book, tree_before):
     """Every notebook went through the runner (and the book was built): `git status` is as
     it was, and each executed copy records the commit it ran at."""
@@ -131,6 +133,7 @@ def test_jobs_run_kernels_side_by_side_and_an_error_starts_no_more(tmp_path):
         shutil.rmtree(src)
 
 
+@ONE_BOOK
 def test_every_notebook_executed_without_errors(built_book):
     assert built_book.exists()
     names = [nb.stem for nb in book.notebooks()]
@@ -141,6 +144,7 @@ def test_every_notebook_executed_without_errors(built_book):
         assert (book.EXECUTED_DIR / "smoke" / f"{result}.json").exists()
 
 
+@ONE_BOOK
 def test_setup_page_shows_the_models_reply(built_book):
     page = (HTML / "notebooks" / "00_setup.html").read_text()
     assert "USER: Tell me a little about yourself." in page
@@ -162,6 +166,7 @@ def served_book(built_book):
     server.shutdown()
 
 
+@ONE_BOOK
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"
 )
