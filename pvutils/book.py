@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -99,36 +100,6 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-@contextlib.contextmanager
-def tail(path: Path, out=sys.stderr, every: float = 0.5) -> Iterator[None]:
-    """Copy what is appended to `path` to `out` while the block runs (the progress stream
-    the kernels write; papermill's own log would only show cell outputs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    stop = threading.Event()
-
-    def pump() -> None:
-        with open(path, errors="replace") as f:
-            f.seek(0, os.SEEK_END)
-            while True:
-                chunk = f.read()
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                elif stop.is_set():
-                    return
-                else:
-                    stop.wait(every)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -143,6 +114,18 @@ def _revision() -> dict[str, Any]:
     return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty": bool(dirty)}
 
 
+def _kernel_env(root: Path) -> dict[str, str]:
+    """The kernels import this checkout's pvutils and write results beside the copies; the
+    libraries' own bars (loading weights, dataset maps) would land in the copies' stderr.
+    The same values however often it is nested, so concurrent runs restore nothing else."""
+    path = [str(REPO_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, path))),
+            "PVUTILS_RESULTS": str(root), **QUIET_LIBRARIES}
+
+
+_RECORDING = threading.Lock()  # kernels may finish together: one RUN.json update at a time
+
+
 def run_notebook(path: Path, profile: str, parameters: dict | None = None,
                  root: Path = EXECUTED_DIR) -> float:
     """Execute one notebook with papermill into `root/<profile>/` (never in place); a cell
@@ -152,45 +135,72 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
 
     out = executed_path(path, profile, root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    # the kernels import this checkout's pvutils and write results beside the copies; the
-    # libraries' own bars (loading weights, dataset maps) would land in the copies' stderr
-    with _env(PYTHONPATH=pythonpath, PVUTILS_RESULTS=str(root), **QUIET_LIBRARIES):
+    with _env(**_kernel_env(root)):
         pm.execute_notebook(str(path), str(out),
                             parameters={"profile": profile, **(parameters or {})},
                             cwd=str(out.parent), kernel_name="python3", progress_bar=False,
                             log_output=False)
     seconds = time.perf_counter() - start
     manifest = root / profile / "RUN.json"
-    run = read_json(manifest) if manifest.exists() else {"profile": profile, "notebooks": {}}
-    run["notebooks"][path.stem] = {
-        **_revision(), "seconds": round(seconds, 1), "parameters": parameters or {},
-        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    write_json(manifest, run)
+    with _RECORDING:
+        run = read_json(manifest) if manifest.exists() else {"profile": profile, "notebooks": {}}
+        run["notebooks"][path.stem] = {
+            **_revision(), "seconds": round(seconds, 1), "parameters": parameters or {},
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        write_json(manifest, run)
     return seconds
 
 
+def schedule(paths: Sequence[Path], jobs: int, manifest: Path) -> list[tuple[list, dict]]:
+    """(notebooks, kernel environment) per phase. One job: one phase, in order. More: 00 and
+    the explainers on all cores, then the chapters (they only read 00's artifacts) at cores //
+    jobs threads per kernel, longest first by the last run in `manifest` (unrecorded first)."""
+    if jobs <= 1:
+        return [(list(paths), {})]
+    first = [nb for nb in paths if nb.parent != NOTEBOOK_DIR or nb.stem.startswith("00")]
+    last = read_json(manifest)["notebooks"] if manifest.exists() else {}
+    rest = sorted((nb for nb in paths if nb not in first),
+                  key=lambda nb: -last.get(nb.stem, {}).get("seconds", float("inf")))
+    threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    env = {k: os.environ.get(k, threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return [(first, {}), (rest, env)]
+
+
 def run_notebooks(profile: str, paths: Sequence[Path], parameters: dict | None = None,
-                  root: Path = EXECUTED_DIR) -> dict[str, float]:
-    """Run `paths` in order, each with the parameters it declares; the chapter, its stages
-    and their bars are shown on stderr. Returns seconds per notebook."""
+                  root: Path = EXECUTED_DIR, jobs: int = 1) -> dict[str, float]:
+    """Run `paths`, each with the parameters it declares, `jobs` kernels at a time (see
+    `schedule`); the chapter, its stages and their bars are shown on stderr. After an error
+    no notebook starts; it is raised once the running ones finish. Returns seconds each."""
     parameters = parameters or {}
-    times = {}
+    times: dict[str, float] = {}
+    failed = threading.Event()
     log = root / profile / "progress.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    with _env(**{progress.ENV: str(log)}), tail(log):
-        for i, nb in enumerate(paths, 1):
-            mine = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
-            print(f"[{i}/{len(paths)}] {nb.stem} (profile {profile}"
-                  + "".join(f", {k}={v!r}" for k, v in mine.items()) + ")",
-                  file=sys.stderr, flush=True)
+
+    def one(nb: Path) -> None:
+        if failed.is_set():
+            return
+        mine = {k: v for k, v in parameters.items() if k in notebook_parameters(nb)}
+        tag = f"[{list(paths).index(nb) + 1}/{len(paths)}] {nb.stem}"
+        print(f"{tag} (profile {profile}" + "".join(f", {k}={v!r}" for k, v in mine.items())
+              + ")", file=sys.stderr, flush=True)
+        try:
             times[nb.stem] = run_notebook(nb, profile, mine, root)
-            print(f"[{i}/{len(paths)}] {nb.stem} done in {times[nb.stem]:.0f} s",
-                  file=sys.stderr, flush=True)
-    return times
+        except BaseException:
+            failed.set()
+            raise
+        print(f"{tag} done in {times[nb.stem]:.0f} s", file=sys.stderr, flush=True)
+
+    with _env(**{progress.ENV: str(log)}, **_kernel_env(root)), progress.tail(log):
+        for batch, env in schedule(paths, jobs, root / profile / "RUN.json"):
+            with _env(**env), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                for done in as_completed([pool.submit(one, nb) for nb in batch]):
+                    if done.exception():
+                        raise done.exception()
+    return {nb.stem: times[nb.stem] for nb in paths}
 
 
 MATHJAX_DIR = REPO_ROOT / "_vendor" / "mathjax"  # `mathjax_path` in _config.yml points here
@@ -337,7 +347,7 @@ def _value(text: str) -> Any:
 
 def cli_book(argv: list[str]) -> int:
     """`python -m pvutils book --profile smoke [--only 00_setup] [-p NAME VALUE] [--no-run]
-    [--from-results]`."""
+    [--from-results] [--jobs 2]`."""
     parser = argparse.ArgumentParser(prog="python -m pvutils book")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes to execute")
@@ -347,9 +357,13 @@ def cli_book(argv: list[str]) -> int:
                         help="only build the HTML from the executed copies")
     parser.add_argument("--from-results", action="store_true",
                         help="build from the published run in results/<profile>/ (no model)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="kernels at a time for the chapters after 00_setup")
     args = parser.parse_args(argv)
     parameters = {name: _value(value) for name, value in args.parameter}
     try:
+        if args.jobs < 1:
+            raise ValueError(f"--jobs {args.jobs}: at least one kernel is needed")
         paths = select(args.only)
         if args.from_results:
             source = PUBLISHED_DIR / args.profile
@@ -364,7 +378,7 @@ def cli_book(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.no_run:
-        run_notebooks(args.profile, paths, parameters)
+        run_notebooks(args.profile, paths, parameters, jobs=args.jobs)
     print(build_book(args.profile))
     return 0
 

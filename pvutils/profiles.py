@@ -205,7 +205,11 @@ def _check_rule(profile: str, name: str, value: Any) -> None:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        n_dialogues=4,  # 5 candidates x 11 conditions: one shared generation batch
+        # the four vectors the chapters use: RQ1/3/5/6 sweep extraversion, RQ2 composes
+        # extraversion with agreeableness, 06's mixer adds agreeableness_high
+        conditions=("extraversion_high", "extraversion_low", "agreeableness_high",
+                    "agreeableness_low"),
+        n_dialogues=4,  # 5 candidates x 4 conditions: one shared generation batch
         gen_max_new_tokens=20,
         gen_batch_size=64,
         train_epochs=1.0,

@@ -8,10 +8,13 @@ which the book build removes (`nb_output_stderr: remove`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -65,3 +68,33 @@ def trainer_callback(desc: str):
             self.bar.close()
 
     return _Bar()
+
+
+@contextlib.contextmanager
+def tail(path: Path, out=sys.stderr, every: float = 0.5) -> Iterator[None]:
+    """Copy what is appended to `path` to `out` while the block runs (the progress stream
+    the kernels write; papermill's own log would only show cell outputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    stop = threading.Event()
+
+    def pump() -> None:
+        with open(path, errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                elif stop.is_set():
+                    return
+                else:
+                    stop.wait(every)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -6,10 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+import pvutils
+
+pvutils.configure_torch_env()  # as every entry point does, before torch loads
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # `pytest -n 2` on 2 cores: one thread per worker; set in torch, not in the environment,
+    # so the book's kernels (started from a worker) still choose their own threads
+    torch.set_num_threads(1)
 
 EMBEDDED = "smollm2-135m-instruct"
 
@@ -98,6 +106,12 @@ def tiny_chat_model(embedded_model_dir):
 def tiny_llama_factory():
     """`make_tiny_llama` for tests that need a fresh model (own seed or config overrides)."""
     return make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_factory():
+    """`make_tiny_qwen2` for tests that need a fresh model (own seed or config overrides)."""
+    return make_tiny_qwen2
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_llama
 
 from pvutils.__main__ import main
 from pvutils.merging import applied
@@ -47,7 +46,7 @@ def forge_header(path: Path, edit) -> Path:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory, tiny_chat_model):
+def world(tmp_path_factory, tiny_chat_model, tiny_llama_factory):
     """Inputs: a tiny chat-model base (with tokenizer), good and bad vectors and models."""
     root = tmp_path_factory.mktemp("world")
     _, tok = tiny_chat_model
@@ -58,10 +57,10 @@ def world(tmp_path_factory, tiny_chat_model):
         tok.save_pretrained(root / name)
         return root / name
 
-    base = save(make_tiny_llama(0, vocab_size=vocab), "base")
-    ft = save(perturbed(make_tiny_llama(0, vocab_size=vocab), 1), "ft")
-    other = save(perturbed(make_tiny_llama(5, vocab_size=vocab), 2), "other-base")
-    other_ft = save(perturbed(make_tiny_llama(5, vocab_size=vocab), 3), "other-ft")
+    base = save(tiny_llama_factory(0, vocab_size=vocab), "base")
+    ft = save(perturbed(tiny_llama_factory(0, vocab_size=vocab), 1), "ft")
+    other = save(perturbed(tiny_llama_factory(5, vocab_size=vocab), 2), "other-base")
+    other_ft = save(perturbed(tiny_llama_factory(5, vocab_size=vocab), 3), "other-ft")
     good = extract_vector(base, ft, root / "good.safetensors")
     vec = load_vector(good)
     meta = vector_metadata(good)

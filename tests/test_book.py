@@ -2,8 +2,9 @@
 tracked notebooks stay untouched), the HTML builds with warnings as errors, and every page
 loads in headless Chromium without errors.
 
-The notebooks run once per session (a session fixture); set PVUTILS_BOOK_NO_RUN=1 to
-check an already-built book without re-executing them.
+The notebooks run once per session (a session fixture), two kernels at a time after
+00_setup (PVUTILS_BOOK_JOBS=1: one at a time); set PVUTILS_BOOK_NO_RUN=1 to check an
+already-built book without re-executing them.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
+import nbformat
 import pytest
 
 from pvutils import book
 from pvutils.artifacts import REPO_ROOT, write_json
 
 pytestmark = pytest.mark.book
+ONE_BOOK = pytest.mark.xdist_group("book")  # under `pytest -n`: one worker builds it, once
 HTML = book.BUILD_DIR / "smoke" / "html"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -41,13 +45,16 @@ def tree_before() -> str:
 @pytest.fixture(scope="session")
 def built_book(tree_before) -> Path:
     if not os.environ.get("PVUTILS_BOOK_NO_RUN"):
-        timings = book.run_notebooks("smoke", book.notebooks())
+        # after 00_setup the chapters run two kernels at a time (one thread each on 2 cores)
+        jobs = int(os.environ.get("PVUTILS_BOOK_JOBS", "2"))
+        timings = book.run_notebooks("smoke", book.notebooks(), jobs=jobs)
         timings["total"] = round(sum(timings.values()), 1)
         write_json(book.EXECUTED_DIR / "smoke" / "notebook_timings.json", timings)
         print("notebook wall times (s):", timings)
     return book.build_book("smoke", warnings_as_errors=True)
 
 
+@ONE_BOOK
 def test_the_runner_and_the_build_leave_the_tracked_notebooks_alone(built_book, tree_before):
     """Every notebook went through the runner (and the book was built): `git status` is as
     it was, and each executed copy records the commit it ran at."""
@@ -68,6 +75,65 @@ def test_runner_writes_a_copy_and_leaves_the_tree_as_it_was(tmp_path):
     book.check_executed(book.executed_path(source, "smoke", tmp_path), "smoke")
 
 
+def test_with_jobs_setup_and_explainers_go_first_then_the_longest_chapter(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # a value the caller set is kept
+    paths = book.notebooks()
+    last = {"01_rq1_scaling": 60.0, "06_vectors_vs_steering": 90.0, "03_rq3_negation": 35.0}
+    write_json(tmp_path / "RUN.json", {"notebooks": {k: {"seconds": v} for k, v in last.items()}})
+    assert book.schedule(paths, 1, tmp_path / "RUN.json") == [(paths, {})]
+    (first, env1), (rest, env2) = book.schedule(paths, 2, tmp_path / "RUN.json")
+    assert sorted(first + rest) == sorted(paths) and not set(first) & set(rest)
+    assert {nb.stem for nb in first} == {nb.stem for nb in paths
+                                         if nb.parent.name == "book" or nb.stem.startswith("00")}
+    assert env1 == {}
+    unrecorded = [nb.stem for nb in paths if nb in rest and nb.stem not in last]
+    assert [nb.stem for nb in rest] == unrecorded + sorted(last, key=last.get, reverse=True)
+    cores = len(os.sched_getaffinity(0))
+    assert env2 == {"OMP_NUM_THREADS": str(max(1, cores // 2)), "MKL_NUM_THREADS": "3"}
+
+
+def _timing_notebook(path: Path, code: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import json, pathlib, time\nstart = time.time()\n" + code),
+    ], metadata={"kernelspec": {"name": "python3", "language": "python",
+                                "display_name": "Python 3"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_jobs_run_kernels_side_by_side_and_an_error_starts_no_more(tmp_path):
+    """Two kernels at once: `slow` waits for `bad`, which runs after `quick` in the other
+    kernel; after `bad` fails `never` is not started, `slow` finishes and is recorded."""
+    book.BUILD_DIR.mkdir(exist_ok=True)
+    src = Path(tempfile.mkdtemp(prefix="jobs-", dir=book.BUILD_DIR))  # the runner's notebooks
+    try:  # lie in the checkout (ignored here)
+        mark = tmp_path / "bad-started"
+        slow = _timing_notebook(src / "slow.ipynb", (
+            f"while not pathlib.Path({str(mark)!r}).exists() and time.time() < start + 120:\n"
+            "    time.sleep(0.1)\ntime.sleep(2)\n"
+            "pathlib.Path('slow.json').write_text(json.dumps([start, time.time()]))"))
+        quick = _timing_notebook(src / "quick.ipynb",
+                                 "pathlib.Path('quick.json').write_text(json.dumps([start]))")
+        bad = _timing_notebook(src / "bad.ipynb",
+                               f"pathlib.Path({str(mark)!r}).touch()\nraise ValueError('no')")
+        never = _timing_notebook(src / "never.ipynb", "pass")
+        with pytest.raises(Exception, match="ValueError"):
+            book.run_notebooks("smoke", [slow, quick, bad, never], root=tmp_path, jobs=2)
+        ran = book.executed_path(slow, "smoke", tmp_path).parent
+        slow_start, slow_end = json.loads((ran / "slow.json").read_text())
+        assert slow_end - slow_start < 100  # slow saw bad's mark: they ran side by side
+        assert slow_end - mark.stat().st_mtime >= 1.9 and (ran / "quick.json").exists()
+        assert not book.executed_path(never, "smoke", tmp_path).exists()
+        run = json.loads((tmp_path / "smoke" / "RUN.json").read_text())
+        assert set(run["notebooks"]) == {"slow", "quick"}
+    finally:
+        shutil.rmtree(src)
+
+
+@ONE_BOOK
 def test_every_notebook_executed_without_errors(built_book):
     assert built_book.exists()
     names = [nb.stem for nb in book.notebooks()]
@@ -78,6 +144,7 @@ def test_every_notebook_executed_without_errors(built_book):
         assert (book.EXECUTED_DIR / "smoke" / f"{result}.json").exists()
 
 
+@ONE_BOOK
 def test_setup_page_shows_the_models_reply(built_book):
     page = (HTML / "notebooks" / "00_setup.html").read_text()
     assert "USER: Tell me a little about yourself." in page
@@ -99,6 +166,7 @@ def served_book(built_book):
     server.shutdown()
 
 
+@ONE_BOOK
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"
 )

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_llama
 
 from pvutils.merging import merge_from_config
 from pvutils.outputs import MARKER
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child_env(home: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    return {**os.environ, "PYTHONPATH": str(ROOT),
             "PVUTILS_HOME": str(home), "OMP_NUM_THREADS": "1"}
 
 
@@ -58,11 +57,11 @@ def digest(directory: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def merge_inputs(tmp_path_factory):
+def merge_inputs(tmp_path_factory, tiny_llama_factory):
     """A ~10M-parameter Llama (40 MB) and two vectors: a TIES merge takes a second."""
     root = tmp_path_factory.mktemp("interrupt-merge")
-    model = make_tiny_llama(0, hidden_size=256, intermediate_size=1024, vocab_size=16000,
-                            num_hidden_layers=2)
+    model = tiny_llama_factory(0, hidden_size=256, intermediate_size=1024, vocab_size=16000,
+                               num_hidden_layers=2)
     model.save_pretrained(root / "base")
     gen = torch.Generator().manual_seed(1)
     entries = []
@@ -126,7 +125,7 @@ SWEEP = textwrap.dedent('''
     through the chapters' driver: one cached file per point under `<home>/test-sweep/<key>`."""
     import json, os, sys, time
     import torch
-    from conftest import make_tiny_llama
+    from transformers import LlamaForCausalLM
     from pvutils import sweeps
     from pvutils.cache import Stage
     from pvutils.merging import applied
@@ -136,9 +135,9 @@ SWEEP = textwrap.dedent('''
     ALPHAS = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     STAGE = Stage("test-sweep", ("seed",))
 
-    def sweep(home, pause=0.0):
+    def sweep(home, model_dir, pause=0.0):
         os.environ["PVUTILS_HOME"] = str(home)
-        model = make_tiny_llama(0)
+        model = LlamaForCausalLM.from_pretrained(model_dir).eval()
         gen = torch.Generator().manual_seed(7)
         vector = {n: torch.randn(p.shape, generator=gen) * 0.05
                   for n, p in model.named_parameters()}
@@ -155,7 +154,7 @@ SWEEP = textwrap.dedent('''
                                 sweeps.applying(model, {"v": vector}), {"v": vector})
 
     def main(argv):
-        print(json.dumps(sweep(argv[0], pause=float(argv[1]))["score"].tolist()))
+        print(json.dumps(sweep(argv[0], argv[1], pause=float(argv[2]))["score"].tolist()))
         return 0
 
     if __name__ == "__main__":
@@ -164,12 +163,13 @@ SWEEP = textwrap.dedent('''
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_an_interrupted_sweep_resumes_with_the_same_numbers(tmp_path, isolated_home, sig):
+def test_an_interrupted_sweep_resumes_with_the_same_numbers(tmp_path, isolated_home, sig,
+                                                          tiny_llama_dir):
     script = tmp_path / "sweep.py"
     script.write_text(SWEEP)
     namespace: dict = {}
     exec(compile(SWEEP, str(script), "exec"), namespace)  # the same sweep, uninterrupted
-    expected = namespace["sweep"](tmp_path / "reference")["score"].tolist()
+    expected = namespace["sweep"](tmp_path / "reference", tiny_llama_dir)["score"].tolist()
     home = tmp_path / "home"
 
     def points_dirs() -> list[Path]:
@@ -178,7 +178,8 @@ def test_an_interrupted_sweep_resumes_with_the_same_numbers(tmp_path, isolated_h
     def finished() -> int:
         return sum(1 for d in points_dirs() for f in d.glob("*.json"))
 
-    proc = subprocess.Popen([sys.executable, str(script), str(home), "0.3"],
+    proc = subprocess.Popen([sys.executable, str(script), str(home), str(tiny_llama_dir),
+                             "0.3"],
                             env=child_env(isolated_home), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: finished() >= 3, proc=proc)
@@ -187,7 +188,7 @@ def test_an_interrupted_sweep_resumes_with_the_same_numbers(tmp_path, isolated_h
     assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
     done_before = finished()
     assert 3 <= done_before < len(expected)  # stopped half-way
-    resumed = namespace["sweep"](home)  # the next run, from the same cache
+    resumed = namespace["sweep"](home, tiny_llama_dir)  # the next run, from the same cache
     assert resumed["score"].tolist() == expected  # exactly
     assert finished() == len(expected)
     assert all(temporaries(d) == [] for d in points_dirs())

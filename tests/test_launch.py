@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama, make_tiny_qwen2
 from safetensors.torch import load_file, save_file
 
 from pvutils import launch, training, vectors
@@ -75,10 +74,10 @@ def test_overrides_are_typed_and_bad_ones_are_named(capsys):
 
 
 @pytest.fixture(params=["llama", "qwen2"])
-def tiny_chat_dir(request, tmp_path, tiny_chat_model):
+def tiny_chat_dir(request, tmp_path, tiny_chat_model, tiny_llama_factory, tiny_qwen2_factory):
     """A tiny random model of each architecture with the ChatML tokenizer, on disk."""
     _, tok = tiny_chat_model
-    make = {"llama": make_tiny_llama, "qwen2": make_tiny_qwen2}[request.param]
+    make = {"llama": tiny_llama_factory, "qwen2": tiny_qwen2_factory}[request.param]
     out = tmp_path / request.param
     make(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
          bos_token_id=tok.bos_token_id).save_pretrained(out)

@@ -72,8 +72,10 @@ def _status() -> str:
                           capture_output=True, check=True).stdout
 
 
+@pytest.mark.xdist_group("book")  # under `pytest -n`: not while the smoke book writes there
 @pytest.mark.parametrize(("argv", "message"), [
     (["--profile", "nope"], "unknown profile 'nope'; choose one of"),
+    (["--profile", "smoke", "--jobs", "0"], "--jobs 0: at least one kernel is needed"),
     (["--profile", "smoke", "--only", "07_rq7"], "no notebook named ['07_rq7']; notebooks:"),
     (["--profile", "smoke", "-p", "n_sample", "2"], "unknown notebook parameter(s) ['n_sample']"),
     (["--profile", "smoke", "--only", "01", "-p", "alphas", "abc"], "alphas='abc' is not a list"),

@@ -52,13 +52,21 @@ def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_p
     assert torch.equal(ours, _reference(tiny_llama, guidance_scale, 24))
 
 
-def test_guidance_changes_greedy_output(tiny_llama):
+def test_first_guided_token_is_the_argmax_of_the_guidance_formula(tiny_llama):
+    """Each prompt alone, unpadded: the first token is argmax over g (log p+ − log p−) + log p−,
+    the negative prompt's own next-token distribution as the unconditional one."""
     ids, mask = _left_padded(POS)
     nids, nmask = _left_padded(NEG)
-    kw = dict(max_new_tokens=16, eos_token_id=EOS, pad_token_id=PAD)
-    plain = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=1.0, **kw)
-    guided = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=3.0, **kw)
-    assert not torch.equal(plain, guided)
+    first = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=3.0,
+                            max_new_tokens=1, eos_token_id=EOS, pad_token_id=PAD)[:, 0]
+    unguided = []
+    with torch.inference_mode():
+        for row, (pos, neg) in enumerate(zip(POS, NEG)):
+            lp = torch.log_softmax(tiny_llama(torch.tensor([pos])).logits[0, -1], -1)
+            ln = torch.log_softmax(tiny_llama(torch.tensor([neg])).logits[0, -1], -1)
+            assert int(first[row]) == int((3.0 * (lp - ln) + ln).argmax()), row
+            unguided.append(int(lp.argmax()))
+    assert first.tolist() != unguided  # these prompts tell guidance from none
 
 
 def test_rows_stop_at_eos_and_pad_after(tiny_llama):

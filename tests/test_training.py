@@ -13,7 +13,6 @@ import datasets
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_llama
 from safetensors.torch import load_file
 
 from pvutils import data, fidelity, models, training, vectors
@@ -29,10 +28,10 @@ def chat_tokenizer(embedded_model_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_chat_dir(tmp_path_factory, chat_tokenizer) -> Path:
+def tiny_chat_dir(tmp_path_factory, chat_tokenizer, tiny_llama_factory) -> Path:
     """A tiny random Llama with SmolLM2's vocabulary and chat template, saved to disk."""
     out = tmp_path_factory.mktemp("tiny-chat-llama")
-    make_tiny_llama(vocab_size=len(chat_tokenizer), pad_token_id=chat_tokenizer.pad_token_id,
+    tiny_llama_factory(vocab_size=len(chat_tokenizer), pad_token_id=chat_tokenizer.pad_token_id,
                     eos_token_id=chat_tokenizer.eos_token_id,
                     bos_token_id=chat_tokenizer.bos_token_id).save_pretrained(out)
     chat_tokenizer.save_pretrained(out)
@@ -202,9 +201,10 @@ def test_lora_vector_is_the_merged_low_rank_delta(tiny_profile):
         assert len(sv) <= 16 or sv[16:].max() <= 1e-3 * sv[0], n
 
 
-def test_base_with_other_parameter_names_is_a_clear_error(tiny_profile, tmp_path, monkeypatch):
+def test_base_with_other_parameter_names_is_a_clear_error(tiny_profile, tmp_path, monkeypatch,
+                                                         tiny_llama_factory):
     other = tmp_path / "other-base"
-    make_tiny_llama(num_hidden_layers=2, vocab_size=49152).save_pretrained(other)
+    tiny_llama_factory(num_hidden_layers=2, vocab_size=49152).save_pretrained(other)
     monkeypatch.setattr(training, "base_weights_dir", lambda model: other)
     with pytest.raises(vectors.MergeError, match=r"layers\.2"):
         training.train_condition(tiny_profile, "extraversion_high")

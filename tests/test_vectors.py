@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_llama
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,30 +25,36 @@ from pvutils.vectors import (
 )
 
 
-def finetune_like(seed: int, scale: float = 0.01, **overrides):
+@pytest.fixture(scope="session")
+def finetune_like(tiny_llama_factory):
     """The tiny base (seed 0) plus a seeded random delta: a stand-in for a fine-tune."""
-    model = make_tiny_llama(0, **overrides)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return model
+
+    def make(seed: int, scale: float = 0.01, **overrides):
+        model = tiny_llama_factory(0, **overrides)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
+        return model
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
+def dirs(tmp_path_factory, tiny_llama_factory, finetune_like):
     root = tmp_path_factory.mktemp("vectors")
-    make_tiny_llama(0).save_pretrained(root / "base")
+    tiny_llama_factory(0).save_pretrained(root / "base")
     finetune_like(1).save_pretrained(root / "ft1")
     finetune_like(2).save_pretrained(root / "ft2")
     return root
 
 
-def test_vector_is_finetuned_minus_base_for_every_parameter(dirs, tmp_path):
+def test_vector_is_finetuned_minus_base_for_every_parameter(dirs, tmp_path, tiny_llama_factory,
+                                                            finetune_like):
     path = extract_vector(dirs / "base", dirs / "ft1", tmp_path / "v.safetensors",
                           condition="extraversion_high")
     vector = load_vector(path)
-    base, ft = make_tiny_llama(0).state_dict(), finetune_like(1).state_dict()
+    base, ft = tiny_llama_factory(0).state_dict(), finetune_like(1).state_dict()
     assert set(vector) == set(base)
     for name, delta in vector.items():
         assert torch.equal(delta, ft[name] - base[name]), name
@@ -66,8 +71,9 @@ def test_metadata_names_base_condition_dtype_and_base_fingerprint(dirs, tmp_path
     assert meta["base_fingerprint"] != weights_fingerprint(dirs / "ft1")
 
 
-def test_sharded_checkpoints_give_the_same_vector(dirs, tmp_path):
-    make_tiny_llama(0).save_pretrained(tmp_path / "base", max_shard_size="20KB")
+def test_sharded_checkpoints_give_the_same_vector(dirs, tmp_path, tiny_llama_factory,
+                                                  finetune_like):
+    tiny_llama_factory(0).save_pretrained(tmp_path / "base", max_shard_size="20KB")
     finetune_like(1).save_pretrained(tmp_path / "ft", max_shard_size="20KB")
     assert (tmp_path / "base" / "model.safetensors.index.json").exists()
     sharded = load_vector(extract_vector(tmp_path / "base", tmp_path / "ft", tmp_path / "a.st"))
@@ -84,14 +90,14 @@ def test_dtype_argument_sets_the_storage_dtype(dirs, tmp_path):
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(1, 10_000), scale=st.sampled_from([1e-4, 1e-2, 0.5]))
-def test_negating_a_vector_takes_the_finetuned_model_back_to_the_base(tmp_path_factory, seed,
-                                                                       scale):
+def test_negating_a_vector_takes_the_finetuned_model_back_to_the_base(
+        tmp_path_factory, tiny_llama_factory, finetune_like, seed, scale):
     root = tmp_path_factory.mktemp("neg")
-    make_tiny_llama(0).save_pretrained(root / "base")
+    tiny_llama_factory(0).save_pretrained(root / "base")
     finetuned = finetune_like(seed, scale)
     finetuned.save_pretrained(root / "ft")
     vector = extract_vector(root / "base", root / "ft", root / "v.safetensors")
-    base = make_tiny_llama(0).state_dict()
+    base = tiny_llama_factory(0).state_dict()
     ft = {k: v.clone() for k, v in finetuned.state_dict().items()}
     with applied(finetuned, [vector], [-1.0], allow_foreign_base=True):  # φ applied to θ_ft
         for name, value in finetuned.state_dict().items():
@@ -158,10 +164,10 @@ def test_cosine_table_by_layer_and_module_is_long_and_per_group(dirs, tmp_path):
 # --- bad input ------------------------------------------------------------------------
 
 
-def test_pickle_checkpoints_are_refused(tmp_path, dirs):
+def test_pickle_checkpoints_are_refused(tmp_path, dirs, tiny_llama_factory):
     pickled = tmp_path / "pickled"
-    make_tiny_llama(0).config.save_pretrained(pickled)
-    torch.save(make_tiny_llama(0).state_dict(), pickled / "pytorch_model.bin")
+    tiny_llama_factory(0).config.save_pretrained(pickled)
+    torch.save(tiny_llama_factory(0).state_dict(), pickled / "pytorch_model.bin")
     with pytest.raises(MergeError, match="pickle"):
         extract_vector(dirs / "base", tmp_path / "pickled", tmp_path / "v.st")
     torch.save({"w": torch.zeros(2)}, tmp_path / "vector.bin")
@@ -176,24 +182,24 @@ def test_missing_files_are_named(tmp_path, dirs):
         load_vector(tmp_path / "missing.safetensors")
 
 
-def test_different_vocabulary_is_named(tmp_path, dirs):
-    make_tiny_llama(0, vocab_size=130).save_pretrained(tmp_path / "bigger")
+def test_different_vocabulary_is_named(tmp_path, dirs, tiny_llama_factory):
+    tiny_llama_factory(0, vocab_size=130).save_pretrained(tmp_path / "bigger")
     with pytest.raises(MergeError, match=r"(embed_tokens|lm_head).*vocabulary"):
         extract_vector(dirs / "base", tmp_path / "bigger", tmp_path / "v.st")
     assert not (tmp_path / "v.st").exists()
 
 
-def test_different_key_sets_and_dtypes_are_named(tmp_path, dirs):
-    make_tiny_llama(0, num_hidden_layers=2).save_pretrained(tmp_path / "shallow")
+def test_different_key_sets_and_dtypes_are_named(tmp_path, dirs, tiny_llama_factory):
+    tiny_llama_factory(0, num_hidden_layers=2).save_pretrained(tmp_path / "shallow")
     with pytest.raises(MergeError, match="layers.2"):
         extract_vector(dirs / "base", tmp_path / "shallow", tmp_path / "v.st")
-    make_tiny_llama(0).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    tiny_llama_factory(0).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     with pytest.raises(MergeError, match="bfloat16"):
         extract_vector(dirs / "base", tmp_path / "bf16", tmp_path / "v.st")
 
 
-def test_nan_in_a_model_is_named_and_leaves_no_file(tmp_path, dirs):
-    broken = make_tiny_llama(0)
+def test_nan_in_a_model_is_named_and_leaves_no_file(tmp_path, dirs, tiny_llama_factory):
+    broken = tiny_llama_factory(0)
     with torch.no_grad():
         broken.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
     broken.save_pretrained(tmp_path / "broken")
