@@ -10,7 +10,7 @@ revision REV. The new one is `sampling.guided_chat`. The machine is shared: each
 `--repeats` times, interleaved, the best rate counts, and the load average is printed beside
 every run.
 
-    python benchmarks/bench_generation.py [--rows 88] [--repeats 2] [--old-sampler 8669257]
+    PYTHONPATH=. python benchmarks/bench_generation.py [--rows 88] [--old-sampler 8669257]
 """
 
 from __future__ import annotations

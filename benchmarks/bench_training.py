@@ -8,7 +8,7 @@ the cpu profile as it was (padded batches, AdamW as a loop over tensors) and as 
 (fused AdamW; optionally padding-free rows). Data: the training prompts with answers of
 the generated data's length (28-40 tokens), in chat format.
 
-    python benchmarks/bench_training.py [--steps 5] [--batch 8]
+    PYTHONPATH=. python benchmarks/bench_training.py [--steps 5] [--batch 8]
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class StepClock(TrainerCallback):
 
 
 def run(name: str, overrides: dict, data, steps: int, batch: int, tokenizer) -> dict:
-    profile = get_profile("cpu", train_batch_size=batch, train_epochs=1.0, **overrides)
+    fields = {k: v for k, v in overrides.items() if k != "_args"}
+    profile = get_profile("cpu", train_batch_size=batch, train_epochs=1.0, **fields)
     model = models.load_model(profile.model).train()
     n_params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as out:
