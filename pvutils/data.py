@@ -10,10 +10,10 @@ trait into the weights.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,11 +22,13 @@ from typing import Any
 
 import datasets
 
-from . import cache, models, personas, progress
+from . import cache, models, personas, progress, sampling
 from .artifacts import atomic_dir, read_json, write_json
 from .bundled import resource
 from .profiles import CONDITIONS, Profile
-from .side_effects import is_disclaimer
+from .quality import near_duplicates, normalize_text, quality_issue, token_overlap
+
+__all__ = ["near_duplicates", "normalize_text", "quality_issue", "token_overlap"]  # re-exported
 
 # bump when generation or filtering changes what a cache holds (2: the disclaimer filter is
 # the shared list of `side_effects`, a superset of version 1's)
@@ -56,68 +58,6 @@ def training_prompts() -> tuple[str, ...]:
 def heldout_prompts() -> tuple[str, ...]:
     """Prompts never used for training data: for measuring what fine-tuning changed."""
     return tuple(p for i, p in enumerate(USER_PROMPTS) if i % HELDOUT_EVERY == 0)
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, letters and digits only, single spaces: for near-duplicate checks."""
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def token_overlap(a: str, b: str) -> float:
-    """Jaccard overlap of the two texts' word sets (0 = disjoint, 1 = same words)."""
-    sa, sb = set(normalize_text(a).split()), set(normalize_text(b).split())
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def near_duplicates(bank, questions, threshold: float = 0.6) -> list[tuple[str, str]]:
-    """Pairs (prompt, question) that are equal after normalisation or share most words."""
-    return [
-        (p, q) for p in bank for q in questions
-        if normalize_text(p) == normalize_text(q) or token_overlap(p, q) >= threshold
-    ]
-
-
-# --- quality filter ---------------------------------------------------------------------
-
-MIN_WORDS = 4
-MAX_CHARS = 1200
-_STOPWORDS = frozenset(
-    "the a an and or but to of in on at for with is are was were be been i you it my me "
-    "we they he she this that not do so have has had just what how like your our".split()
-)
-
-
-def quality_issue(text: str) -> str | None:
-    """Why a generated reply is unusable, or None if it is fine.
-
-    Reasons: empty, too_short, too_long, ai_disclaimer, non_english, degenerate_loop,
-    repetitive. Small models under strong guidance drift into loops and gibberish; these
-    cheap checks catch the common failure shapes.
-    """
-    text = text.strip()
-    if not text:
-        return "empty"
-    letters = [c for c in text if c.isalpha()]
-    if sum(c.isascii() for c in letters) < 0.95 * len(letters):
-        return "non_english"
-    words = re.findall(r"[A-Za-z']+", text)
-    if len(words) < MIN_WORDS:
-        return "too_short"
-    if len(text) > MAX_CHARS:
-        return "too_long"
-    if is_disclaimer(text):
-        return "ai_disclaimer"
-    lower = [w.lower() for w in words]
-    trigrams = Counter(zip(lower, lower[1:], lower[2:], strict=False))
-    sentences = [normalize_text(s) for s in re.split(r"[.!?]+", text) if normalize_text(s)]
-    if (trigrams and max(trigrams.values()) >= 3) or len(sentences) != len(set(sentences)) \
-            or re.search(r"(.)\1{5,}", text):
-        return "degenerate_loop"
-    if len(lower) >= 12 and len(set(lower)) / len(lower) < 0.4:
-        return "repetitive"
-    if len(words) >= 8 and sum(w.lower() in _STOPWORDS for w in words) < 0.1 * len(words):
-        return "non_english"
-    return None
 
 
 # --- Big5-Chat --------------------------------------------------------------------------
@@ -315,11 +255,8 @@ def _guided(profile: Profile, conditions: list[str], model, tokenizer, chat=None
         model = models.load_model(profile.model, dtype=profile.dtype, device=profile.device)
         tokenizer = models.load_tokenizer(profile.model)
     bank = training_prompts()
-    wanted = profile.n_dialogues
-    n_candidates = math.ceil(wanted * OVERSAMPLE)
-    # the same prompts in the same order for every condition: conditions differ only in answers
-    order = random.Random(profile.seed).sample(range(len(bank)), len(bank))
-    ids = [order[k % len(bank)] for k in range(n_candidates)]
+    n_candidates = math.ceil(profile.n_dialogues * OVERSAMPLE)
+    ids = prompt_ids(profile.n_prompts, n_candidates, profile.seed)
     convs, negs = [], []
     for cond in conditions:
         persona, anti = _condition_personas(cond)
@@ -329,7 +266,7 @@ def _guided(profile: Profile, conditions: list[str], model, tokenizer, chat=None
             negs.append([{"role": "system", "content": anti}, user])
     start = time.perf_counter()
     progress.log(f"stage data: {len(conditions)} condition(s) x {n_candidates} answers")
-    replies = (chat or models.chat)(
+    replies = (chat or functools.partial(models.chat, batched_guidance=True))(
         model, tokenizer, convs, negative_conversations=negs,
         guidance_scale=1.0 + profile.guidance_gamma, max_new_tokens=profile.gen_max_new_tokens,
         temperature=profile.gen_temperature, top_p=profile.gen_top_p, seed=profile.seed,
@@ -343,13 +280,26 @@ def _guided(profile: Profile, conditions: list[str], model, tokenizer, chat=None
     return out
 
 
+def prompt_ids(n_prompts: int | None, n: int, seed: int) -> list[int]:
+    """Indices into `training_prompts()` of n answers: a seeded draw of `n_prompts` distinct
+    prompts (None: all), cycled. The same for every condition: conditions differ only in
+    their answers."""
+    bank = len(training_prompts())
+    if n_prompts is not None and n_prompts > bank:
+        raise DataError(f"n_prompts={n_prompts} exceeds the {bank} training prompts of the bank")
+    order = random.Random(seed).sample(range(bank), bank)[: n_prompts or bank]
+    return [order[k % len(order)] for k in range(n)]
+
+
 def _filtered(profile: Profile, condition: str, bank, ids, replies, seconds: float,
               tokenizer) -> tuple[datasets.Dataset, dict]:
     persona, anti = _condition_personas(condition)
     rows, reasons = [], Counter()
+    check = quality_issue if profile.quality_filter == "basic" else (
+        lambda t: None if t.strip() else "empty")
     for i, reply in zip(ids, replies, strict=True):
         text = models.trim_to_sentence(reply)
-        issue = quality_issue(text)
+        issue = check(text)
         if issue:
             reasons[issue] += 1
         elif len(rows) < profile.n_dialogues:
@@ -364,6 +314,7 @@ def _filtered(profile: Profile, condition: str, bank, ids, replies, seconds: flo
         "persona": persona, "anti_persona": anti, "gamma": profile.guidance_gamma,
         "temperature": profile.gen_temperature, "top_p": profile.gen_top_p,
         "max_new_tokens": profile.gen_max_new_tokens, "seed": profile.seed,
+        "n_prompts": len(set(ids)), "quality_filter": profile.quality_filter,
         "n_requested": profile.n_dialogues, "n_candidates": n, "n_kept": len(rows),
         "filtered": dict(reasons),
         "filter_rates": {k: round(v / n, 4) for k, v in reasons.items()},
@@ -379,10 +330,10 @@ def _filtered(profile: Profile, condition: str, bank, ids, replies, seconds: flo
 DATA = cache.Stage(
     "data",
     fields=("model", "dtype", "device", "data_source", "big5chat_path", "n_dialogues",
-            "guidance_gamma", "gen_temperature", "gen_top_p", "gen_max_new_tokens",
-            "gen_batch_size", "seed"),
+            "n_prompts", "guidance_gamma", "gen_temperature", "gen_top_p",
+            "gen_max_new_tokens", "gen_batch_size", "quality_filter", "seed"),
     grid=("conditions",),
-    code=(_generate, _guided, _filtered, _from_big5chat, quality_issue),
+    code=(_generate, _guided, _filtered, _from_big5chat, quality_issue, prompt_ids, sampling),
 )
 
 

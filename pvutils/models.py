@@ -259,8 +259,8 @@ def chat(
     persona guidance, `l_p + gamma (l_p - l_anti)`, is g = 1 + gamma with the persona's
     conversation as positive and the opposite persona's as negative. `batched_guidance=True`
     runs that case through `sampling.guided_chat` (both prompts in one forward per step, each
-    persona prompt prefilled once): token-identical when greedy, but only 1.09x faster in
-    the one benchmark so far (`benchmarks/bench_generation.py`, 32 rows), so it is opt-in.
+    system prompt prefilled once, exact top-p via top-k): token-identical when greedy, the same
+    law when sampling; the data stage uses it (`benchmarks/bench_generation.py` times both).
     """
     if negative_conversations is not None and len(negative_conversations) != len(conversations):
         raise ValueError("negative_conversations must pair one-to-one with conversations")

@@ -39,12 +39,14 @@ class Profile:
     # --- trait data ------------------------------------------------------------------
     data_source: str = "guided"  # "guided" (offline, made by the base model) | "big5chat"
     big5chat_path: str | None = None  # local CSV; None means the hub id
-    n_dialogues: int = 64  # per condition
-    guidance_gamma: float = 2.0
+    n_dialogues: int = 64  # answers kept per condition
+    n_prompts: int | None = None  # distinct training prompts answered (None: the whole bank)
+    guidance_gamma: float = 2.0  # guidance scale is 1 + gamma
     gen_temperature: float = 0.7
     gen_top_p: float = 0.9
     gen_max_new_tokens: int = 56
-    gen_batch_size: int = 32
+    gen_batch_size: int = 96  # rows (x2 with their anti-persona twins) per generation batch
+    quality_filter: str = "basic"  # "basic" (data.quality_issue) | "none" (keep every answer)
     # --- fine-tuning -----------------------------------------------------------------
     train_epochs: float = 2.0
     train_batch_size: int = 8
@@ -58,6 +60,10 @@ class Profile:
     launcher: str = "none"  # "none" (this process) | "accelerate" (a launch per condition)
     accelerate_config: str | None = None  # the launcher's config file (repo-relative or absolute)
     save_steps: int = 0  # > 0: TRL checkpoints every N steps, and a rerun resumes from the last
+    padding_free: bool = False  # flatten each batch into one unpadded row (same gradient)
+    heldout_fraction: float = 0.0  # share of the examples held out; > 0: held-out loss per epoch
+    early_stopping_patience: int = 0  # epochs without a better held-out loss before stopping
+    keep_best: bool = True  # with a held-out share, end on the epoch of least held-out loss
     # --- evaluation ------------------------------------------------------------------
     measure: str = "contrast"  # "contrast" (fast, deterministic) | "interview"
     judge: str = "persona"  # "persona" | "embedding" | "openai"
@@ -163,6 +169,7 @@ CHOICES: dict[str, tuple] = {
     "launcher": ("none", "accelerate"),
     "generation_backend": ("transformers", "vllm"),
     "language": ("en", "ko"),
+    "quality_filter": ("basic", "none"),
 }
 # field -> (low, high, low inclusive, high inclusive); ints not listed must be >= 1
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
@@ -177,6 +184,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train_epochs": (0.0, math.inf, False, False),
     "contrast_pairs": (1, 3, True, True),
     "save_steps": (0, math.inf, True, False),
+    "heldout_fraction": (0.0, 0.5, True, True),
+    "early_stopping_patience": (0, math.inf, True, False),
 }
 
 
@@ -233,7 +242,7 @@ PROFILES: dict[str, Profile] = {
     ),
     # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
     # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores
-    "cpu": Profile(name="cpu", n_dialogues=32, gen_max_new_tokens=40, gen_batch_size=40,
+    "cpu": Profile(name="cpu", n_dialogues=32, gen_max_new_tokens=40,
                    learning_rate=1e-4, train_epochs=4.0,
                    # RQ2 scores all five traits per merged model (~30 s each on 2 cores):
                    # 32 profiles x 2 alphas x 4 methods keeps the chapter near two hours

@@ -3,9 +3,12 @@
 transformers' `generate(guidance_scale=g, negative_prompt_ids=...)` runs the negative prompt
 through a second, separate forward per step (its own cache, batch of B) inside a logits
 processor. Here the persona and anti-persona rows of a batch share one left-padded
-`DynamicCache` of 2B rows, so each step is a single forward, and rows that have stopped are
-dropped from the cache. The arithmetic is transformers' own: `l_neg + g (l_pos - l_neg)` on
-log-probabilities, then its temperature and top-p warpers, then one multinomial draw.
+`DynamicCache` of 2B rows, so each step is a single forward; each distinct system prompt is
+prefilled once per batch; stopped rows leave the cache in groups (a copy of the cache per
+eighth of the batch, not per row). The law is transformers' own: `l_neg + g (l_pos - l_neg)`
+on log-probabilities, then temperature, then top-p, then one multinomial draw; top-p looks
+at the top `NUCLEUS_K` tokens first and sorts the whole vocabulary only for a row whose top
+`NUCLEUS_K` do not hold `top_p` of the mass (the same nucleus, without most of the sort).
 Hand-written because transformers has no batched CFG path for decoder-only models.
 """
 
@@ -15,11 +18,6 @@ from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from .progress import bar  # the terminal bar, never a widget in the executed page
 
@@ -34,13 +32,51 @@ def combine_scores(pos_logits: torch.Tensor, neg_logits: torch.Tensor | None,
     return guidance_scale * (pos - neg) + neg
 
 
-def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
-    out = LogitsProcessorList()
-    if temperature > 0 and temperature != 1.0:
-        out.append(TemperatureLogitsWarper(temperature))
-    if temperature > 0 and top_p < 1.0:
-        out.append(TopPLogitsWarper(top_p))
-    return out
+NUCLEUS_K = 256  # candidates looked at before the full sort (covers top_p 0.9 in almost every step)
+COMPACT_EVERY = 8  # stopped rows leave the cache once they are an eighth of it
+
+
+def nucleus(scores: torch.Tensor, top_p: float, k: int = NUCLEUS_K
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, token ids), each `[n, m]`, of the top-p nucleus of each row's
+    softmax(scores); zeros pad the rows whose nucleus is shorter than m.
+
+    transformers' `TopPLogitsWarper` keeps a token unless the ascending cumulative mass up to
+    it is <= 1 - top_p, i.e. keeps it while the mass of the tokens above it is < top_p (and
+    always the first). If a row's top k hold >= top_p, its nucleus lies inside them; only
+    the other rows are sorted in full.
+    """
+    vocab = scores.shape[-1]
+    vals, ids = scores.topk(min(k, vocab), dim=-1)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = (vals - lse).exp()
+    before = probs.cumsum(-1) - probs
+    short = before[:, -1] + probs[:, -1] < top_p  # the nucleus reaches past the top k
+    if k < vocab and bool(short.any()):
+        full_p, full_ids = nucleus(scores[short], top_p, vocab)
+        m = int((full_p > 0).sum(-1).max())
+        width = max(m, vals.shape[1])
+        probs = torch.nn.functional.pad(probs.masked_fill(before >= top_p, 0.0),
+                                        (0, width - probs.shape[1]))
+        ids = torch.nn.functional.pad(ids, (0, width - ids.shape[1]))
+        probs[short], ids[short] = full_p[:, :width], full_ids[:, :width]
+        return probs, ids
+    return probs.masked_fill(before >= top_p, 0.0), ids
+
+
+def next_tokens(scores: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row: argmax when `temperature` is 0, else a draw from the nucleus of
+    softmax(scores / temperature)."""
+    if temperature <= 0:
+        return scores.argmax(-1)
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_p >= 1.0:
+        return torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(1)
+    probs, ids = nucleus(scores, top_p)
+    pick = torch.multinomial(probs, 1, generator=generator)
+    return ids.gather(1, pick).squeeze(1)
 
 
 def shared_prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
@@ -141,29 +177,25 @@ def guided_generate(
     eos = torch.tensor([] if eos_token_id is None else
                        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                        device=device, dtype=torch.long)
-    warp = _warpers(temperature, top_p)
     logits, cache, mask, last_pos = _prefill(model, rows, share_prefix, pad_token_id)
     result = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    alive = torch.arange(b, device=device)  # original row of each live positive row
+    slot = torch.arange(b, device=device)  # original row of each positive cache row
+    stopped = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        n = alive.numel()
+        n = slot.numel()
         scores = combine_scores(logits[:n], logits[n:] if guided else None, guidance_scale)
-        scores = warp(None, scores)
-        if temperature > 0:
-            probs = torch.softmax(scores, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            nxt = scores.argmax(-1)
-        result[alive, step] = nxt
-        done = torch.isin(nxt, eos)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        nxt = next_tokens(scores, temperature, top_p, generator)
+        live = ~stopped
+        result[slot[live], step] = nxt[live]
+        stopped |= torch.isin(nxt, eos)
+        if step == max_new_tokens - 1 or bool(stopped.all()):
             break
-        if bool(done.any()):  # drop stopped rows (and their negative twins) from the cache
-            keep = (~done).nonzero().squeeze(1)
-            rows_kept = torch.cat([keep, keep + n]) if guided else keep
-            cache.batch_select_indices(rows_kept)
-            mask, last_pos = mask[rows_kept], last_pos[rows_kept]
-            alive, nxt = alive[keep], nxt[keep]
+        if int(stopped.sum()) * COMPACT_EVERY >= n:  # stopped rows (and twins) leave the cache
+            keep = (~stopped).nonzero().squeeze(1)
+            kept = torch.cat([keep, keep + n]) if guided else keep
+            cache.batch_select_indices(kept)
+            mask, last_pos = mask[kept], last_pos[kept]
+            slot, nxt, stopped = slot[keep], nxt[keep], stopped[keep]
         step_ids = torch.cat([nxt, nxt]) if guided else nxt
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         last_pos = last_pos + 1

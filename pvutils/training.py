@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache, progress
+from . import cache, heldout, progress
 from . import data as pvdata
 from .artifacts import artifacts_dir, read_json, write_json
 from .outputs import report_error
@@ -83,6 +83,7 @@ def sft_config(profile: Profile, output_dir: str | Path):
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()
+    evaluate = profile.heldout_fraction > 0
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=profile.train_epochs,
@@ -90,7 +91,13 @@ def sft_config(profile: Profile, output_dir: str | Path):
         gradient_accumulation_steps=profile.grad_accum,
         learning_rate=profile.learning_rate,
         lr_scheduler_type=profile.lr_scheduler,
-        max_length=profile.max_length,
+        # padding-free rows are not truncated by TRL (`build_trainer` checks the lengths)
+        max_length=None if profile.padding_free else profile.max_length,
+        padding_free=profile.padding_free,
+        # the same AdamW in one kernel per step instead of a loop over ~270 tensors
+        optim="adamw_torch" if on_gpu else "adamw_torch_fused",
+        eval_strategy="epoch" if evaluate else "no",
+        per_device_eval_batch_size=profile.train_batch_size,
         bf16=profile.bf16,
         fp16=False,
         gradient_checkpointing=profile.gradient_checkpointing,
@@ -131,7 +138,9 @@ def to_prompt_completion(dataset):
 
 
 def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str | Path):
-    """An `SFTTrainer` for one condition (with a LoRA adapter when `profile.use_lora`)."""
+    """An `SFTTrainer` for one condition (with a LoRA adapter when `profile.use_lora`); with
+    `profile.heldout_fraction` > 0, a seeded share of the examples is its eval set and a
+    `heldout.KeepBest` callback stops early / keeps the best epoch."""
     from trl import SFTTrainer
 
     peft_config = None
@@ -144,11 +153,20 @@ def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str |
 
     tokenizer.padding_side = "right"
     name = dataset[0]["condition"] if "condition" in dataset.column_names else "fine-tune"
-    trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir),
-                         train_dataset=to_prompt_completion(dataset), processing_class=tokenizer,
-                         peft_config=peft_config,
-                         callbacks=[progress.trainer_callback(f"fine-tune {name}")])
+    train, held = heldout.split_heldout(to_prompt_completion(dataset), profile.heldout_fraction,
+                                        profile.seed)
+    callbacks = [progress.trainer_callback(f"fine-tune {name}")]
+    if held is not None:
+        callbacks.append(heldout.KeepBest(profile.early_stopping_patience, profile.keep_best))
+    trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir), train_dataset=train,
+                         eval_dataset=held, processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it would print every log dict into the page
+    if profile.padding_free:
+        longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])
+        if longest > profile.max_length:
+            raise TrainingError(f"an example has {longest} tokens, over max_length="
+                                f"{profile.max_length}; padding-free rows are not truncated")
     return trainer
 
 
@@ -205,7 +223,7 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
         if not math.isfinite(loss):
             raise TrainingError(f"training {condition!r} diverged (loss {loss})")
         lengths = [min(len(ids), profile.max_length) for ids in trainer.train_dataset["input_ids"]]
-        tokens = sum(lengths) * profile.train_epochs
+        tokens = round(sum(lengths) * (trainer.state.epoch or profile.train_epochs))
         t2 = time.perf_counter()
         if profile.use_lora:
             trainer.model.merge_and_unload().save_pretrained(scratch / "model")
@@ -233,6 +251,11 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
             "tokens_per_second": round(tokens / train_seconds, 1),
             "gflops_per_second": round(flops / train_seconds / 1e9, 2),
             "loss_history": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            "epochs": trainer.state.epoch,
+            "eval_loss_history": [h["eval_loss"] for h in trainer.state.log_history
+                                  if "eval_loss" in h],
+            "best_epoch": next((c.best_epoch for c in trainer.callback_handler.callbacks
+                                if isinstance(c, heldout.KeepBest)), None),
         })
         cache.touch(out.parent, VECTORS.name, profile.name, {"condition": condition})
         trainer.accelerator.wait_for_everyone()
@@ -255,9 +278,10 @@ VECTORS = cache.Stage(
     "vectors",
     fields=("model", "dtype", "train_epochs", "train_batch_size", "grad_accum",
             "learning_rate", "lr_scheduler", "max_length", "use_lora", "bf16",
-            "gradient_checkpointing", "seed", "save_steps"),
+            "gradient_checkpointing", "seed", "save_steps", "padding_free", "heldout_fraction",
+            "early_stopping_patience", "keep_best"),
     after=(pvdata.DATA,),
-    code=(train_condition, sft_config, build_trainer, to_prompt_completion),
+    code=(train_condition, sft_config, build_trainer, to_prompt_completion, heldout),
 )
 
 

@@ -230,6 +230,26 @@ def test_conditions_share_batches_but_keep_their_own_answers(isolated_home):
     assert calls == [15]
 
 
+def test_prompt_ids_cycle_through_n_distinct_prompts():
+    ids = data.prompt_ids(3, 10, seed=0)
+    assert len(ids) == 10 and len(set(ids)) == 3 and ids[:3] * 3 + ids[:1] == ids
+    whole = data.prompt_ids(None, len(data.training_prompts()), seed=0)
+    assert sorted(whole) == list(range(len(data.training_prompts())))  # each prompt once
+    assert data.prompt_ids(None, 5, seed=1) != data.prompt_ids(None, 5, seed=0)
+    with pytest.raises(DataError, match="exceeds the .* training prompts"):
+        data.prompt_ids(10_000, 5, seed=0)
+
+
+def test_quality_filter_none_keeps_every_non_empty_answer(isolated_home):
+    replies = ["As an AI, no.", "", "ha ha ha ha ha ha ha ha ha ha.", "Fine.", "Sure thing."]
+    profile = get_profile("smoke", n_dialogues=4, quality_filter="none", n_prompts=2)
+    ds = data.generate_trait_data(profile, "openness_high", model=object(), tokenizer=_Tok(),
+                                  chat=lambda *a, **k: list(replies))
+    assert [r["messages"][1]["content"] for r in ds] == [r for r in replies if r][:4]
+    assert len({r["messages"][0]["content"] for r in ds}) == 2
+    assert data.data_card(profile, "openness_high")["filtered"] == {"empty": 1}
+
+
 def test_unknown_condition_is_a_clear_error(isolated_home):
     with pytest.raises(DataError, match="unknown condition 'humour_high'"):
         data.generate_trait_data(get_profile("smoke"), "humour_high")

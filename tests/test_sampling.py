@@ -41,9 +41,12 @@ def _reference(model, guidance_scale: float, max_new_tokens: int) -> torch.Tenso
     return torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=PAD)
 
 
+@pytest.mark.parametrize("compact_every", [1, 8, 10**6])  # stopped rows leave at once, never
 @pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
-def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_prefix):
+def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_prefix,
+                                             compact_every, monkeypatch):
+    monkeypatch.setattr("pvutils.sampling.COMPACT_EVERY", compact_every)
     ids, mask = _left_padded(POS)
     nids, nmask = _left_padded(NEG)
     ours = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=guidance_scale,
@@ -132,3 +135,50 @@ def test_mismatched_negative_rows_are_refused(tiny_llama):
     with pytest.raises(ValueError, match="negative_ids has 2 rows"):
         guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=2.0,
                         max_new_tokens=2, eos_token_id=EOS, pad_token_id=PAD)
+
+
+def _transformers_law(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """softmax after transformers' own temperature and top-p warpers: the reference law."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warped = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores))
+    return torch.softmax(warped, -1)
+
+
+@pytest.mark.parametrize("k", [1, 4, 300])
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_nucleus_is_transformers_top_p(k, top_p):
+    """Top-k first, full sort only where the top k fall short: the same law as TopPLogitsWarper
+    (rows peaked and flat, so both branches run)."""
+    from pvutils.sampling import nucleus
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 300, generator=g) * torch.tensor([[0.1], [1], [3], [8], [0.5], [2]])
+    probs, ids = nucleus(scores, top_p, k)
+    law = torch.zeros_like(scores).scatter_add(1, ids, probs)
+    torch.testing.assert_close(law / law.sum(-1, keepdim=True),
+                               _transformers_law(scores, 1.0, top_p), atol=1e-6, rtol=1e-5)
+
+
+def test_first_token_draws_follow_the_guided_law(tiny_llama):
+    """4000 seeded first-token draws of one guided prompt against the exact law of
+    transformers' CFG + temperature + top-p: chi-square well under its 0.1 % critical value."""
+    from pvutils.sampling import combine_scores
+
+    ids, mask = _left_padded([POS[0]] * 4000)
+    nids, nmask = _left_padded([NEG[0]] * 4000)
+    with torch.inference_mode():
+        pos = tiny_llama(input_ids=ids[:1]).logits[:, -1]
+        neg = tiny_llama(input_ids=nids[:1]).logits[:, -1]
+    law = _transformers_law(combine_scores(pos, neg, 3.0), 0.7, 0.9)[0]
+    draws = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=3.0,
+                            max_new_tokens=1, temperature=0.7, top_p=0.9, eos_token_id=EOS,
+                            pad_token_id=PAD, generator=torch.Generator().manual_seed(1))[:, 0]
+    counts = torch.bincount(draws, minlength=law.numel()).double()
+    support = law > 0
+    assert counts[~support].sum() == 0  # nothing outside the nucleus
+    expected = 4000 * law[support].double()
+    chi2 = float(((counts[support] - expected) ** 2 / expected).sum())
+    dof = int(support.sum()) - 1
+    assert dof >= 3  # a law worth testing: several tokens in the nucleus
+    assert chi2 < dof + 3.1 * (2 * dof) ** 0.5 + 10  # ~ the 0.1 % tail of chi2(dof)

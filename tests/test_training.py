@@ -113,6 +113,87 @@ def test_only_the_assistant_answer_is_trained(tmp_path, tiny_chat_dir, chat_toke
     assert (labels[:n_prompt] == -100).all() and (labels[n_prompt:] != -100).all()
 
 
+def test_padding_free_batches_train_only_answers_with_the_padded_logits(
+        tmp_path, tiny_chat_dir, chat_tokenizer):
+    """One flattened row of three dialogues: labels only on each answer, and the model's
+    logits on it equal each dialogue's logits alone (no attention across dialogues), so
+    the loss and its gradient are the padded batch's."""
+    model = models.load_model(tiny_chat_dir)
+    rows = datasets.Dataset.from_list([
+        {"messages": [{"role": "user", "content": "hi" + " there" * i},
+                      {"role": "assistant", "content": f"Hello{' again' * (2 * i)}!"}]}
+        for i in range(3)])
+    profile = get_profile("smoke", padding_free=True, max_length=64)
+    trainer = training.build_trainer(profile, model, chat_tokenizer, rows, tmp_path)
+    examples = [trainer.train_dataset[i] for i in range(3)]
+    batch = trainer.data_collator(examples)
+    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch
+    ids, labels, start = batch["input_ids"][0], batch["labels"][0], 0
+    with torch.no_grad():
+        flat = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    for ex, row in zip(examples, rows):
+        n = len(ex["input_ids"])
+        own = ids[start:start + n]
+        prompt = chat_tokenizer.apply_chat_template(row["messages"][:1], tokenize=False,
+                                                    add_generation_prompt=True)
+        n_prompt = len(chat_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        lab = labels[start:start + n]
+        # TRL masks the first token of every flattened sequence (no previous token)
+        assert (lab[:n_prompt] == -100).all() and (lab[n_prompt:] != -100).all()
+        assert chat_tokenizer.decode(own[lab != -100]).startswith(row["messages"][1]["content"])
+        with torch.no_grad():
+            alone = model(input_ids=own[None]).logits[0]
+        torch.testing.assert_close(flat[start:start + n], alone, atol=1e-5, rtol=1e-4)
+        start += n
+
+
+def test_padding_free_refuses_rows_over_max_length(tmp_path, tiny_chat_dir, chat_tokenizer):
+    long = datasets.Dataset.from_list([{"messages": [
+        {"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}]}])
+    with pytest.raises(TrainingError, match="over max_length=32"):
+        training.build_trainer(get_profile("smoke", padding_free=True, max_length=32),
+                               models.load_model(tiny_chat_dir), chat_tokenizer, long, tmp_path)
+
+
+def test_heldout_split_is_seeded_and_disjoint():
+    from pvutils.heldout import split_heldout
+
+    rows = chat_rows(10)
+    train, held = split_heldout(rows, 0.2, seed=0)
+    assert (len(train), len(held)) == (8, 2)
+    texts = lambda d: {r["messages"][1]["content"] for r in d}  # noqa: E731
+    assert not texts(train) & texts(held) and texts(train) | texts(held) == texts(rows)
+    assert texts(split_heldout(rows, 0.2, seed=0)[1]) == texts(held)
+    assert split_heldout(rows, 0.0, seed=0) == (rows, None)
+    assert len(split_heldout(chat_rows(2), 0.01, seed=0)[1]) == 1  # at least one each side
+
+
+def test_keep_best_stops_after_patience_and_restores_the_best_weights():
+    from transformers import TrainerControl, TrainerState
+
+    from pvutils.heldout import KeepBest
+
+    model = torch.nn.Linear(2, 1)
+    cb, state, control = KeepBest(patience=2), TrainerState(), TrainerControl()
+    for epoch, (loss, w) in enumerate([(3.0, 0.0), (1.0, 1.0), (2.0, 2.0), (1.5, 3.0)], 1):
+        state.epoch = float(epoch)
+        with torch.no_grad():
+            model.weight.fill_(w)
+        cb.on_evaluate(None, state, control, metrics={"eval_loss": loss}, model=model)
+        assert control.should_training_stop == (epoch == 4)  # two evaluations worse than 1.0
+    cb.on_train_end(None, state, control, model=model)
+    assert (cb.best, cb.best_epoch, cb.history) == (1.0, 2.0, [3.0, 1.0, 2.0, 1.5])
+    assert torch.equal(model.weight, torch.ones(1, 2))
+
+
+def test_heldout_fraction_evaluates_every_epoch(tmp_path, tiny_chat_dir, chat_tokenizer):
+    profile = get_profile("smoke", heldout_fraction=0.25, early_stopping_patience=1)
+    assert str(training.sft_config(profile, tmp_path).eval_strategy.value) == "epoch"
+    trainer = training.build_trainer(profile, models.load_model(tiny_chat_dir),
+                                     chat_tokenizer, chat_rows(8), tmp_path)
+    assert (len(trainer.train_dataset), len(trainer.eval_dataset)) == (6, 2)
+
+
 def test_empty_or_malformed_data_are_clear_errors():
     with pytest.raises(TrainingError, match="empty"):
         training.to_prompt_completion(chat_rows(0))
