@@ -26,6 +26,8 @@ CHAPTERS = {  # result JSON (= notebook) name -> what the results page calls it
     "03_rq3_negation": "RQ3 negation", "04_rq4_transfer": "RQ4 transfer",
 }
 
+CIRCULAR = ("persona",)  # judges that score with the data generator's own persona prompts
+
 VERDICT_RULE = (
     "**Reproduced**: our 95 % interval reaches the paper's number (contains it, or for a "
     "bound such as \"> 0.3\" reaches past it) *and* excludes no effect on the paper's side. "
@@ -171,13 +173,17 @@ def paper_box(results_dir: str | Path, chapter: str) -> str:
 
 def rq1_claims(rho: pd.DataFrame, judged: dict[str, pd.DataFrame]) -> list[dict]:
     """RQ1: the mean signed ρ(α, score) of the contrast BFI and of each independent judge
-    (interval over the vectors), and the share of vectors moving as intended."""
+    (interval over the vectors), and the share of vectors moving as intended. The persona
+    judge is left out: it scores with the persona prompts that generated the training
+    data, so it is circular by construction (the chapter shows it as secondary)."""
     head = stats.dial_summary(rho)
     out = [claim("rq1.trait_score_correlation", head["mean_signed_rho"], "contrast BFI",
                  "rq1-contrast", n=len(rho)),
            claim("rq1.vectors_moving_as_intended", head["share_moving"], "contrast BFI",
                  "rq1-dial", n=len(rho))]
     for name, table in judged.items():
+        if name in CIRCULAR:
+            continue
         out.append(claim("rq1.trait_score_correlation",
                          stats.dial_summary(table)["mean_signed_rho"],
                          f"{name} judge (interviews)", "rq1-interview", n=len(table)))
@@ -242,3 +248,11 @@ def rq4_claims(carry: pd.DataFrame, grid: pd.DataFrame) -> list[dict]:
             claim("rq4.character_kept", stats.mean_ci(top["fidelity change β=0→max"]),
                   "character fidelity", "rq4-carry", n=len(top))]
 
+
+
+def validity_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """RQ1's validity check as tables (empty ones when the chapter has not run)."""
+    path = Path(results_dir) / "01_rq1_scaling.json"
+    found = read_json(path).get("validity", {}) if path.exists() else {}
+    return {"agreement between measures": pd.DataFrame(found.get("agreement", [])),
+            "IPIP-50 trait effect": pd.DataFrame(found.get("ipip_effect", []))}

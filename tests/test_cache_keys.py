@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from pvutils import book, cache, data, sweeps, training
+from pvutils import book, cache, data, sweeps, training, validity
 from pvutils.profiles import CONDITIONS, field_names, get_profile
 
 BASE = get_profile("smoke")
@@ -39,7 +39,7 @@ MUTATIONS = {
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise"}  # they apply trained vectors
+                 "rq4-transfer", "layerwise", "validity-ipip"}  # they apply trained vectors
 EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS
 TRAINING = {"vectors"} | VECTOR_SWEEPS  # a new vector is a new input of every vector sweep
 DATA = {"data"} | TRAINING
@@ -63,13 +63,13 @@ READERS = {
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
                        "rq3-negation", "rq4-transfer"},
-    "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview"},
+    "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview", "validity-ipip"},
     "npti_gammas": {"rq1-npti"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise"},
+                         "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip"},
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
@@ -103,8 +103,9 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object
         "rq4-transfer": sweeps.transfer_plan(P, [c for c in transfer_conditions
                                                  if c in P.sweep_conditions]),
         "layerwise": sweeps.layerwise_plan(P, swept),
+        "validity-ipip": validity.ipip_plan(P, swept),
     }
-    assert set(plans) == set(sweeps.PLANS)
+    assert set(plans) == set(sweeps.PLANS) | set(validity.PLANS)
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
     out["data"] = {c: data.data_key(P, c) for c in [*P.conditions, DOMAIN]}
