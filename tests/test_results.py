@@ -39,6 +39,11 @@ def test_verdict_rule_known_answers(paper, interval, expected):
     assert results.verdict(*interval, paper)[0] == expected
 
 
+def test_two_points_get_no_bootstrap_interval():
+    assert all(math.isnan(b) for b in stats.mean_ci([0.2, 0.9])[1:])
+    assert all(math.isnan(b) for b in stats.spearman_ci([0, 1], [3, 4])[1:])
+
+
 def test_verdict_is_blank_without_a_measurement_or_a_paper_number():
     assert results.verdict(None, None, None, POINT)[0] == "—"
     assert results.verdict(0.5, 0.1, 0.9, {"value": None})[0] == "—"
@@ -99,10 +104,10 @@ def _rederive_rq1(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
                        for cond, sub in swept.groupby("condition")])
     ci = sst.bootstrap((signed,), np.mean, n_resamples=stats.N_RESAMPLES, method="percentile",
                        rng=np.random.default_rng(stats.SEED)).confidence_interval
+    bounds = (ci.low, ci.high) if len(signed) >= stats.MIN_N else (math.nan, math.nan)
     k = int((signed > 0).sum())
     share = sst.binomtest(k, len(signed)).proportion_ci(0.95, method="exact")
-    return {"rho": (signed.mean(), ci.low, ci.high), "share": (k / len(signed), share.low,
-                                                                share.high)}
+    return {"rho": (signed.mean(), *bounds), "share": (k / len(signed), share.low, share.high)}
 
 
 def _table_numbers(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
