@@ -27,15 +27,19 @@ from .sweeps import Plan, applying, run_sweep, vector_points
 
 
 def ipip_item_scores(model, tokenizer, dimensions: Sequence[str] | None = None,
-                     system_prompt: str | None = None, batch_size: int = 64) -> pd.DataFrame:
+                     system_prompt: str | None = None, batch_size: int = 64,
+                     n_pairs: int | None = None) -> pd.DataFrame:
     """One row per IPIP item: p(agree) over the generic answer pairs (softmax of the two
     answers' mean token log-probabilities, as the contrast BFI), raw 1 + 4p, keyed score.
-    `system_prompt` None: the interview's "you are a real person" prompt."""
+    `system_prompt` None: the interview's "you are a real person" prompt; `n_pairs` the
+    first n answer pairs only (None: all), as the contrast BFI's `contrast_pairs`."""
     if system_prompt is None:
         from .evaluation import REAL_PERSON_PROMPT  # evaluation loads the merging stack
 
         system_prompt = REAL_PERSON_PROMPT
-    items, pairs = ipip_items(dimensions), ipip_answer_pairs()
+    if n_pairs is not None and n_pairs < 1:
+        raise ValueError(f"n_pairs must be at least 1, got {n_pairs}")
+    items, pairs = ipip_items(dimensions), ipip_answer_pairs()[:n_pairs]
     seqs = [(it.question, answer) for it in items for pair in pairs for answer in pair]
     lp = answer_logprobs(model, tokenizer, system_prompt, seqs, batch_size, True)
     p = torch.sigmoid(lp[0::2] - lp[1::2]).reshape(len(items), len(pairs)).mean(1).tolist()
@@ -47,7 +51,7 @@ def ipip_item_scores(model, tokenizer, dimensions: Sequence[str] | None = None,
     return pd.DataFrame(rows)
 
 
-IPIP = Stage("validity-ipip", ("model", "dtype", "device"),
+IPIP = Stage("validity-ipip", ("model", "dtype", "device", "contrast_pairs"),
              grid=("interview_alphas", "sweep_conditions"),
              code=(ipip_item_scores, vector_points))
 
@@ -64,7 +68,7 @@ def ipip_sweep(model, tokenizer, vectors: Mapping[str, Any], profile) -> pd.Data
 
     def measure(point):
         trait, level = point["condition"].rsplit("_", 1)
-        items = ipip_item_scores(model, tokenizer, [trait])
+        items = ipip_item_scores(model, tokenizer, [trait], n_pairs=P.contrast_pairs)
         return [{"trait": trait, "level": level, "item": int(r.item), "keyed": float(r.keyed)}
                 for r in items.itertuples()]
 

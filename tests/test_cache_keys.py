@@ -62,7 +62,7 @@ READERS = {
     "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer"},
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer"},
+                       "rq3-negation", "rq4-transfer", "validity-ipip"},
     "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview", "validity-ipip"},
     "npti_gammas": {"rq1-npti"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
