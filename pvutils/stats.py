@@ -20,7 +20,8 @@ from .personas import direction, split_condition
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000  # bootstrap resamples of every interval (seconds at most per table)
-MIN_N = 3  # fewer entries than this get no bootstrap interval
+MIN_N = 4  # fewer entries than this get no bootstrap interval (3 points resample to
+# themselves, two of them, or a constant: a 3-point interval would look falsely certain)
 SEED = 0  # the resampling seed: a rerun (and a test) reproduces every interval
 
 Interval = tuple[float, float, float]  # (estimate, low, high)
@@ -31,8 +32,8 @@ def bootstrap_ci(statistic, *samples, paired: bool = True, vectorized: bool = Fa
     """`statistic(*samples)` and its 95 % percentile-bootstrap interval (scipy), resampling
     the samples' entries together when `paired`. Resamples where the statistic is undefined
     (a constant resample has no correlation) are left out. NaN bounds when a sample has
-    fewer than `MIN_N` entries (two points resample only to themselves or to a constant:
-    a bootstrap of them would look certain) or no resample is defined."""
+    fewer than `MIN_N` entries (a bootstrap of so few would look certain) or no resample
+    is defined."""
     arrays = [np.asarray(x, dtype=float) for x in samples]
     estimate = float(statistic(*arrays))
     if min(len(a) for a in arrays) < MIN_N or not np.isfinite(estimate):

@@ -39,9 +39,9 @@ def test_verdict_rule_known_answers(paper, interval, expected):
     assert results.verdict(*interval, paper)[0] == expected
 
 
-def test_two_points_get_no_bootstrap_interval():
+def test_too_few_points_get_no_bootstrap_interval():
     assert all(math.isnan(b) for b in stats.mean_ci([0.2, 0.9])[1:])
-    assert all(math.isnan(b) for b in stats.spearman_ci([0, 1], [3, 4])[1:])
+    assert all(math.isnan(b) for b in stats.spearman_ci([0, 1, 2], [3, 4, 6])[1:])
 
 
 def test_verdict_is_blank_without_a_measurement_or_a_paper_number():
