@@ -205,9 +205,8 @@ def rq2_claims(off_diagonal: Sequence[float], comp: pd.DataFrame,
     plain = [m for m in methods if m in {d.removesuffix("+DARE") for d in dare}] or \
         [m for m in methods if "DARE" not in m]
     if dare and plain:
-        tables = {m: _by_alpha(comp, m) for m in dare + plain}
-        gain = stats.composition_gain_ci([tables[m] for m in dare],
-                                         [tables[m] for m in plain], traits)
+        gain = stats.composition_gain_ci([t for m in dare for t in _by_alpha(comp, m)],
+                                         [t for m in plain for t in _by_alpha(comp, m)], traits)
         out.append(claim("rq2.dare_effect", gain, "contrast BFI", "rq2-merge",
                          n=comp.profile.nunique(),
                          note=f"{' + '.join(dare)} minus {' + '.join(plain)}"))

@@ -181,3 +181,44 @@ def test_ipip50_is_goldbergs_key():
         assert len(items) == 10
         assert {it.number for it in items if it.reverse} == numbers
     assert IPIP_ITEMS[0].question.endswith('"I am the life of the party."')
+
+
+def _composition(seed: int = 0) -> pd.DataFrame:
+    """Synthetic RQ2 rows: 8 profiles of two traits; TA follows the targets, DARE better."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, noise in [("TA", 1.0), ("TIES+DARE", 0.3)]:
+        for alpha in (0.2, 0.4):
+            for i, code in enumerate(["HH", "HL", "LH", "LL"] * 2):
+                t = {f"target_{x}": 1 if c == "H" else -1 for x, c in zip("ab", code)}
+                rows.append({"method": method, "alpha": alpha, "profile": f"{code}{i}", **t,
+                             **{x: t[f"target_{x}"] + noise * rng.normal() for x in "ab"}})
+    return pd.DataFrame(rows)
+
+
+def test_rq2_claims_read_the_composition_rows():
+    comp = _composition()
+    claims = {c["key"]: c for c in results.rq2_claims([0.4, 0.5, 0.6, 0.45], comp, ["a", "b"])}
+    ta = comp[comp.method == "TA"]
+    r = np.mean([sst.pearsonr(sub[f"target_{x}"], sub[x]).statistic
+                 for _, sub in ta.groupby("alpha") for x in "ab"])
+    assert claims["rq2.mean_trait_score_correlation"]["estimate"] == pytest.approx(r)
+    assert claims["rq2.vector_cosine_similarity"]["estimate"] == pytest.approx(0.4875)
+    gain = claims["rq2.dare_effect"]
+    assert gain["estimate"] > 0 and gain["note"] == "TIES+DARE minus TA"
+
+
+def test_rq3_and_rq4_claims_from_their_tables():
+    neg = pd.DataFrame({"alpha": [-1.0, 0.0, 1.0], "disclaimer_rate": [0.5, 0.1, 0.0],
+                        "n_answers": [10, 10, 10]})
+    inversion = pd.DataFrame({"inverted": [True, True, False]})
+    c = {x["key"]: x for x in results.rq3_claims(inversion, neg)}
+    assert c["rq3.inversion"]["estimate"] == pytest.approx(2 / 3)
+    assert c["rq3.disclaimers"]["estimate"] == pytest.approx(0.4)
+    grid = pd.DataFrame([{"condition": "extraversion_high", "alpha": a, "beta": b,
+                          "score": 3 + 0.2 * b, "fidelity": 0.5 * a - 0.1 * b}
+                         for a in (0.0, 1.0) for b in (0.0, 1.0)])
+    c = {x["key"]: x for x in results.rq4_claims(stats.carry_table(grid), grid)}
+    assert c["rq4.domain_in_character"]["estimate"] == pytest.approx(0.5)
+    assert c["rq4.trait_control_carries"]["estimate"] == pytest.approx(0.2)
+    assert c["rq4.character_kept"]["estimate"] == pytest.approx(-0.1)
