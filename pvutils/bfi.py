@@ -98,3 +98,34 @@ def dimension_anchors(dimension: str) -> tuple[list[str], list[str]]:
             (low if it.reverse else high).append(agree)
             (high if it.reverse else low).append(disagree)
     return high, low
+
+
+# --- the second inventory: IPIP 50-item Big-Five markers (Goldberg 1992) ---------------------
+
+
+@dataclass(frozen=True)
+class IPIPItem:
+    number: int  # 1..50, in the pool's order
+    text: str  # completes "I ..." (e.g. "Am the life of the party.")
+    dimension: str
+    reverse: bool  # reverse-keyed for `dimension`: scored 6 - x
+
+    @property
+    def question(self) -> str:
+        """The item as a question to the model, in the first person."""
+        statement = self.text[0].lower() + self.text[1:]
+        return resource("ipip50")["question"].format(item=statement)
+
+
+IPIP_ITEMS: list[IPIPItem] = [IPIPItem(*row) for row in resource("ipip50")["items"]]
+
+
+def ipip_items(dimensions: Sequence[str] | None = None) -> list[IPIPItem]:
+    """The IPIP-50 items of `dimensions` (all five when None), in item order."""
+    dims = check_dimensions(dimensions)
+    return [it for it in IPIP_ITEMS if it.dimension in dims]
+
+
+def ipip_answer_pairs() -> list[tuple[str, str]]:
+    """The generic (agreeing, disagreeing) answers every IPIP item is contrasted with."""
+    return [tuple(p) for p in resource("ipip50")["answer_pairs"]]

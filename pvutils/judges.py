@@ -257,6 +257,7 @@ class OpenAIJudge(Judge):
         use_cache: bool = True,
         structured: bool = True,
         language: str | None = None,
+        max_tokens: int | None = None,
     ):
         # imported here: the openai client (~0.5 s) is needed only by this judge
         import openai
@@ -270,7 +271,7 @@ class OpenAIJudge(Judge):
                                      max_retries=max(0, max_attempts - 1), timeout=timeout)
         self.model, self.temperature = model, temperature
         self.max_attempts, self.use_cache, self.structured = max_attempts, use_cache, structured
-        self.language = language
+        self.language, self.max_tokens = language, max_tokens  # None: the endpoint's limit
         default_cache = artifacts_dir() / "judge_cache" / "openai"
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache
 
@@ -286,6 +287,8 @@ class OpenAIJudge(Judge):
     def complete(self, messages: list[dict]) -> JudgeResult:
         """One judged request: the disk cache, else the endpoint (retried as above)."""
         request = dict(model=self.model, messages=messages, temperature=self.temperature)
+        if self.max_tokens is not None:  # part of the request, so of the cache key too
+            request["max_tokens"] = self.max_tokens
         path = self._cache_path(request)
         if self.use_cache and path.exists():
             cached = read_json(path)

@@ -24,6 +24,7 @@ from pvutils import (
     steering,
     sweeps,
     training,
+    validity,
 )
 from pvutils.bfi import ITEMS_BY_NUMBER
 from pvutils.personas import split_condition
@@ -56,7 +57,7 @@ MUTATIONS = {
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise"}  # they apply trained vectors
+                 "rq4-transfer", "layerwise", "validity-ipip"}  # they apply trained vectors
 # chapter 06: the stages that apply vectors (or their low-rank copies), and those that read
 # the trait data through the steering directions
 CH06_VECTOR = {"dose-vector", "capability-vector", "dial-check", "lowrank", "dose-lowrank",
@@ -94,17 +95,17 @@ READERS = {
     "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "mixer"},
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer"} | CH06_CONTRAST,
+                       "rq3-negation", "rq4-transfer", "validity-ipip"} | CH06_CONTRAST,
     # 06: the vector dial's strengths, so the dialled alphas and the low-rank strength
     "alphas": {"rq1-contrast", "dose-vector", "capability-vector", "dial-check",
                "dose-lowrank"},
-    "interview_alphas": {"rq1-interview"},
+    "interview_alphas": {"rq1-interview", "validity-ipip"},
     "npti_gammas": {"rq1-npti", "dose-NPTI", "capability-NPTI"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise"} | CH06_SWEPT,
+                         "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip"} | CH06_SWEPT,
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
@@ -191,8 +192,9 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str
         "rq4-transfer": sweeps.transfer_plan(P, [c for c in transfer_conditions
                                                  if c in P.sweep_conditions]),
         "layerwise": sweeps.layerwise_plan(P, swept),
+        "validity-ipip": validity.ipip_plan(P, swept),
     }
-    assert set(plans) == set(sweeps.PLANS)
+    assert set(plans) == set(sweeps.PLANS) | set(validity.PLANS)
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
     out.update(chapter06(P, swept, ids, **ch06))
