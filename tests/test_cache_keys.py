@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from pvutils import book, cache, data, sweeps, training
+from pvutils import book, cache, data, linguistics, sweeps, training
 from pvutils.profiles import CONDITIONS, field_names, get_profile
 
 BASE = get_profile("smoke")
@@ -36,10 +36,11 @@ MUTATIONS = {
     "n_heldout": 5, "contrast_pairs": 2, "p2_seeds": 2,
     "launcher": "accelerate", "accelerate_config": "configs/other.yaml", "save_steps": 5,
     "generation_backend": "vllm", "language": "ko",
+    "linguistic_alphas": (2.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise"}  # they apply trained vectors
+                 "rq4-transfer", "layerwise", "linguistic"}  # they apply trained vectors
 EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS
 TRAINING = {"vectors"} | VECTOR_SWEEPS  # a new vector is a new input of every vector sweep
 DATA = {"data"} | TRAINING
@@ -58,9 +59,9 @@ READERS = {
     "conditions": {"data", "vectors"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
     "n_samples": {"rq1-interview", "rq3-negation"},
-    "eval_temperature": {"rq1-interview", "rq3-negation"},
+    "eval_temperature": {"rq1-interview", "rq3-negation", "linguistic"},
     "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer"},
-    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
+    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
                        "rq3-negation", "rq4-transfer"},
     "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview"},
@@ -69,13 +70,15 @@ READERS = {
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise"},
+                         "rq3-negation", "rq4-transfer", "layerwise", "linguistic"},
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
     "launcher": set(), "accelerate_config": set(), "generation_backend": set(),
     "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
     "language": {"rq1-interview", "rq3-negation"},
+    **dict.fromkeys(["linguistic_alphas", "linguistic_samples", "linguistic_max_new_tokens"],
+                    {"linguistic"}),
 }
 
 # notebook parameters that are not Profile fields -> the stages they reach
@@ -105,6 +108,7 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object
         "layerwise": sweeps.layerwise_plan(P, swept),
     }
     assert set(plans) == set(sweeps.PLANS)
+    plans["linguistic"] = linguistics.linguistic_plan(P, swept)  # chapter 07's, beside them
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
     out["data"] = {c: data.data_key(P, c) for c in [*P.conditions, DOMAIN]}
