@@ -25,6 +25,7 @@ SCALES: dict[str, dict] = {
     "correlation": {"cmap": "vlag", "vmin": -1.0, "vmax": 1.0, "center": 0.0},
     "score": {"cmap": "vlag", "vmin": 1.0, "vmax": 5.0, "center": 3.0},  # the 1-5 trait scale
     "change": {"cmap": "vlag", "center": 0.0},  # signed differences: symmetric around 0
+    "weight": {"cmap": "vlag", "vmin": -1.0, "vmax": 1.0, "center": 0.0},  # toy tensors
 }
 
 
