@@ -52,7 +52,7 @@ $(LAB_STAMP): $(STAMP)
 	touch $(LAB_STAMP)
 
 lab: $(LAB_STAMP) model
-	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(SUDO),,--allow-root) $(LAB_ARGS)
 
 # Debian's Chromium for the browser check of the built book
 browser:

@@ -230,6 +230,7 @@ PROFILES: dict[str, Profile] = {
         n_heldout=4,
         contrast_pairs=1,
         p2_seeds=1,
+        linguistic_alphas=(2.0,),
         linguistic_samples=2,
         linguistic_max_new_tokens=24,
     ),

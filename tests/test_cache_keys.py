@@ -36,7 +36,7 @@ MUTATIONS = {
     "n_heldout": 5, "contrast_pairs": 2, "p2_seeds": 2,
     "launcher": "accelerate", "accelerate_config": "configs/other.yaml", "save_steps": 5,
     "generation_backend": "vllm", "language": "ko",
-    "linguistic_alphas": (2.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
+    "linguistic_alphas": (1.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
