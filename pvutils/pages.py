@@ -14,8 +14,8 @@ import nbformat
 
 PAPER_URL = "https://arxiv.org/abs/2509.19727"
 PAPER_KEY = "sun2025personality"  # its entry in book/references.bib
-HEADER = (f"*A companion to {{cite:t}}`{PAPER_KEY}` "
-          f"([the paper]({PAPER_URL})); references: {{doc}}`/book/bibliography`.*")
+HEADER = (f"*This book accompanies {{cite:t}}`{PAPER_KEY}` ([arXiv:2509.19727]({PAPER_URL})); "
+          f"every work cited is listed under {{doc}}`References </book/bibliography>`.*")
 HIDDEN_TAGS = {"remove-cell", "remove-input", "hide-input", "hide-cell"}
 PARAMETER_TAGS = {"parameters", "injected-parameters"}  # papermill's
 # rich outputs that make a cell a figure or a summary: its code is plumbing to a reader

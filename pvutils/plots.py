@@ -117,9 +117,12 @@ def plot_features(frame: pd.DataFrame, expected: Mapping[str, int], title: str =
     the high and the low vector (both start at the base, α = 0), 95 % bootstrap intervals
     over answers; each panel's title states the expected direction for the high vector."""
     features = list(expected)
-    fig, axes = plt.subplots(1, len(features), figsize=(2.9 * len(features), 2.9),
-                             squeeze=False)
-    for ax, feature in zip(axes[0], features):
+    ncols = min(2, len(features))  # two panels a row: readable at the book's text width
+    nrows = -(-len(features) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(features):]:
+        ax.set_visible(False)
+    for ax, feature in zip(axes.flat, features):
         sns.pointplot(data=frame, x="alpha", y=feature, hue="level", ax=ax, dodge=0.15,
                       errorbar=("ci", 95), palette=level_palette(frame["level"]),
                       native_scale=True, linestyle="-", markersize=4)
@@ -127,7 +130,7 @@ def plot_features(frame: pd.DataFrame, expected: Mapping[str, int], title: str =
         ax.set(title=f"{feature.replace('_', ' ')} (high: {arrow})", xlabel="α", ylabel="")
         if ax.get_legend():
             ax.get_legend().remove()
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, title="vector", loc="center left",
                    bbox_to_anchor=(1.0, 0.5), frameon=False)
