@@ -3,6 +3,7 @@
 #               _build/$(PROFILE)/html (PROFILE=cpu by default; PROFILE=smoke: a quick pass)
 # make book JOBS=2 : the same, the chapters after 00_setup in two kernels at a time
 # make book RUN=0 : build the book from the published run in results/$(PROFILE)/, no model
+# make lab    : set up .venv with JupyterLab and open it on the project's kernel (the venv)
 # make test   : set up .venv, run the test suite (unit tests, the embedded model end to end,
 #               every notebook in the smoke profile, the book build and a browser check)
 PYTHON  ?= python3
@@ -17,7 +18,7 @@ STAMP   := $(VENV)/.pvutils-installed
 
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv model browser book publish test lint strip clean
+.PHONY: venv model browser book publish test lint strip clean lab
 
 venv: $(STAMP)
 
@@ -45,6 +46,17 @@ endif
 # copy a finished run (every notebook, one clean commit) to results/$(PROFILE)/ to commit it
 publish: venv
 	$(PY) -m pvutils publish --profile $(PROFILE)
+
+# JupyterLab (the `lab` extra) from the venv: its python3 kernel is the venv's Python, so
+# the notebooks import this checkout's pvutils; LAB_ARGS="--no-browser --port 8899" etc.
+LAB_STAMP := $(VENV)/.pvutils-lab
+LAB_ARGS ?=
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[lab]"
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP) model
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(SUDO),,--allow-root) $(LAB_ARGS)
 
 # Debian's Chromium for the browser check of the built book
 browser:

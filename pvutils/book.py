@@ -28,7 +28,7 @@ from typing import Any
 
 import nbformat
 
-from . import progress
+from . import pages, progress
 from .artifacts import REPO_ROOT, read_json, write_json
 from .profiles import check_profile_name, field_names, get_profile
 
@@ -227,7 +227,8 @@ def vendor_mathjax(dest: Path = MATHJAX_DIR) -> Path:
 
 def assemble(executed: Path, dest: Path) -> list[str]:
     """The book's source tree in `dest`: the tracked book files with every notebook taken
-    from `executed` (a profile's executed or published copies). Returns the notebooks that
+    from `executed` (a profile's executed or published copies), polished for the reader
+    (`pages.polish_tree`). Returns the notebooks that
     had no executed copy (their pages show the source without outputs)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -245,6 +246,7 @@ def assemble(executed: Path, dest: Path) -> list[str]:
         if not copy.exists():
             missing.append(nb.stem)
         shutil.copy2(copy if copy.exists() else nb, dest / rel)
+    pages.polish_tree(dest)  # the reader's view: plumbing hidden, the paper on every page
     shutil.copytree(vendor_mathjax(), dest / "_vendor" / "mathjax")
     return missing
 

@@ -13,12 +13,15 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
+import numpy as np
 import pandas as pd
 import pyphen
 from empath import Empath
+from scipy import stats
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from .bundled import resource
+from .cache import Stage
 
 _DATA = resource("linguistics")
 SELF_DESCRIPTION_PROMPT: str = _DATA["self_description_prompt"]
@@ -101,4 +104,107 @@ def linguistic_features(texts: Sequence[str]) -> pd.DataFrame:
         for group, cats in groups.items():
             row[group] = per100 * sum(counts[c] for c in cats) if n else 0.0
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- the chapter: self-descriptions at α ∈ {0, linguistic_alphas}, cached per point -------
+# Only the generations are cached (the expensive part); features are recomputed from them
+# on every run, so a changed word list needs no new generations.
+
+def self_descriptions(model, tokenizer, P) -> list[str]:
+    """`linguistic_samples` answers to the self-description prompt, sampled at the
+    interview's temperature and cut back to their last full sentence."""
+    from .models import chat, trim_to_sentence
+
+    conversations = [[{"role": "user", "content": SELF_DESCRIPTION_PROMPT}]] \
+        * P.linguistic_samples
+    replies = chat(model, tokenizer, conversations, max_new_tokens=P.linguistic_max_new_tokens,
+                   temperature=P.eval_temperature, seed=P.seed, batch_size=P.eval_batch_size,
+                   progress=False)
+    return [trim_to_sentence(r) for r in replies]
+
+
+LINGUISTIC = Stage("linguistic", ("model", "dtype", "device", "eval_temperature",
+                                   "eval_batch_size", "seed", "linguistic_samples",
+                                   "linguistic_max_new_tokens"),
+                   grid=("linguistic_alphas", "sweep_conditions"), code=(self_descriptions,))
+
+
+def linguistic_plan(profile, vectors: Sequence[str]):
+    """The base once (α = 0: the same model for every trait), then each vector at each
+    `linguistic_alphas`; the prompt's text is part of the key."""
+    P = LINGUISTIC.view(profile)
+    points = [{"condition": "base", "alpha": 0.0}] + [
+        {"condition": c, "alpha": float(a), "_uses": [c]}
+        for c in vectors for a in P.linguistic_alphas]
+    return LINGUISTIC, points, (SELF_DESCRIPTION_PROMPT,)
+
+
+def linguistic_sweep(model, tokenizer, vectors, profile) -> pd.DataFrame:
+    """Self-descriptions of the base and of θ + α φ for each vector, with their features.
+    Rows: condition, alpha, sample, text, then one column per feature."""
+    from .sweeps import applying, run_sweep
+
+    P = LINGUISTIC.view(profile)
+
+    def measure(point):
+        return [{"sample": i, "text": t}
+                for i, t in enumerate(self_descriptions(model, tokenizer, P))]
+
+    table = run_sweep(linguistic_plan(P, list(vectors)), P, measure, applying(model, vectors),
+                      vectors)
+    return pd.concat([table, linguistic_features(table.text)], axis=1)
+
+
+def expected_directions() -> pd.DataFrame:
+    """The resource's expectations, stated before any result: per trait and feature, the
+    sign a high vector should move it (+1 up, -1 down); a low vector, the opposite."""
+    return pd.DataFrame([{"trait": t, "feature": f, "expected": s}
+                         for t, feats in TRAIT_FEATURES.items() for f, s in feats.items()])
+
+
+def trait_frame(table: pd.DataFrame, trait: str) -> pd.DataFrame:
+    """One trait's rows for a figure: each of its vectors' rows, and the base's rows as
+    α = 0 of both (each line starts at the base). Adds a `level` column."""
+    base = table[table.condition == "base"]
+    parts = []
+    for level in ("high", "low"):
+        own = table[table.condition == f"{trait}_{level}"]
+        if len(own):
+            parts += [base.assign(level=level), own.assign(level=level)]
+    return pd.concat(parts, ignore_index=True) if parts else table.iloc[:0].assign(level=[])
+
+
+def _mean_diff_ci(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of mean(b) − mean(a), resampling the answers of
+    each model on their own (scipy.stats.bootstrap)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    res = stats.bootstrap((b, a), lambda x, y, axis: x.mean(axis) - y.mean(axis),
+                          n_resamples=2000, method="percentile", vectorized=True,
+                          random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def feature_shifts(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per trait, expected feature, vector and α: the feature's change from the base with
+    its 95 % interval, the sign the expectation calls for (flipped for a low vector), and a
+    verdict: `as expected` (interval on the expected side of 0), `opposite` (on the other),
+    `unclear` (the interval holds 0, or too few answers for one)."""
+    base = table[table.condition == "base"]
+    rows = []
+    for _, e in expected_directions().iterrows():
+        for level, flip in (("high", 1), ("low", -1)):
+            own = table[table.condition == f"{e.trait}_{level}"]
+            for alpha, sub in own.groupby("alpha"):
+                a, b = base[e.feature].dropna().to_numpy(), sub[e.feature].dropna().to_numpy()
+                low, high = _mean_diff_ci(a, b, seed)
+                want = int(e.expected) * flip
+                verdict = ("as expected" if want * low > 0 and want * high > 0 else
+                           "opposite" if want * low < 0 and want * high < 0 else "unclear")
+                rows.append({"trait": e.trait, "feature": e.feature, "vector": level,
+                             "alpha": alpha, "expected": "up" if want > 0 else "down",
+                             "base": a.mean() if len(a) else np.nan, "at alpha": b.mean(),
+                             "change": b.mean() - (a.mean() if len(a) else np.nan),
+                             "ci_low": low, "ci_high": high, "verdict": verdict})
     return pd.DataFrame(rows)

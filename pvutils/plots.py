@@ -1,12 +1,58 @@
-"""The chapters' figures (seaborn) and the caption line every figure carries."""
+"""The chapters' figures (seaborn), their one palette and colour scales, the caption line
+every figure carries, and `figure`: a numbered figure with its caption in the book.
+
+One palette for the three kinds of model (`LEVEL_COLORS`: a high vector, a low vector,
+the base) and one colour scale per quantity (`SCALES`), so a colour means the same on
+every page.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+
+# colour-blind-safe (Okabe-Ito vermillion and blue, a neutral grey)
+LEVEL_COLORS: dict[str, str] = {"high": "#D55E00", "low": "#0072B2", "base": "#6E6E6E"}
+# quantity -> heatmap colour scale: the same limits wherever the quantity is drawn
+SCALES: dict[str, dict] = {
+    "cosine": {"cmap": "vlag", "vmin": -1.0, "vmax": 1.0, "center": 0.0},
+    "correlation": {"cmap": "vlag", "vmin": -1.0, "vmax": 1.0, "center": 0.0},
+    "score": {"cmap": "vlag", "vmin": 1.0, "vmax": 5.0, "center": 3.0},  # the 1-5 trait scale
+    "change": {"cmap": "vlag", "center": 0.0},  # signed differences: symmetric around 0
+    "weight": {"cmap": "vlag", "vmin": -1.0, "vmax": 1.0, "center": 0.0},  # toy tensors
+}
+
+
+def level_palette(levels: Sequence[str]) -> dict[str, str] | None:
+    """The palette for a `level` hue (None when some value is not high / low / base)."""
+    levels = list(dict.fromkeys(levels))
+    return {lv: LEVEL_COLORS[lv] for lv in levels} if set(levels) <= set(LEVEL_COLORS) else None
+
+
+def figure(name: str, fig, caption: str) -> None:
+    """Show `fig` as a numbered figure with `caption` under it (a myst-nb `glue:figure`,
+    labelled `fig-<name>`: cite it in prose as {numref}`fig-<name>`); in JupyterLab the same
+    output is an HTML figure. Closes `fig`, so it is not drawn a second time."""
+    from IPython.display import display
+    from myst_nb import glue
+
+    fig = getattr(fig, "figure", fig)  # a seaborn FacetGrid holds its figure
+    glue(name, fig, display=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    png = base64.b64encode(buf.getvalue()).decode()
+    plt.close(fig)
+    text = " ".join(caption.split())
+    # the book renders text/markdown first (nb_mime_priority_overrides in _config.yml)
+    display({"text/markdown": f"```{{glue:figure}} {name}\n:name: fig-{name}\n\n{text}\n```",
+             "text/html": f'<figure><img src="data:image/png;base64,{png}"/>'
+                          f"<figcaption>{html.escape(text)}</figcaption></figure>"}, raw=True)
 
 
 def caption(profile, n: int | None = None, extra: str = "") -> str:
@@ -28,7 +74,8 @@ def plot_alpha_sweep(
 ):
     """Trait score against the scaling coefficient, one panel per trait."""
     grid = sns.relplot(data=df, x=x, y=y, hue=hue, col=col, kind="line", marker="o",
-                       height=2.8, aspect=0.9, facet_kws={"sharey": False})
+                       height=2.8, aspect=0.9, facet_kws={"sharey": False},
+                       palette=level_palette(df[hue]) if hue in df else None)
     grid.set_axis_labels(x.replace("_", " "), "trait score (1-5)")
     if baseline:
         for trait, ax in grid.axes_dict.items():
@@ -51,12 +98,43 @@ def plot_layerwise(df: pd.DataFrame, hue: str = "model", title: str = ""):
 
 
 def plot_matrix(
-    matrix: pd.DataFrame, title: str = "", fmt: str = ".2f", center: float | None = None
+    matrix: pd.DataFrame, title: str = "", fmt: str = ".2f", center: float | None = None,
+    scale: str = "cosine", label: str = "cosine similarity",
 ):
-    """A labelled heatmap (e.g. the 10 x 10 vector cosine matrix)."""
+    """A labelled heatmap (e.g. the 10 x 10 vector cosine matrix) on the quantity's
+    shared colour scale (`SCALES`), with its colour bar."""
     fig, ax = plt.subplots(figsize=(7, 5.6))
-    sns.heatmap(matrix, annot=True, fmt=fmt, cmap="vlag", center=center, ax=ax,
-                annot_kws={"size": 7}, cbar_kws={"label": "cosine similarity"})
+    colours = {**SCALES[scale], **({} if center is None else {"center": center})}
+    sns.heatmap(matrix, annot=True, fmt=fmt, ax=ax, annot_kws={"size": 7},
+                cbar_kws={"label": label}, **colours)
     if title:
         ax.set_title(title)
+    return fig
+
+
+def plot_features(frame: pd.DataFrame, expected: Mapping[str, int], title: str = ""):
+    """The linguistic analysis of one trait: each expected feature's mean against α for
+    the high and the low vector (both start at the base, α = 0), 95 % bootstrap intervals
+    over answers; each panel's title states the expected direction for the high vector."""
+    features = list(expected)
+    ncols = min(2, len(features))  # two panels a row: readable at the book's text width
+    nrows = -(-len(features) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(features):]:
+        ax.set_visible(False)
+    for ax, feature in zip(axes.flat, features):
+        sns.pointplot(data=frame, x="alpha", y=feature, hue="level", ax=ax, dodge=0.15,
+                      errorbar=("ci", 95), palette=level_palette(frame["level"]),
+                      native_scale=True, linestyle="-", markersize=4)
+        arrow = "up" if expected[feature] > 0 else "down"
+        ax.set(title=f"{feature.replace('_', ' ')} (high: {arrow})", xlabel="α", ylabel="")
+        if ax.get_legend():
+            ax.get_legend().remove()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, title="vector", loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title, y=1.05)
+    fig.tight_layout()
     return fig

@@ -92,6 +92,10 @@ class Profile:
     n_heldout: int = 40  # held-out prompts for persona-shift and layer-wise inputs
     contrast_pairs: int = 3  # answer pairs per BFI item in the contrast measure (max 3)
     p2_seeds: int = 3  # P2 prompts drawn per condition
+    # the linguistic analysis: self-descriptions at α = 0 (the base) and these α
+    linguistic_alphas: tuple[float, ...] = (1.0, 2.0)
+    linguistic_samples: int = 8  # self-descriptions per model (sampled at eval_temperature)
+    linguistic_max_new_tokens: int = 160  # the paper asks for 300 words (~400 tokens)
 
     def __post_init__(self) -> None:
         # every value is checked (and lists coerced to tuples) against its annotation and
@@ -239,6 +243,9 @@ PROFILES: dict[str, Profile] = {
         n_heldout=4,
         contrast_pairs=1,
         p2_seeds=1,
+        linguistic_alphas=(2.0,),
+        linguistic_samples=2,
+        linguistic_max_new_tokens=24,
     ),
     # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
     # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores
@@ -273,6 +280,8 @@ PROFILES: dict[str, Profile] = {
         eval_max_new_tokens=256,
         eval_batch_size=64,
         interview_alphas=_alphas(0.1, 2.0, 0.1),
+        linguistic_samples=20,
+        linguistic_max_new_tokens=400,
     ),
 }
 

@@ -19,6 +19,7 @@ from pvutils import (
     calibrate,
     data,
     harness,
+    linguistics,
     lowrank,
     mixer,
     steering,
@@ -54,10 +55,11 @@ MUTATIONS = {
     "generation_backend": "vllm", "language": "ko",
     "n_prompts": 3, "quality_filter": "none", "padding_free": True, "heldout_fraction": 0.25,
     "early_stopping_patience": 1, "keep_best": False,
+    "linguistic_alphas": (1.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise", "validity-ipip"}  # they apply trained vectors
+                 "rq4-transfer", "layerwise", "validity-ipip", "linguistic"}  # they apply trained vectors
 # chapter 06: the stages that apply vectors (or their low-rank copies), and those that read
 # the trait data through the steering directions
 CH06_VECTOR = {"dose-vector", "capability-vector", "dial-check", "lowrank", "dose-lowrank",
@@ -91,9 +93,9 @@ READERS = {
     "conditions": {"data", "vectors"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
     "n_samples": {"rq1-interview", "rq3-negation"},
-    "eval_temperature": {"rq1-interview", "rq3-negation"},
+    "eval_temperature": {"rq1-interview", "rq3-negation", "linguistic"},
     "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "mixer"},
-    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
+    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
                        "rq3-negation", "rq4-transfer", "validity-ipip"} | CH06_CONTRAST,
     # 06: the vector dial's strengths, so the dialled alphas and the low-rank strength
@@ -105,13 +107,16 @@ READERS = {
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip"} | CH06_SWEPT,
+                         "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip",
+                         "linguistic"} | CH06_SWEPT,
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
     "launcher": set(), "accelerate_config": set(), "generation_backend": set(),
     "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
     "language": {"rq1-interview", "rq3-negation"},
+    **dict.fromkeys(["linguistic_alphas", "linguistic_samples", "linguistic_max_new_tokens"],
+                    {"linguistic"}),
 }
 
 # notebook parameters that are not Profile fields -> the stages they reach
@@ -195,6 +200,7 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str
         "validity-ipip": validity.ipip_plan(P, swept),
     }
     assert set(plans) == set(sweeps.PLANS) | set(validity.PLANS)
+    plans["linguistic"] = linguistics.linguistic_plan(P, swept)  # chapter 07's, beside them
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
     out.update(chapter06(P, swept, ids, **ch06))
