@@ -92,3 +92,23 @@ def test_an_evaluator_ships_names_not_a_loaded_model(grid_inputs):
     evaluate.loaded()
     shipped = pickle.loads(pickle.dumps(evaluate))
     assert shipped._loaded is None and shipped.profile == profile
+
+
+def test_interviews_on_ray_are_the_local_table_and_cache(local_ray, grid_inputs, tmp_path,
+                                                          monkeypatch):
+    """RQ1's interview grid (sampled answers, the persona judge) on Ray: the local sweep's
+    rows, scores and analyses, in the files the local sweep reads."""
+    profile, vecs = grid_inputs
+    profile = profile.replace(interview_alphas=(1.5,))
+    judges = ["persona"]
+    local = local_table(lambda m, t, v, p: sweeps.interview_sweep(m, t, v, p, judges), profile,
+                        vecs, tmp_path / "local", monkeypatch)
+    monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
+    on_ray = distributed.interview_grid(profile, vecs, num_workers=1, judges=judges)
+    assert len(on_ray) == 2 + len(CONDITIONS)  # the base once per trait, one alpha, one judge
+    assert on_ray["score"].nunique() > 1
+    pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
+    plan = sweeps.interview_plan(profile, vecs, judges)
+    assert all(f.exists() for f in distributed.point_files(plan, profile, vecs))
+    pd.testing.assert_frame_equal(sweeps.run_sweep(plan, profile, never, inputs=vecs), local,
+                                  rtol=1e-6)
