@@ -80,6 +80,9 @@ class VLLMChat:
               gpu_memory_utilization: float = 0.45, max_model_len: int = 4096,
               **llm_kwargs) -> VLLMChat:
         """A vLLM engine on `model` (a name or directory), in this process, on one GPU."""
+        if not torch.cuda.is_available():
+            raise RuntimeError("generation_backend='vllm' needs a CUDA GPU (none is visible); "
+                               "use generation_backend='transformers'")
         for var, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                            "MASTER_ADDR": "127.0.0.1"}.items():
             os.environ.setdefault(var, value)  # external_launcher: one in-process worker

@@ -215,6 +215,12 @@ def test_self_descriptions_ask_the_prompt_with_the_interview_sampling(tiny_chat_
     assert len(local) == 2 and all(isinstance(t, str) for t in local)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_vllm_without_cuda_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        backends.VLLMChat.start("smollm2-135m-instruct")
+
+
 @pytest.fixture
 def saved_tiny(tiny_chat_model, tmp_path):
     model, tok = tiny_chat_model

@@ -112,3 +112,12 @@ def test_interviews_on_ray_are_the_local_table_and_cache(local_ray, grid_inputs,
     assert all(f.exists() for f in distributed.point_files(plan, profile, vecs))
     pd.testing.assert_frame_equal(sweeps.run_sweep(plan, profile, never, inputs=vecs), local,
                                   rtol=1e-6)
+
+
+def test_an_interview_evaluator_ships_no_judges(grid_inputs):
+    profile, vecs = grid_inputs
+    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs, ("persona",))
+    evaluate._judges["persona"] = object()  # what a worker holds after its first point
+    shipped = pickle.loads(pickle.dumps(evaluate))
+    assert shipped._judges == {} and shipped._loaded is None
+    assert shipped.judges == ("persona",) and shipped.profile == profile
