@@ -79,8 +79,9 @@ def merge_part(model, tok, rows: dict) -> None:
     point(["extraversion"])  # warm-up (kernels, caches)
     rows["RQ1 points/min (1 trait)"] = 60 / timed(lambda: point(["extraversion"]), repeats=3)
     rows["RQ2 points/min (5 traits)"] = 60 / timed(lambda: point(None), repeats=2)
-    convos = [[{"role": "system", "content": evaluation.REAL_PERSON_PROMPT},
-               {"role": "user", "content": q}] for q in evaluation.interview_questions()]
+    system, items = evaluation.interview_script()
+    convos = [[{"role": "system", "content": system}, {"role": "user", "content": it.question}]
+              for it in items]
     seconds = timed(lambda: models.chat(model, tok, convos, max_new_tokens=48, temperature=0.6,
                                         batch_size=44, progress=False))
     rows["generation, 44 x 48 tokens (new tok/s)"] = 44 * 48 / seconds  # upper bound: no early EOS

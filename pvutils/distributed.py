@@ -115,7 +115,7 @@ class _ModelPoint:
 
     profile: Any
     vectors: dict[str, str]
-    _loaded: Any = field(default=None, repr=False, compare=False)
+    _loaded: Any = field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self):
         self.profile = cache.unwrap(self.profile)
@@ -177,7 +177,7 @@ class InterviewPoint(_ModelPoint):
     `sweeps.interview_sweep` measures it; the judges are built once per actor."""
 
     judges: tuple[str, ...] = ()
-    _judges: dict = field(default_factory=dict, repr=False, compare=False)
+    _judges: dict = field(default_factory=dict, repr=False, compare=False, kw_only=True)
 
     def __call__(self, point: Point) -> list[dict]:
         from .evaluation import judge_interview_results
@@ -237,6 +237,6 @@ def interview_grid(profile, vectors: Mapping[str, str | Path], num_workers: int,
     the embedding judge)."""
     P, vecs = sweeps.RQ1_INTERVIEW.view(profile), _paths(vectors)
     plan = sweeps.interview_plan(P, vecs, judges)
-    run_sweep_ray(plan, P, InterviewPoint(P, vecs, tuple(plan[2][0])), vecs,
+    run_sweep_ray(plan, P, InterviewPoint(P, vecs, judges=tuple(plan[2][0])), vecs,
                   num_workers=num_workers, **ray_resources(P.device))
     return sweeps.interview_sweep(None, None, vecs, P, plan[2][0])

@@ -116,8 +116,25 @@ def test_interviews_on_ray_are_the_local_table_and_cache(local_ray, grid_inputs,
 
 def test_an_interview_evaluator_ships_no_judges(grid_inputs):
     profile, vecs = grid_inputs
-    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs, ("persona",))
+    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs,
+                                          judges=("persona",))
     evaluate._judges["persona"] = object()  # what a worker holds after its first point
     shipped = pickle.loads(pickle.dumps(evaluate))
     assert shipped._judges == {} and shipped._loaded is None
     assert shipped.judges == ("persona",) and shipped.profile == profile
+
+
+def test_the_interview_evaluator_gives_the_local_sweeps_rows(grid_inputs, tmp_path,
+                                                             monkeypatch):
+    """The evaluator each Ray actor runs, called here in-process point by point: the rows
+    the local interview sweep caches for the same points (no Ray needed)."""
+    profile, vecs = grid_inputs
+    profile = profile.replace(interview_alphas=(1.5,))
+    local = local_table(lambda m, t, v, p: sweeps.interview_sweep(m, t, v, p, ["persona"]),
+                        profile, vecs, tmp_path / "local", monkeypatch)
+    _, points, _ = sweeps.interview_plan(profile, vecs, ["persona"])
+    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs,
+                                          judges=("persona",))
+    rows = [{**{k: v for k, v in p.items() if not k.startswith("_")}, **r}
+            for p in points for r in evaluate(p)]
+    pd.testing.assert_frame_equal(pd.DataFrame(rows), local, rtol=1e-6)
