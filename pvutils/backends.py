@@ -2,28 +2,33 @@
 
 `models.chat` is the one entry point. Given a transformers model it generates itself; given
 a `VLLMChat` it hands over the same arguments, and the engine returns the same thing: one
-stripped reply string per conversation, in order. So the interview, the "tell me about
-yourself" texts and every sweep pick a backend by which object they pass, chosen once by
-`profile.generation_backend` (`chat_engine`).
+stripped reply string per conversation, in order. The interview and the "tell me about
+yourself" texts choose by `profile.generation_backend` through `generator(profile, model)`:
+the model itself, or this process's vLLM engine holding the model's current weights.
 
 Merged weights reach vLLM without writing a model: the sweep keeps merging in place into
-the transformers model (`merging.applied`), and `VLLMChat.load_weights(model)` copies its
-current parameters into the running engine, the way TRL's GRPO trainer syncs vLLM in
-"colocate" mode (`llm_engine.model_executor.driver_worker.model_runner.model.load_weights`,
-with vLLM's in-process `external_launcher` executor). One device-to-device copy per sweep
-point (16 GB for an 8B model in bf16) instead of writing 16 GB and restarting vLLM.
+the transformers model (`merging.applied`), and `VLLMChat.load_weights(model)` hands its
+current parameters to the running engine through vLLM's public `LLM.apply_model` (the
+function runs on the engine's own model and calls its `load_weights`, as TRL's GRPO trainer
+does in "colocate" mode). The engine uses vLLM's in-process `external_launcher` executor
+(vLLM then turns its V1 multiprocessing off), so the tensors are never serialised: one
+device-to-device copy per sweep point (16 GB for an 8B model in bf16) instead of writing
+16 GB and restarting vLLM. Then `reset_prefix_cache`: cached prompt blocks were computed
+with the old weights.
 
-vLLM needs CUDA; nothing here imports it until a `VLLMChat` is built.
+vLLM needs CUDA; nothing here imports it until `VLLMChat.start`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
-from .models import chat_prompts, load_model, resolve_model_dir
+from .models import chat, chat_prompts, resolve_model_dir
 
 BACKENDS = ("transformers", "vllm")
 
@@ -55,30 +60,48 @@ def named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, param.detach()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:  # each engine its own rendezvous port (Ray runs several)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class VLLMChat:
-    """A vLLM engine behind `models.chat`'s interface (sampling as `sampling_kwargs`)."""
+    """A vLLM engine behind `models.chat`'s interface (sampling as `sampling_kwargs`).
 
-    def __init__(self, model: str, dtype: str = "bfloat16", seed: int = 0,
-                 gpu_memory_utilization: float = 0.45, max_model_len: int = 4096, **llm_kwargs):
-        from vllm import LLM  # optional: CUDA machines only
+    `llm` is a `vllm.LLM` (built by `start`); `make_params` turns `sampling_kwargs` into
+    its request parameters (`vllm.SamplingParams`)."""
 
+    def __init__(self, llm: Any, make_params: Callable[..., Any]):
+        self.llm, self.make_params = llm, make_params
+
+    @classmethod
+    def start(cls, model: str, dtype: str = "bfloat16", seed: int = 0,
+              gpu_memory_utilization: float = 0.45, max_model_len: int = 4096,
+              **llm_kwargs) -> VLLMChat:
+        """A vLLM engine on `model` (a name or directory), in this process, on one GPU."""
+        if not torch.cuda.is_available():
+            raise RuntimeError("generation_backend='vllm' needs a CUDA GPU (none is visible); "
+                               "use generation_backend='transformers'")
         for var, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}.items():
+                           "MASTER_ADDR": "127.0.0.1"}.items():
             os.environ.setdefault(var, value)  # external_launcher: one in-process worker
-        self.llm = LLM(model=resolve_model_dir(model), dtype=dtype, seed=seed,
-                       gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len,
-                       distributed_executor_backend="external_launcher", **llm_kwargs)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        from vllm import LLM, SamplingParams  # optional: CUDA machines only
+
+        llm = LLM(model=resolve_model_dir(model), dtype=dtype, seed=seed,
+                  gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                  distributed_executor_backend="external_launcher", **llm_kwargs)
+        return cls(llm, SamplingParams)
 
     def chat(self, tokenizer, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              negative_conversations=None, guidance_scale: float = 1.0) -> list[str]:
-        from vllm import SamplingParams
-
         if negative_conversations is not None and guidance_scale != 1.0:
             raise ValueError("vLLM has no classifier-free guidance: generate guided trait data "
                              "with the transformers backend")
-        params = [SamplingParams(**sampling_kwargs(max_new_tokens, temperature, top_p, seed, i))
+        params = [self.make_params(**sampling_kwargs(max_new_tokens, temperature, top_p, seed,
+                                                     i))
                   for i in range(len(conversations))]
         outputs = self.llm.generate(chat_prompts(tokenizer, conversations), params,
                                     use_tqdm=False)
@@ -86,21 +109,59 @@ class VLLMChat:
 
     def load_weights(self, model: torch.nn.Module) -> VLLMChat:
         """Copy `model`'s current (e.g. merged in place) weights into the engine."""
-        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights(named_weights(model))
+        weights = list(named_weights(model))  # references, not copies
+        if not hasattr(self.llm, "apply_model"):
+            raise RuntimeError("this vLLM has no LLM.apply_model (in-place weight updates); "
+                               "upgrade vLLM")
+        self.llm.apply_model(lambda engine_model: _load(engine_model, weights))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         return self
 
 
-def chat_engine(profile, model: torch.nn.Module | None = None):
-    """What to pass to `models.chat` under `profile.generation_backend`: the transformers
-    model itself, or a vLLM engine holding the same weights (the profile's model, then
-    `model`'s current weights if given)."""
-    if profile.generation_backend not in BACKENDS:
-        raise ValueError(f"unknown generation_backend {profile.generation_backend!r}; "
-                         f"choose one of {list(BACKENDS)}")
-    if profile.generation_backend == "transformers":
-        return model if model is not None else load_model(profile.model, profile.dtype,
-                                                          profile.device)
-    engine = VLLMChat(profile.model, dtype=profile.dtype, seed=profile.seed)
-    return engine.load_weights(model) if model is not None else engine
+def _load(engine_model, weights) -> None:
+    engine_model.load_weights(iter(weights))  # returns nothing large across the rpc
+
+
+_ENGINE: dict[tuple[str, str], VLLMChat] = {}  # one per process (per Ray actor): GPU memory
+
+
+def use_engine(profile, engine: VLLMChat | None) -> None:
+    """Make `engine` (e.g. one started with your own vLLM options, `VLLMChat(LLM(...),
+    SamplingParams)`) this process's engine for `profile.model` and `profile.dtype`;
+    None drops it."""
+    _ENGINE.clear()
+    if engine is not None:
+        _ENGINE[(profile.model, profile.dtype)] = engine
+
+
+def generator(profile, model: torch.nn.Module, start: Callable[..., VLLMChat] | None = None):
+    """What the generations of a sweep point hand to `models.chat`, by
+    `profile.generation_backend`: the transformers `model` itself, or this process's vLLM
+    engine on `profile.model` (started once, by `start`, default `VLLMChat.start`) after
+    `model`'s current weights were copied into it (one copy per call: call it once per
+    point, inside the point's merge)."""
+    backend = profile.generation_backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation_backend {backend!r}; choose one of "
+                         f"{list(BACKENDS)}")
+    if backend == "transformers":
+        return model
+    key = (profile.model, profile.dtype)
+    if key not in _ENGINE:  # a new base model replaces the old engine
+        use_engine(profile, (start or VLLMChat.start)(profile.model, dtype=profile.dtype,
+                                                      seed=profile.seed))
+    return _ENGINE[key].load_weights(model)
+
+
+def self_descriptions(model: torch.nn.Module, tokenizer, profile, n: int | None = None,
+                      start: Callable[..., VLLMChat] | None = None) -> list[str]:
+    """The "tell me about yourself" texts (the paper's LIWC-22 input, `pvutils.linguistics`):
+    `n` (default `profile.n_samples`) replies to `linguistics.SELF_DESCRIPTION_PROMPT`, with
+    the interview's sampling settings, on the profile's generation backend."""
+    from .linguistics import SELF_DESCRIPTION_PROMPT  # empath/VADER: only for this text
+
+    convos = [[{"role": "user", "content": SELF_DESCRIPTION_PROMPT}]] * (n or profile.n_samples)
+    return chat(generator(profile, model, start), tokenizer, convos,
+                max_new_tokens=profile.eval_max_new_tokens, temperature=profile.eval_temperature,
+                top_p=1.0, seed=profile.seed, batch_size=profile.eval_batch_size,
+                progress=False)

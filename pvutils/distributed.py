@@ -2,8 +2,10 @@
 
 Each Ray worker (an actor holding one GPU, or some CPUs) loads the base model once and
 evaluates points with the same in-place merge and measure as the local sweep
-(`sweeps.applying`, `merging.applied`, `sweeps._contrast`), so the grid needs the base
-weights once per worker and never a merged model on disk. `run_points` is the executor:
+(`sweeps.applying`, `merging.applied`, `sweeps._contrast`, `sweeps._trait_interview`),
+so the grid needs the base weights once per worker and never a merged model on disk (with
+`generation_backend="vllm"` each actor also runs one vLLM engine, fed the merged weights
+in place: `backends.generator`). `run_points` is the executor:
 points and an evaluate callable in, each point's result rows out. `run_sweep_ray` puts it
 behind the local cache: it takes a `sweeps` plan, sends only the points whose JSON file is
 missing, and writes each result to the very file `sweeps.run_sweep` would, as it arrives.
@@ -112,7 +114,7 @@ class _ModelPoint:
 
     profile: Any
     vectors: dict[str, str]
-    _loaded: Any = field(default=None, repr=False, compare=False)
+    _loaded: Any = field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self):
         self.profile = cache.unwrap(self.profile)
@@ -156,6 +158,34 @@ class CompositionPoint(_ModelPoint):
             return sweeps.composition_measure(model, tok, P, point)
 
 
+@dataclass
+class InterviewPoint(_ModelPoint):
+    """RQ1's interview at (condition, alpha): the vector's own trait interviewed (on the
+    profile's generation backend, `backends.generator`) and scored by every judge, as
+    `sweeps.interview_sweep` measures it; the judges are built once per actor."""
+
+    judges: tuple[str, ...] = ()
+    _judges: dict = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+
+    def __call__(self, point: Point) -> list[dict]:
+        from .evaluation import judge_interview_results
+
+        model, tok = self.loaded()
+        P = sweeps.RQ1_INTERVIEW.view(self.profile)
+        if not self._judges:
+            self._judges.update({n: sweeps._make_judge(n, P) for n in self.judges})
+        trait, level = sweeps._trait_level(point)
+        with sweeps.applying(model, self.vectors)(dict(point)):
+            transcripts = sweeps._trait_interview(model, tok, P, trait)
+        return [{"trait": trait, "level": level, "judge": name, "score": r.score,
+                 "analysis": r.analysis}
+                for name, judge in self._judges.items()
+                for r in [judge_interview_results(transcripts, judge)[trait]]]
+
+    def __getstate__(self):  # names only: judges and models are rebuilt in the worker
+        return {**super().__getstate__(), "_judges": {}}
+
+
 def ray_resources(device: str) -> dict[str, float]:
     """One GPU per worker on CUDA; one CPU per worker otherwise."""
     return {"num_cpus": 1, "num_gpus": 1 if device.startswith("cuda") else 0}
@@ -185,3 +215,16 @@ def rq2_grid(profile, vectors: Mapping[str, str | Path], num_workers: int) -> pd
     run_sweep_ray(sweeps.composition_plan(P), P, CompositionPoint(P, vecs), vecs,
                   num_workers=num_workers, **ray_resources(P.device))
     return sweeps.composition_sweep(None, None, vecs, P)
+
+
+def interview_grid(profile, vectors: Mapping[str, str | Path], num_workers: int,
+                   judges: Sequence[str] | None = None) -> pd.DataFrame:
+    """RQ1's interviews on Ray (200 models x 220 replies at paper scale; vLLM per actor with
+    `generation_backend="vllm"`), cached where `sweeps.interview_sweep` looks, and returned
+    by it from that cache. `judges` as `sweeps.interview_plan` (default: the profile's and
+    the embedding judge)."""
+    P, vecs = sweeps.RQ1_INTERVIEW.view(profile), _paths(vectors)
+    plan = sweeps.interview_plan(P, vecs, judges)
+    run_sweep_ray(plan, P, InterviewPoint(P, vecs, judges=tuple(plan[2][0])), vecs,
+                  num_workers=num_workers, **ray_resources(P.device))
+    return sweeps.interview_sweep(None, None, vecs, P, plan[2][0])

@@ -112,7 +112,9 @@ READERS = {
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
-    "launcher": set(), "accelerate_config": set(), "generation_backend": set(),
+    "launcher": set(), "accelerate_config": set(),
+    # vLLM samples with other random streams than transformers: the interviews' texts differ
+    "generation_backend": {"rq1-interview", "rq3-negation"},
     "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
     "language": {"rq1-interview", "rq3-negation"},
     **dict.fromkeys(["linguistic_alphas", "linguistic_samples", "linguistic_max_new_tokens"],

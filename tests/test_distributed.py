@@ -92,3 +92,49 @@ def test_an_evaluator_ships_names_not_a_loaded_model(grid_inputs):
     evaluate.loaded()
     shipped = pickle.loads(pickle.dumps(evaluate))
     assert shipped._loaded is None and shipped.profile == profile
+
+
+def test_interviews_on_ray_are_the_local_table_and_cache(local_ray, grid_inputs, tmp_path,
+                                                          monkeypatch):
+    """RQ1's interview grid (sampled answers, the persona judge) on Ray: the local sweep's
+    rows, scores and analyses, in the files the local sweep reads."""
+    profile, vecs = grid_inputs
+    profile = profile.replace(interview_alphas=(1.5,))
+    judges = ["persona"]
+    local = local_table(lambda m, t, v, p: sweeps.interview_sweep(m, t, v, p, judges), profile,
+                        vecs, tmp_path / "local", monkeypatch)
+    monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
+    on_ray = distributed.interview_grid(profile, vecs, num_workers=1, judges=judges)
+    assert len(on_ray) == 2 + len(CONDITIONS)  # the base once per trait, one alpha, one judge
+    assert on_ray["score"].nunique() > 1
+    pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
+    plan = sweeps.interview_plan(profile, vecs, judges)
+    assert all(f.exists() for f in distributed.point_files(plan, profile, vecs))
+    pd.testing.assert_frame_equal(sweeps.run_sweep(plan, profile, never, inputs=vecs), local,
+                                  rtol=1e-6)
+
+
+def test_an_interview_evaluator_ships_no_judges(grid_inputs):
+    profile, vecs = grid_inputs
+    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs,
+                                          judges=("persona",))
+    evaluate._judges["persona"] = object()  # what a worker holds after its first point
+    shipped = pickle.loads(pickle.dumps(evaluate))
+    assert shipped._judges == {} and shipped._loaded is None
+    assert shipped.judges == ("persona",) and shipped.profile == profile
+
+
+def test_the_interview_evaluator_gives_the_local_sweeps_rows(grid_inputs, tmp_path,
+                                                             monkeypatch):
+    """The evaluator each Ray actor runs, called here in-process point by point: the rows
+    the local interview sweep caches for the same points (no Ray needed)."""
+    profile, vecs = grid_inputs
+    profile = profile.replace(interview_alphas=(1.5,))
+    local = local_table(lambda m, t, v, p: sweeps.interview_sweep(m, t, v, p, ["persona"]),
+                        profile, vecs, tmp_path / "local", monkeypatch)
+    _, points, _ = sweeps.interview_plan(profile, vecs, ["persona"])
+    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs,
+                                          judges=("persona",))
+    rows = [{**{k: v for k, v in p.items() if not k.startswith("_")}, **r}
+            for p in points for r in evaluate(p)]
+    pd.testing.assert_frame_equal(pd.DataFrame(rows), local, rtol=1e-6)
