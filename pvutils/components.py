@@ -19,8 +19,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import cache
+from .artifacts import write_json
 from .personas import split_condition
-from .vectors import TensorSource, check_compatible, open_tensors
+from .vectors import TensorSource, check_compatible, open_tensors, save_vector, vector_metadata
 
 VectorLike = str | Path | Mapping[str, torch.Tensor] | TensorSource
 
@@ -102,3 +104,70 @@ def shared_share(vectors: Mapping[str, VectorLike]) -> pd.DataFrame:
         "mean_norm_ratio": (mean_norm / norms.clamp_min(1e-300)).numpy(),
         "share_along_mean": (cos ** 2).numpy(),
     })
+
+
+# --- the components as vector files (a cached stage) -------------------------------------
+
+
+def _metadata(vector: VectorLike, kind: str) -> dict[str, str]:
+    """A component keeps the base its vectors were made from (so `applied` checks it)."""
+    meta = vector_metadata(vector) if isinstance(vector, (str, Path)) else {}
+    return {**{k: v for k, v in meta.items() if k.startswith("base_")}, "component": kind}
+
+
+def _save(tensors: Mapping[str, torch.Tensor], path: Path, key: str, kind: str,
+          like: VectorLike) -> Path:
+    save_vector(tensors, path, _metadata(like, kind))
+    write_json(path.with_suffix(".json"), {"key": f"{key}/{path.stem}", "component": kind})
+    return path
+
+
+def component_files(vectors: Mapping[str, VectorLike], specific: list[str] | None = None,
+                    profile_name: str = "cpu") -> dict[str, dict[str, Path]]:
+    """The shared component and trait-specific parts of `vectors` as vector files:
+    {"shared": {"shared": φ̄}, "specific": {name: φ − φ̄}, "axis": {"<trait>_high":
+    (φ_high − φ_low)/2}}, for the names in `specific` (default: all) and every trait whose
+    two levels are among them. Cached under `<artifacts>/components/<key>/` (key: the
+    vectors' identities), one part in memory at a time besides the mean."""
+    names = list(vectors)
+    specific = names if specific is None else [n for n in specific if n in vectors]
+    key = COMPONENTS.key(None, sorted((n, cache.identity(vectors[n])) for n in names))
+    entry = COMPONENTS.entry(key)
+    like = vectors[names[0]]
+    out: dict[str, dict[str, Path]] = {"shared": {"shared": entry / "shared.safetensors"},
+                                       "specific": {}, "axis": {}}
+    mean: dict[str, torch.Tensor] = {}
+
+    def the_mean() -> dict[str, torch.Tensor]:
+        if not mean:
+            mean.update(mean_vector(vectors))
+        return mean
+
+    if not out["shared"]["shared"].exists():
+        _save(the_mean(), out["shared"]["shared"], key, "shared", like)
+    for name in specific:
+        path = out["specific"][name] = entry / "specific" / f"{name}.safetensors"
+        if not path.exists():
+            part = combine({name: 1.0, "__mean__": -1.0}, {name: vectors[name],
+                                                           "__mean__": the_mean()})
+            _save(part, path, key, "specific", like)
+    for trait in _axis_pairs(specific):
+        high, low = f"{trait}_high", f"{trait}_low"
+        path = out["axis"][high] = entry / "axis" / f"{high}.safetensors"
+        if not path.exists():
+            part = combine({high: 0.5, low: -0.5}, vectors)
+            _save(part, path, key, "axis", like)
+    cache.touch(entry, COMPONENTS.name, profile_name, {"vectors": len(names)})
+    return out
+
+
+def _axis_pairs(names: list[str]) -> list[str]:
+    """The traits whose high and low vectors are both in `names`."""
+    levels: dict[str, set[str]] = {}
+    for name in names:
+        trait, level = split_condition(name)
+        levels.setdefault(trait, set()).add(level)
+    return [t for t, lv in levels.items() if {"high", "low"} <= lv]
+
+# no profile field: the key is the identities of the vectors (the fine-tunes' keys)
+COMPONENTS = cache.Stage("components", (), code=(mean_vector, combine, _save))
