@@ -171,3 +171,18 @@ def _axis_pairs(names: list[str]) -> list[str]:
 
 # no profile field: the key is the identities of the vectors (the fine-tunes' keys)
 COMPONENTS = cache.Stage("components", (), code=(mean_vector, combine, _save))
+
+
+def effect_share(effects: pd.DataFrame, vectors: list[str], shared: str = "shared",
+                 alpha: float = 1.0) -> pd.DataFrame:
+    """Per vector and measure: its effect on its own trait at `alpha`, the shared
+    component's effect (φ̄ at the same α) on that trait, and their ratio: the share of the
+    vector's effect that the mean of all vectors already has. `effects` is a
+    `plusminus.effect_table` holding both. Rows: vector, trait, measure, effect,
+    shared effect, share."""
+    at = effects[effects.alpha == alpha]
+    own = at[at.vector.isin(vectors)][["vector", "trait", "measure", "effect"]]
+    mean = at[at.vector == shared][["trait", "measure", "effect"]].rename(
+        columns={"effect": "shared effect"})
+    out = own.merge(mean, on=["trait", "measure"], how="left")
+    return out.assign(share=out["shared effect"] / out["effect"])

@@ -58,9 +58,9 @@ def seed_sweeps(model, tokenizer, seed_vectors: Mapping[int, Mapping[str, Any]],
 
 def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
     """Per condition: the signed ρ of each seed, its range, whether every seed moves the
-    intended way (RQ1), and whether every seed goes the right way at α = ±1 on both
-    measures. Rows: condition, seeds, signed ρ per seed, ρ range, RQ1 holds,
-    ±1 right (seeds of all), ±1 holds."""
+    intended way (RQ1), how many seeds go the right way at α = ±1 on both measures, and
+    whether that outcome is the same for every seed. Rows: condition, seeds, signed ρ by
+    seed, ρ range, RQ1 holds, ±1 right (seeds), ±1 same for all seeds."""
     rows = []
     for cond, sub in dials.groupby("condition", sort=False):
         eff = effects[effects.vector == cond]
@@ -72,6 +72,6 @@ def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
             "ρ range": float(np.ptp(rho.to_numpy())) if len(rho) else np.nan,
             "RQ1 holds": bool(sub["moves as intended"].all()),
             "±1 right (seeds)": f"{int(right.sum())} of {len(right)}",
-            "±1 holds": bool(right.all() or not right.any()),
+            "±1 same for all seeds": bool(right.all() or not right.any()),
         })
     return pd.DataFrame(rows)

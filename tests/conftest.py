@@ -192,8 +192,9 @@ def tiny_chat_dir(tmp_path_factory, embedded_model_dir) -> Path:
 
     tok = load_tokenizer(embedded_model_dir)
     out = tmp_path_factory.mktemp("tiny-chat-llama-dir")
-    make_tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id).save_pretrained(out)
+    model = make_tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

@@ -31,7 +31,8 @@ def test_effects_are_the_reference_formulas():
     assert lo < effect < hi
     s = 1.5  # the judge's default scale
     effect, _, _ = plusminus.paired_effect(x, y, plusminus.statistic("embedding"), 200)
-    assert effect == pytest.approx((3 + 2 * np.tanh(x.mean() / s)) - (3 + 2 * np.tanh(y.mean() / s)))
+    judged = [3 + 2 * np.tanh(v.mean() / s) for v in (x, y)]
+    assert effect == pytest.approx(judged[0] - judged[1])
 
 
 def test_a_constant_shift_has_a_zero_width_interval():
@@ -90,7 +91,7 @@ def test_the_sweep_stores_one_value_per_unit_and_is_cached(tiny_chat_model, isol
     rows = plusminus.plusminus_sweep(model, tok, {"extraversion_high": vec}, P,
                                      judge=char_embedding_judge)
     items = {str(it.number) for it in bfi.items_for(["extraversion"])}
-    for (vector, alpha), sub in rows.groupby(["vector", "alpha"]):
+    for _, sub in rows.groupby(["vector", "alpha"]):
         assert set(sub[sub.measure == "contrast"].unit) == items
         assert len(sub[sub.measure == "embedding"]) == len(items) * P.n_samples
     assert set(rows.vector) == {"base", "extraversion_high"}
