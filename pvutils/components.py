@@ -131,7 +131,7 @@ def component_files(vectors: Mapping[str, VectorLike], specific: list[str] | Non
     vectors' identities), one part in memory at a time besides the mean."""
     names = list(vectors)
     specific = names if specific is None else [n for n in specific if n in vectors]
-    key = COMPONENTS.key(None, sorted((n, cache.identity(vectors[n])) for n in names))
+    key = components_key({n: cache.identity(vectors[n]) for n in names})
     entry = COMPONENTS.entry(key)
     like = vectors[names[0]]
     out: dict[str, dict[str, Path]] = {"shared": {"shared": entry / "shared.safetensors"},
@@ -159,6 +159,11 @@ def component_files(vectors: Mapping[str, VectorLike], specific: list[str] | Non
             _save(part, path, key, "axis", like)
     cache.touch(entry, COMPONENTS.name, profile_name, {"vectors": len(names)})
     return out
+
+
+def components_key(ids: Mapping[str, str]) -> str:
+    """The components' key: the code and the identity of every vector (name → identity)."""
+    return COMPONENTS.key(None, sorted(ids.items()))
 
 
 def _axis_pairs(names: list[str]) -> list[str]:

@@ -86,10 +86,11 @@ class Profile:
     n_heldout: int = 40  # held-out prompts for persona-shift and layer-wise inputs
     contrast_pairs: int = 3  # answer pairs per BFI item in the contrast measure (max 3)
     p2_seeds: int = 3  # P2 prompts drawn per condition
-    # --- the seed study (setup chapter): these conditions also trained with these seeds
-    seed_conditions: tuple[str, ...] = ("extraversion_high", "agreeableness_low",
-                                        "conscientiousness_low")
-    extra_seeds: tuple[int, ...] = (1, 2)  # beside `seed` (data and fine-tune seed)
+    # --- the seed study (setup chapter): these conditions trained with each of these
+    # seeds (the data's and the fine-tune's); `seed`'s vectors are the default ones
+    seed_study_conditions: tuple[str, ...] = ("extraversion_high", "agreeableness_low",
+                                              "conscientiousness_low")
+    seed_study_seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
         # every value is checked (and lists coerced to tuples) against its annotation and
@@ -162,7 +163,7 @@ CHOICES: dict[str, tuple] = {
     "lr_scheduler": LR_SCHEDULERS,
     "conditions": CONDITIONS,
     "sweep_conditions": CONDITIONS,
-    "seed_conditions": CONDITIONS,
+    "seed_study_conditions": CONDITIONS,
     "composition_traits": TRAITS,
     "composition_methods": METHODS,
     "launcher": ("none", "accelerate"),
@@ -172,7 +173,7 @@ CHOICES: dict[str, tuple] = {
 # field -> (low, high, low inclusive, high inclusive); ints not listed must be >= 1
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "seed": (0, math.inf, True, False),
-    "extra_seeds": (0, math.inf, True, False),
+    "seed_study_seeds": (0, math.inf, True, False),
     "ties_density": (0.0, 1.0, False, True),
     "dare_drop_rate": (0.0, 1.0, True, False),
     "gen_top_p": (0.0, 1.0, False, True),
@@ -232,8 +233,8 @@ PROFILES: dict[str, Profile] = {
         n_heldout=4,
         contrast_pairs=1,
         p2_seeds=1,
-        seed_conditions=("extraversion_high",),
-        extra_seeds=(1,),
+        seed_study_conditions=("extraversion_high",),
+        seed_study_seeds=(0,),  # the default vectors only: no extra fine-tune in CI
     ),
     # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
     # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores

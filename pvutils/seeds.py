@@ -1,7 +1,7 @@
 """The seed study: do a vector's dial and its direction survive a different training seed?
 
-`profile.seed_conditions` are trained again with each of `profile.extra_seeds` (the seed
-of both the generated data and the fine-tune): each is an ordinary cached fine-tune
+`profile.seed_study_conditions` are trained with each of `profile.seed_study_seeds` (the
+seed of both the generated data and the fine-tune): each is an ordinary cached fine-tune
 (`training.train_condition` under `profile.replace(seed=s)`, a key of its own beside the
 default vectors). They are then measured exactly like the default vectors, with the
 default profile's evaluation settings (its sampling seed too), so the only thing that
@@ -21,10 +21,10 @@ from .profiles import Profile
 
 
 def seed_profiles(profile: Profile) -> dict[int, Profile]:
-    """The profile that trains each seed of the study (the default seed first), restricted
-    to the study's conditions."""
-    seeds = dict.fromkeys([profile.seed, *profile.extra_seeds])
-    return {s: profile.replace(seed=s, conditions=profile.seed_conditions) for s in seeds}
+    """The profile that trains each seed of the study, restricted to the study's
+    conditions (the profile's own seed gives its default vectors)."""
+    return {s: profile.replace(seed=s, conditions=profile.seed_study_conditions)
+            for s in dict.fromkeys(profile.seed_study_seeds)}
 
 
 def train_seeds(profile: Profile) -> dict[int, dict[str, Path]]:

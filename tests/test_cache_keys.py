@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from pvutils import book, cache, data, sweeps, training
+from pvutils import book, cache, components, data, plusminus, seeds, sweeps, training
 from pvutils.profiles import CONDITIONS, field_names, get_profile
 
 BASE = get_profile("smoke")
@@ -36,46 +36,50 @@ MUTATIONS = {
     "n_heldout": 5, "contrast_pairs": 2, "p2_seeds": 2,
     "launcher": "accelerate", "accelerate_config": "configs/other.yaml", "save_steps": 5,
     "generation_backend": "vllm", "language": "ko",
+    "seed_study_conditions": ("openness_low",), "seed_study_seeds": (0, 4),
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise"}  # they apply trained vectors
-EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS
-TRAINING = {"vectors"} | VECTOR_SWEEPS  # a new vector is a new input of every vector sweep
+                 "rq4-transfer", "layerwise", "dial-check"}  # they apply trained vectors
+# a new vector is a new input of every vector sweep, of the components made from the
+# vectors, and of the seed study's fine-tunes (the same recipe under other seeds)
+TRAINING = {"vectors", "components", "seed-study"} | VECTOR_SWEEPS
+EVERY = {"data", "rq1-p2", "rq1-npti"} | TRAINING
 DATA = {"data"} | TRAINING
 
 # field -> the stages whose key (or point set) it changes
 READERS = {
     "name": set(), "measure": set(),  # a label, and a field only the `score` command reads
     "model": EVERY, "dtype": EVERY, "device": EVERY,
-    "seed": DATA,
+    "seed": DATA - {"seed-study"},  # the study names its seeds
     **dict.fromkeys(["data_source", "big5chat_path", "n_dialogues", "guidance_gamma",
                      "gen_temperature", "gen_top_p", "gen_max_new_tokens", "gen_batch_size"],
                     DATA),
     **dict.fromkeys(["train_epochs", "train_batch_size", "grad_accum", "learning_rate",
                      "lr_scheduler", "max_length", "use_lora", "bf16",
                      "gradient_checkpointing"], TRAINING),
-    "conditions": {"data", "vectors"},
+    "conditions": {"data", "vectors", "components"},  # the mean is over the trained ones
+    "seed_study_conditions": {"seed-study"}, "seed_study_seeds": {"seed-study"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
-    "n_samples": {"rq1-interview", "rq3-negation"},
-    "eval_temperature": {"rq1-interview", "rq3-negation"},
-    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer"},
-    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer"},
+    "n_samples": {"rq1-interview", "rq3-negation", "dial-check"},
+    "eval_temperature": {"rq1-interview", "rq3-negation", "dial-check"},
+    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "dial-check"},
+    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "dial-check"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer"},
+                       "rq3-negation", "rq4-transfer", "dial-check"},
     "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview"},
     "npti_gammas": {"rq1-npti"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise"},
+                         "rq3-negation", "rq4-transfer", "layerwise", "dial-check"},
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
     "launcher": set(), "accelerate_config": set(), "generation_backend": set(),
     "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
-    "language": {"rq1-interview", "rq3-negation"},
+    "language": {"rq1-interview", "rq3-negation", "dial-check"},
 }
 
 # notebook parameters that are not Profile fields -> the stages they reach
@@ -107,6 +111,11 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object
     assert set(plans) == set(sweeps.PLANS)
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
+    stage, points, extra = plusminus.plusminus_plan(P, plusminus.own_traits(swept))
+    out["dial-check"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
+    out["components"] = components.components_key({c: ids[c] for c in P.conditions})
+    out["seed-study"] = {(s, c): training.train_key(Q, c)
+                         for s, Q in seeds.seed_profiles(P).items() for c in Q.conditions}
     out["data"] = {c: data.data_key(P, c) for c in [*P.conditions, DOMAIN]}
     out["vectors"] = {c: training.train_key(P, c) for c in [*P.conditions, DOMAIN]}
     return out

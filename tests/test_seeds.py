@@ -9,10 +9,10 @@ from pvutils.profiles import get_profile
 
 
 def test_each_seed_trains_the_study_conditions_under_its_own_key():
-    P = get_profile("smoke", seed_conditions=("extraversion_high", "openness_low"),
-                    extra_seeds=(3, 0, 5))
+    P = get_profile("smoke", seed_study_conditions=("extraversion_high", "openness_low"),
+                    seed_study_seeds=(0, 3, 0, 5))
     profiles = seeds.seed_profiles(P)
-    assert list(profiles) == [0, 3, 5]  # the default seed first, once
+    assert list(profiles) == [0, 3, 5]  # each seed once
     assert all(Q.conditions == ("extraversion_high", "openness_low") for Q in profiles.values())
     assert profiles[0].replace(conditions=P.conditions) == P
     keys = {training.train_key(Q, "openness_low") for Q in profiles.values()}
