@@ -91,6 +91,9 @@ class Profile:
     seed_study_conditions: tuple[str, ...] = ("extraversion_high", "agreeableness_low",
                                               "conscientiousness_low")
     seed_study_seeds: tuple[int, ...] = (0, 1, 2)
+    # the vectors whose trait-specific parts (φ − φ̄, and their trait's axis) the setup
+    # chapter measures beside the raw ones
+    component_conditions: tuple[str, ...] = CONDITIONS
 
     def __post_init__(self) -> None:
         # every value is checked (and lists coerced to tuples) against its annotation and
@@ -164,6 +167,7 @@ CHOICES: dict[str, tuple] = {
     "conditions": CONDITIONS,
     "sweep_conditions": CONDITIONS,
     "seed_study_conditions": CONDITIONS,
+    "component_conditions": CONDITIONS,
     "composition_traits": TRAITS,
     "composition_methods": METHODS,
     "launcher": ("none", "accelerate"),
@@ -235,6 +239,7 @@ PROFILES: dict[str, Profile] = {
         p2_seeds=1,
         seed_study_conditions=("extraversion_high",),
         seed_study_seeds=(0,),  # the default vectors only: no extra fine-tune in CI
+        component_conditions=("extraversion_high",),  # its φ − φ̄ and the extraversion axis
     ),
     # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
     # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores

@@ -37,6 +37,7 @@ MUTATIONS = {
     "launcher": "accelerate", "accelerate_config": "configs/other.yaml", "save_steps": 5,
     "generation_backend": "vllm", "language": "ko",
     "seed_study_conditions": ("openness_low",), "seed_study_seeds": (0, 4),
+    "component_conditions": ("openness_high",),
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
@@ -59,6 +60,7 @@ READERS = {
                      "lr_scheduler", "max_length", "use_lora", "bf16",
                      "gradient_checkpointing"], TRAINING),
     "conditions": {"data", "vectors", "components"},  # the mean is over the trained ones
+    "component_conditions": {"component-parts"},
     "seed_study_conditions": {"seed-study"}, "seed_study_seeds": {"seed-study"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
     "n_samples": {"rq1-interview", "rq3-negation", "dial-check"},
@@ -114,6 +116,7 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object
     stage, points, extra = plusminus.plusminus_plan(P, plusminus.own_traits(swept))
     out["dial-check"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
     out["components"] = components.components_key({c: ids[c] for c in P.conditions})
+    out["component-parts"] = components.part_names(P.component_conditions, P.conditions)
     out["seed-study"] = {(s, c): training.train_key(Q, c)
                          for s, Q in seeds.seed_profiles(P).items() for c in Q.conditions}
     out["data"] = {c: data.data_key(P, c) for c in [*P.conditions, DOMAIN]}

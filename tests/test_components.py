@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -81,12 +82,18 @@ def test_component_files_hold_the_parts_and_are_cached(isolated_home):
         axis = vectors.load_vector(files["axis"]["extraversion_high"])[k]
         assert torch.allclose(axis, (vecs["extraversion_high"][k]
                                      - vecs["extraversion_low"][k]) / 2, atol=1e-6)
+    pd.testing.assert_frame_equal(files["share"], components.shared_share(vecs))
     # each file's identity is its producer's key (cheap), and a rerun writes nothing
     path = files["specific"]["extraversion_high"]
     assert cache.identity(path).endswith("/extraversion_high")
     stamp = path.stat().st_mtime_ns
-    assert components.component_files(vecs, specific=names[:2]) == files
+    again = components.component_files(vecs, specific=names[:2])
+    assert {k: again[k] for k in ("shared", "specific", "axis")} == \
+        {k: files[k] for k in ("shared", "specific", "axis")}
     assert path.stat().st_mtime_ns == stamp
+    assert components.part_names(["extraversion_low", "openness_high", "agreeableness_low"],
+                                 names) == {"specific": ["extraversion_low", "openness_high"],
+                                            "axis": ["extraversion_high"]}
     # other vectors: another entry
     vecs["openness_high"] = {k: torch.zeros(s) for k, s in shape.items()}
     assert components.component_files(vecs)["shared"]["shared"] != files["shared"]["shared"]
