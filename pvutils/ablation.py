@@ -58,8 +58,16 @@ def _split_top(body: str) -> list[str]:
 
 
 def load_variants(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A YAML mapping of variant name → {field: value}."""
-    raw = yaml.safe_load(Path(path).read_text())
+    """A YAML (or JSON) file mapping variant name → {field: value}, or the name of a
+    bundled set (`pvutils/resources/ablation_<name>.json`, e.g. "recipe")."""
+    if Path(path).is_file():
+        raw = yaml.safe_load(Path(path).read_text())
+    elif "/" not in str(path) and not str(path).endswith((".yaml", ".yml", ".json")):
+        from .bundled import resource
+
+        raw = {k: v for k, v in resource(f"ablation_{path}").items() if not k.startswith("_")}
+    else:
+        raise ValueError(f"no variants file {path}")
     if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
         raise ValueError(f"{path}: expected a mapping of variant name -> {{field: value}}")
     return {str(k): dict(v) for k, v in raw.items()}
@@ -170,7 +178,8 @@ def cli_ablate(argv: Sequence[str]) -> int:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--variant", action="append", default=[],
                         metavar="NAME=FIELD:VALUE,...", help="a variant (repeatable)")
-    parser.add_argument("--variants", metavar="FILE", help="a YAML file {name: {field: value}}")
+    parser.add_argument("--variants", metavar="FILE",
+                        help="a YAML file {name: {field: value}}, or a bundled set: recipe")
     parser.add_argument("--no-default", action="store_true",
                         help="leave out the profile as it is (variant 'default')")
     parser.add_argument("--out", help="output directory (default <artifacts>/ablation/<profile>)")

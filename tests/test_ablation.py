@@ -32,6 +32,11 @@ def test_bad_variants_fail_before_anything_runs(tmp_path):
         ablation.load_variants(f)
     f.write_text("more:\n  n_dialogues: 128\n")
     assert ablation.load_variants(f) == {"more": {"n_dialogues": 128}}
+    bundled = ablation.load_variants("recipe")
+    assert bundled and not any(k.startswith("_") for k in bundled)
+    ablation.check_variants("cpu", bundled)  # every bundled variant is a valid profile
+    with pytest.raises(ValueError, match="no variants file"):
+        ablation.load_variants(tmp_path / "missing.yaml")
 
 
 def _rows(shifts, n=15, noise=0.02):
