@@ -79,3 +79,11 @@ def plot_seeds(dials: pd.DataFrame):
                  "conditions")
     fig.tight_layout()
     return fig
+
+
+def rq1_kinds_title(dials: pd.DataFrame) -> str:
+    """'Moves its trait the intended way over α: raw φ k of n, φ − φ̄ …' from the RQ1 dial
+    tables of each kind of vector (a `kind` column)."""
+    parts = [f"{kind} {int(sub['moves as intended'].sum())} of {len(sub)}"
+             for kind, sub in dials.groupby("kind", sort=False)]
+    return "Vectors that move their own trait the intended way over α: " + ", ".join(parts)

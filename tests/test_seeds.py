@@ -36,3 +36,15 @@ def test_the_table_says_whether_direction_holds():
     assert not table.loc["openness_low", "RQ1 holds"]
     assert table.loc["openness_low", "±1 right (seeds)"] == "2 of 3"
     assert not table.loc["openness_low", "±1 same for all seeds"]
+
+
+def test_train_seeds_trains_each_seed_beside_the_default(isolated_home, tiny_chat_dir, tmp_path,
+                                                         big5chat_csv):
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+    P = get_profile("smoke", model=str(tiny_chat_dir), data_source="big5chat",
+                    big5chat_path=str(csv), n_dialogues=4, train_batch_size=2, max_length=64,
+                    seed_study_conditions=("openness_low",), seed_study_seeds=(0, 1))
+    got = seeds.train_seeds(P)
+    assert got[0]["openness_low"] == training.vector_path(P, "openness_low")
+    assert got[1]["openness_low"] != got[0]["openness_low"]
+    assert all(p.exists() for v in got.values() for p in v.values())
