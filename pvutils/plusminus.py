@@ -65,7 +65,7 @@ def unit_values(model, tokenizer, P, trait: str, judge) -> list[dict]:
     return rows
 
 
-PLUSMINUS = Stage("dial-check", FIELDS, grid=("sweep_conditions",),
+PLUSMINUS = Stage("plusminus", FIELDS, grid=("sweep_conditions",),
                   code=(unit_values, plusminus_points))
 
 

@@ -41,7 +41,7 @@ MUTATIONS = {
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise", "dial-check"}  # they apply trained vectors
+                 "rq4-transfer", "layerwise", "plusminus"}  # they apply trained vectors
 # a new vector is a new input of every vector sweep, of the components made from the
 # vectors, and of the seed study's fine-tunes (the same recipe under other seeds)
 TRAINING = {"vectors", "components", "seed-study"} | VECTOR_SWEEPS
@@ -63,25 +63,25 @@ READERS = {
     "component_conditions": {"component-parts"},
     "seed_study_conditions": {"seed-study"}, "seed_study_seeds": {"seed-study"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
-    "n_samples": {"rq1-interview", "rq3-negation", "dial-check"},
-    "eval_temperature": {"rq1-interview", "rq3-negation", "dial-check"},
-    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "dial-check"},
-    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "dial-check"},
+    "n_samples": {"rq1-interview", "rq3-negation", "plusminus"},
+    "eval_temperature": {"rq1-interview", "rq3-negation", "plusminus"},
+    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "plusminus"},
+    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "plusminus"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer", "dial-check"},
+                       "rq3-negation", "rq4-transfer", "plusminus"},
     "alphas": {"rq1-contrast"}, "interview_alphas": {"rq1-interview"},
     "npti_gammas": {"rq1-npti"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise", "dial-check"},
+                         "rq3-negation", "rq4-transfer", "layerwise", "plusminus"},
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
     "launcher": set(), "accelerate_config": set(), "generation_backend": set(),
     "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
-    "language": {"rq1-interview", "rq3-negation", "dial-check"},
+    "language": {"rq1-interview", "rq3-negation", "plusminus"},
 }
 
 # notebook parameters that are not Profile fields -> the stages they reach
@@ -114,7 +114,7 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER) -> dict[str, object
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
     stage, points, extra = plusminus.plusminus_plan(P, plusminus.own_traits(swept))
-    out["dial-check"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
+    out["plusminus"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
     out["components"] = components.components_key({c: ids[c] for c in P.conditions})
     out["component-parts"] = components.part_names(P.component_conditions, P.conditions)
     out["seed-study"] = {(s, c): training.train_key(Q, c)
