@@ -76,10 +76,12 @@ def test_verdicts_follow_the_level_and_the_sign_of_alpha():
 def test_an_interval_that_spans_zero_is_not_sure():
     rows = _rows({("extraversion_high", 1.0): 0.004, ("extraversion_high", -1.0): -0.5},
                  noise=0.2)
-    eff = plusminus.effect_table(rows, 300).set_index(["measure", "alpha"])
-    assert not eff.loc[("contrast", 1.0), "sure"]
-    assert "interval spans 0" in plusminus.verdict(eff.reset_index())["verdict"].iloc[0] \
-        or not eff.loc[("contrast", 1.0), "right_way"]
+    eff = plusminus.effect_table(rows, 300)
+    weak = eff[eff.alpha == 1.0]
+    assert (weak.lo < 0).all() and (weak.hi > 0).all() and not weak.sure.any()
+    assert eff[eff.alpha == -1.0].sure.all()
+    assert plusminus.verdict(eff)["verdict"].iloc[0] != "both ways"
+    assert plusminus.summary(eff)["sure both ways"] == 0
 
 
 def test_the_sweep_stores_one_value_per_unit_and_is_cached(tiny_chat_model, isolated_home,
