@@ -19,6 +19,7 @@ COMMANDS = {
     "publish": ("pvutils.book", "cli_publish", "copy a finished run to results/<profile>/"),
     "cache": ("pvutils.cache", "cli_cache", "list and prune the cached artifacts"),
     "dial": ("pvutils.calibrate", "cli_dial", "the alpha that gives a wanted trait score"),
+    "ablate": ("pvutils.ablation", "cli_ablate", "train recipe variants, compare their dials"),
 }
 
 

@@ -13,14 +13,17 @@ never sit in memory together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
+from . import cache
+from .artifacts import read_json, write_json
 from .personas import split_condition
-from .vectors import TensorSource, check_compatible, open_tensors
+from .vectors import TensorSource, check_compatible, open_tensors, save_vector, vector_metadata
 
 VectorLike = str | Path | Mapping[str, torch.Tensor] | TensorSource
 
@@ -39,13 +42,27 @@ def _float_keys(src: TensorSource) -> list[str]:
     return [k for k in src.keys() if src.dtype(k).is_floating_point]
 
 
+def mean_and_gram(vectors: Mapping[str, VectorLike]
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """(the element-wise mean, the Gram matrix of all dot products in float64, the names)
+    in one streaming pass: each tensor of all vectors is stacked once, in float32 (the
+    mean of n float32 values and a float32 matrix product per tensor, summed over tensors
+    in float64, are exact far beyond what a cosine needs, at half the memory)."""
+    sources = _sources(vectors)
+    names = list(sources)
+    gram = torch.zeros(len(names), len(names), dtype=torch.float64)
+    mean = {}
+    for key in _float_keys(sources[names[0]]):
+        tensors = [sources[n].get(key) for n in names]
+        stacked = torch.stack([t.reshape(-1).float() for t in tensors])
+        gram += (stacked @ stacked.T).double()
+        mean[key] = stacked.mean(dim=0).reshape(tensors[0].shape)
+    return mean, gram, names
+
+
 def mean_vector(vectors: Mapping[str, VectorLike]) -> dict[str, torch.Tensor]:
     """The shared component: the element-wise mean of the vectors, in float32."""
-    sources = _sources(vectors)
-    first = next(iter(sources.values()))
-    n = len(sources)
-    return {key: (sum(s.get(key).double() for s in sources.values()) / n).float()
-            for key in _float_keys(first)}
+    return mean_and_gram(vectors)[0]
 
 
 def combine(terms: Mapping[str, float],
@@ -78,27 +95,117 @@ def trait_axes(vectors: Mapping[str, VectorLike]) -> dict[str, dict[str, torch.T
 
 def shared_share(vectors: Mapping[str, VectorLike]) -> pd.DataFrame:
     """Per vector: its norm, its cosine with the mean, the mean's norm relative to its own,
-    and the share of its squared norm along the mean direction (cos²).
+    and the share of its squared norm along the mean direction (cos²)."""
+    _, gram, names = mean_and_gram(vectors)
+    return share_table(gram, names)
 
-    One streaming pass: the Gram matrix of the vectors gives every dot product, and the
-    mean's products follow from it (φ̄ · φ_i = Σ_j G_ij / n, ‖φ̄‖² = Σ G / n²).
-    """
-    sources = _sources(vectors)
-    names = list(sources)
-    first = sources[names[0]]
-    gram = torch.zeros(len(names), len(names), dtype=torch.float64)
-    for key in _float_keys(first):
-        stacked = torch.stack([sources[n].get(key).reshape(-1).double() for n in names])
-        gram += stacked @ stacked.T
+
+def share_table(gram: torch.Tensor, names: Sequence[str]) -> pd.DataFrame:
+    """`shared_share` from the Gram matrix: the mean's products follow from it
+    (φ̄ · φ_i = Σ_j G_ij / n, ‖φ̄‖² = Σ G / n²)."""
     n = len(names)
     norms = gram.diagonal().sqrt()
     mean_dot = gram.sum(dim=1) / n
-    mean_norm = float(gram.sum().sqrt() / n)
+    mean_norm = float(gram.sum().clamp_min(0).sqrt() / n)
     cos = mean_dot / (norms * mean_norm).clamp_min(1e-300)
     return pd.DataFrame({
-        "vector": names,
+        "vector": list(names),
         "norm": norms.numpy(),
         "cosine_with_mean": cos.numpy(),
         "mean_norm_ratio": (mean_norm / norms.clamp_min(1e-300)).numpy(),
         "share_along_mean": (cos ** 2).numpy(),
     })
+
+
+# --- the components as vector files (a cached stage) -------------------------------------
+
+
+def _metadata(vector: VectorLike, kind: str) -> dict[str, str]:
+    """A component keeps the base its vectors were made from (so `applied` checks it)."""
+    meta = vector_metadata(vector) if isinstance(vector, (str, Path)) else {}
+    return {**{k: v for k, v in meta.items() if k.startswith("base_")}, "component": kind}
+
+
+def _save(tensors: Mapping[str, torch.Tensor], path: Path, key: str, kind: str,
+          like: VectorLike) -> Path:
+    save_vector(tensors, path, _metadata(like, kind))
+    write_json(path.with_suffix(".json"), {"key": f"{key}/{path.stem}", "component": kind})
+    return path
+
+
+def component_files(vectors: Mapping[str, VectorLike], specific: Sequence[str] | None = None,
+                    profile_name: str = "cpu") -> dict[str, Any]:
+    """The shared component and trait-specific parts of `vectors` as vector files:
+    {"shared": {"shared": φ̄}, "specific": {name: φ − φ̄}, "axis": {"<trait>_high":
+    (φ_high − φ_low)/2}, "share": `shared_share`'s table, from the same pass}, for the
+    names in `specific` (default: all) and the axis of each of their traits whose two
+    levels are both in `vectors` (`part_names`). Cached under
+    `<artifacts>/components/<key>/` (key: the vectors' identities), one part in memory at
+    a time besides the mean."""
+    names = list(vectors)
+    wanted = part_names(names if specific is None else specific, names)
+    key = components_key({n: cache.identity(vectors[n]) for n in names})
+    entry = COMPONENTS.entry(key)
+    like = vectors[names[0]]
+    out: dict[str, Any] = {"shared": {"shared": entry / "shared.safetensors"},
+                           "specific": {}, "axis": {}}
+    mean: dict[str, torch.Tensor] = {}
+
+    def the_mean() -> dict[str, torch.Tensor]:
+        if not mean:
+            tensors, gram, _ = mean_and_gram(vectors)
+            mean.update(tensors)
+            write_json(entry / "share.json", share_table(gram, names).to_dict("records"))
+        return mean
+
+    if not (out["shared"]["shared"].exists() and (entry / "share.json").exists()):
+        _save(the_mean(), out["shared"]["shared"], key, "shared", like)
+    for name in wanted["specific"]:
+        path = out["specific"][name] = entry / "specific" / f"{name}.safetensors"
+        if not path.exists():
+            part = combine({name: 1.0, "__mean__": -1.0}, {name: vectors[name],
+                                                           "__mean__": the_mean()})
+            _save(part, path, key, "specific", like)
+    for high in wanted["axis"]:
+        low = high.replace("_high", "_low")
+        path = out["axis"][high] = entry / "axis" / f"{high}.safetensors"
+        if not path.exists():
+            part = combine({high: 0.5, low: -0.5}, vectors)
+            _save(part, path, key, "axis", like)
+    out["share"] = pd.DataFrame(read_json(entry / "share.json"))
+    cache.touch(entry, COMPONENTS.name, profile_name, {"vectors": len(names)})
+    return out
+
+
+def components_key(ids: Mapping[str, str]) -> str:
+    """The components' key: the code and the identity of every vector (name → identity)."""
+    return COMPONENTS.key(None, sorted(ids.items()))
+
+
+def part_names(specific: Sequence[str], available: Sequence[str]) -> dict[str, list[str]]:
+    """Which parts `component_files` makes: φ − φ̄ of each name in `specific` that is
+    `available`, and the axis (named `<trait>_high`: adding it raises the trait) of each of
+    their traits whose high and low vectors are both available."""
+    names = [n for n in specific if n in available]
+    traits = dict.fromkeys(split_condition(n)[0] for n in names)
+    return {"specific": names,
+            "axis": [f"{t}_high" for t in traits
+                     if f"{t}_high" in available and f"{t}_low" in available]}
+
+# no profile field: the key is the identities of the vectors (the fine-tunes' keys)
+COMPONENTS = cache.Stage("components", (), code=(mean_and_gram, share_table, combine, _save))
+
+
+def effect_share(effects: pd.DataFrame, vectors: list[str], shared: str = "shared",
+                 alpha: float = 1.0) -> pd.DataFrame:
+    """Per vector and measure: its effect on its own trait at `alpha`, the shared
+    component's effect (φ̄ at the same α) on that trait, and their ratio: the share of the
+    vector's effect that the mean of all vectors already has. `effects` is a
+    `plusminus.effect_table` holding both. Rows: vector, trait, measure, effect,
+    shared effect, share."""
+    at = effects[effects.alpha == alpha]
+    own = at[at.vector.isin(vectors)][["vector", "trait", "measure", "effect"]]
+    mean = at[at.vector == shared][["trait", "measure", "effect"]].rename(
+        columns={"effect": "shared effect"})
+    out = own.merge(mean, on=["trait", "measure"], how="left")
+    return out.assign(share=out["shared effect"] / out["effect"])

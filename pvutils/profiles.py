@@ -96,6 +96,14 @@ class Profile:
     linguistic_alphas: tuple[float, ...] = (1.0, 2.0)
     linguistic_samples: int = 8  # self-descriptions per model (sampled at eval_temperature)
     linguistic_max_new_tokens: int = 160  # the paper asks for 300 words (~400 tokens)
+    # --- the seed study (setup chapter): these conditions trained with each of these
+    # seeds (the data's and the fine-tune's); `seed`'s vectors are the default ones
+    seed_study_conditions: tuple[str, ...] = ("extraversion_high", "agreeableness_low",
+                                              "conscientiousness_low")
+    seed_study_seeds: tuple[int, ...] = (0, 1, 2)
+    # the vectors whose trait-specific parts (φ − φ̄, and their trait's axis) the setup
+    # chapter measures beside the raw ones
+    component_conditions: tuple[str, ...] = CONDITIONS
 
     def __post_init__(self) -> None:
         # every value is checked (and lists coerced to tuples) against its annotation and
@@ -168,6 +176,8 @@ CHOICES: dict[str, tuple] = {
     "lr_scheduler": LR_SCHEDULERS,
     "conditions": CONDITIONS,
     "sweep_conditions": CONDITIONS,
+    "seed_study_conditions": CONDITIONS,
+    "component_conditions": CONDITIONS,
     "composition_traits": TRAITS,
     "composition_methods": METHODS,
     "launcher": ("none", "accelerate"),
@@ -178,6 +188,7 @@ CHOICES: dict[str, tuple] = {
 # field -> (low, high, low inclusive, high inclusive); ints not listed must be >= 1
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "seed": (0, math.inf, True, False),
+    "seed_study_seeds": (0, math.inf, True, False),
     "ties_density": (0.0, 1.0, False, True),
     "dare_drop_rate": (0.0, 1.0, True, False),
     "gen_top_p": (0.0, 1.0, False, True),
@@ -246,6 +257,9 @@ PROFILES: dict[str, Profile] = {
         linguistic_alphas=(2.0,),
         linguistic_samples=2,
         linguistic_max_new_tokens=24,
+        seed_study_conditions=("extraversion_high",),
+        seed_study_seeds=(0,),  # the default vectors only: no extra fine-tune in CI
+        component_conditions=("extraversion_high",),  # its φ − φ̄ and the extraversion axis
     ),
     # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
     # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores

@@ -196,3 +196,36 @@ def tiny_qwen2_chat_model(embedded_model_dir):
 
     tok = load_tokenizer(embedded_model_dir)
     return make_tiny_qwen2(vocab_size=len(tok), bos_token_id=1, eos_token_id=2), tok
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, embedded_model_dir) -> Path:
+    """A tiny random Llama with SmolLM2's vocabulary and chat template, saved to disk
+    (a model name for code that loads its own, e.g. fine-tunes: seconds each)."""
+    from pvutils.models import load_tokenizer
+
+    tok = load_tokenizer(embedded_model_dir)
+    out = tmp_path_factory.mktemp("tiny-chat-llama-dir")
+    model = make_tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+class CharEncoder:
+    """A stand-in sentence encoder (sentence-transformers' `encode`): letter counts,
+    unit length. Deterministic and instant; texts with different letters differ."""
+
+    def encode(self, texts, convert_to_tensor=True, normalize_embeddings=True, **_):
+        rows = [[str(t).lower().count(c) + 1e-3 for c in "abcdefghijklmnopqrstuvwxyz"]
+                for t in texts]
+        return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1)
+
+
+@pytest.fixture(scope="session")
+def char_embedding_judge():
+    """The embedding judge on `CharEncoder` (no MiniLM needed)."""
+    from pvutils.judges import EmbeddingJudge
+
+    return EmbeddingJudge(encoder=CharEncoder())

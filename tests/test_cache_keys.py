@@ -17,11 +17,14 @@ from pvutils import (
     book,
     cache,
     calibrate,
+    components,
     data,
     harness,
     linguistics,
     lowrank,
     mixer,
+    plusminus,
+    seeds,
     steering,
     sweeps,
     training,
@@ -56,10 +59,13 @@ MUTATIONS = {
     "n_prompts": 3, "quality_filter": "none", "padding_free": True, "heldout_fraction": 0.25,
     "early_stopping_patience": 1, "keep_best": False,
     "linguistic_alphas": (1.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
+    "seed_study_conditions": ("openness_low",), "seed_study_seeds": (0, 4),
+    "component_conditions": ("openness_high",),
 }
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise", "validity-ipip", "linguistic"}  # they apply trained vectors
+                 "rq4-transfer", "layerwise", "validity-ipip", "linguistic",
+                 "plusminus"}  # they apply trained vectors
 # chapter 06: the stages that apply vectors (or their low-rank copies), and those that read
 # the trait data through the steering directions
 CH06_VECTOR = {"dose-vector", "capability-vector", "dial-check", "lowrank", "dose-lowrank",
@@ -70,8 +76,10 @@ CH06_CONTRAST = {"steering-layers", "dose-off", "dose-vector", "dose-steering", 
                  "dose-P2", "dose-lowrank", "dial-check", "mixer"}  # they read contrast_pairs
 CH06 = CH06_VECTOR | CH06_STEERING | CH06_CONTRAST | {f"capability-{d}"
                                                      for d in ("off", "NPTI", "P2")}
-EVERY = {"data", "vectors", "rq1-p2", "rq1-npti"} | VECTOR_SWEEPS | CH06
-TRAINING = {"vectors"} | VECTOR_SWEEPS | CH06_VECTOR  # a new vector: a new input of these
+# a new vector is a new input of every vector sweep, of the components made from the
+# vectors, and of the seed study's fine-tunes (the same recipe under other seeds)
+TRAINING = {"vectors", "components", "seed-study"} | VECTOR_SWEEPS | CH06_VECTOR
+EVERY = {"data", "rq1-p2", "rq1-npti"} | TRAINING | CH06
 DATA = {"data"} | TRAINING | CH06_STEERING
 # the swept vectors choose the points of every chapter-06 stage but the base model's (the
 # dials off) and those keyed by trait (smoke's mutation keeps extraversion)
@@ -81,7 +89,7 @@ CH06_SWEPT = CH06 - {"steering-directions", "steering-layers", "dose-off", "capa
 READERS = {
     "name": set(), "measure": set(),  # a label, and a field only the `score` command reads
     "model": EVERY, "dtype": EVERY, "device": EVERY,
-    "seed": DATA,
+    "seed": DATA - {"seed-study"},  # the study names its seeds
     **dict.fromkeys(["data_source", "big5chat_path", "n_dialogues", "guidance_gamma",
                      "gen_temperature", "gen_top_p", "gen_max_new_tokens", "gen_batch_size",
                      "n_prompts", "quality_filter"],
@@ -90,14 +98,18 @@ READERS = {
                      "lr_scheduler", "max_length", "use_lora", "bf16",
                      "gradient_checkpointing", "padding_free", "heldout_fraction",
                      "early_stopping_patience", "keep_best"], TRAINING),
-    "conditions": {"data", "vectors"},
+    "conditions": {"data", "vectors", "components"},  # the mean is over the trained ones
+    "component_conditions": {"component-parts"},
+    "seed_study_conditions": {"seed-study"}, "seed_study_seeds": {"seed-study"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
-    "n_samples": {"rq1-interview", "rq3-negation"},
-    "eval_temperature": {"rq1-interview", "rq3-negation", "linguistic"},
-    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "mixer"},
-    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic"},
+    "n_samples": {"rq1-interview", "rq3-negation", "plusminus"},
+    "eval_temperature": {"rq1-interview", "rq3-negation", "linguistic", "plusminus"},
+    "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "mixer",
+                            "plusminus"},
+    "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic",
+                        "plusminus"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer", "validity-ipip"} | CH06_CONTRAST,
+                       "rq3-negation", "rq4-transfer", "validity-ipip", "plusminus"} | CH06_CONTRAST,
     # 06: the vector dial's strengths, so the dialled alphas and the low-rank strength
     "alphas": {"rq1-contrast", "dose-vector", "capability-vector", "dial-check",
                "dose-lowrank"},
@@ -108,7 +120,7 @@ READERS = {
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
                          "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip",
-                         "linguistic"} | CH06_SWEPT,
+                         "linguistic", "plusminus"} | CH06_SWEPT,
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
@@ -116,7 +128,7 @@ READERS = {
     # vLLM samples with other random streams than transformers: the interviews' texts differ
     "generation_backend": {"rq1-interview", "rq3-negation"},
     "save_steps": TRAINING,  # read by the fine-tune (its checkpoints), so part of its key
-    "language": {"rq1-interview", "rq3-negation"},
+    "language": {"rq1-interview", "rq3-negation", "plusminus"},
     **dict.fromkeys(["linguistic_alphas", "linguistic_samples", "linguistic_max_new_tokens"],
                     {"linguistic"}),
 }
@@ -206,6 +218,12 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}
     out.update(chapter06(P, swept, ids, **ch06))
+    stage, points, extra = plusminus.plusminus_plan(P, plusminus.own_traits(swept))
+    out["plusminus"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
+    out["components"] = components.components_key({c: ids[c] for c in P.conditions})
+    out["component-parts"] = components.part_names(P.component_conditions, P.conditions)
+    out["seed-study"] = {(s, c): training.train_key(Q, c)
+                         for s, Q in seeds.seed_profiles(P).items() for c in Q.conditions}
     out["data"] = {c: data.data_key(P, c) for c in [*P.conditions, DOMAIN]}
     out["vectors"] = {c: training.train_key(P, c) for c in [*P.conditions, DOMAIN]}
     return out

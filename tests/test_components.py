@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -60,3 +61,39 @@ def test_combine_rejects_mismatched_vectors():
     with pytest.raises(ValueError, match="shape"):
         components.combine({"a": 1.0, "b": 1.0}, {"a": {"w": torch.zeros(2)},
                                                    "b": {"w": torch.zeros(3)}})
+
+
+def test_component_files_hold_the_parts_and_are_cached(isolated_home):
+    from pvutils import cache, vectors
+
+    torch.manual_seed(1)
+    shape = {"a.weight": (3, 2), "b.weight": (4,)}
+    names = ["extraversion_high", "extraversion_low", "openness_high"]
+    vecs = {n: {k: torch.randn(s) for k, s in shape.items()} for n in names}
+    files = components.component_files(vecs, specific=names[:2])
+    assert set(files["specific"]) == set(names[:2]) and list(files["axis"]) == [
+        "extraversion_high"]
+    mean = {k: sum(vecs[n][k] for n in names) / 3 for k in shape}
+    shared = vectors.load_vector(files["shared"]["shared"])
+    for k in shape:
+        assert torch.allclose(shared[k], mean[k], atol=1e-6)
+        part = vectors.load_vector(files["specific"]["extraversion_low"])[k]
+        assert torch.allclose(part, vecs["extraversion_low"][k] - mean[k], atol=1e-6)
+        axis = vectors.load_vector(files["axis"]["extraversion_high"])[k]
+        assert torch.allclose(axis, (vecs["extraversion_high"][k]
+                                     - vecs["extraversion_low"][k]) / 2, atol=1e-6)
+    pd.testing.assert_frame_equal(files["share"], components.shared_share(vecs))
+    # each file's identity is its producer's key (cheap), and a rerun writes nothing
+    path = files["specific"]["extraversion_high"]
+    assert cache.identity(path).endswith("/extraversion_high")
+    stamp = path.stat().st_mtime_ns
+    again = components.component_files(vecs, specific=names[:2])
+    assert {k: again[k] for k in ("shared", "specific", "axis")} == \
+        {k: files[k] for k in ("shared", "specific", "axis")}
+    assert path.stat().st_mtime_ns == stamp
+    assert components.part_names(["extraversion_low", "openness_high", "agreeableness_low"],
+                                 names) == {"specific": ["extraversion_low", "openness_high"],
+                                            "axis": ["extraversion_high"]}
+    # other vectors: another entry
+    vecs["openness_high"] = {k: torch.zeros(s) for k, s in shape.items()}
+    assert components.component_files(vecs)["shared"]["shared"] != files["shared"]["shared"]
