@@ -109,7 +109,8 @@ READERS = {
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic",
                         "plusminus"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer", "validity-ipip", "plusminus"} | CH06_CONTRAST,
+                       "rq3-negation", "rq4-transfer", "validity-ipip",
+                       "plusminus"} | CH06_CONTRAST,
     # 06: the vector dial's strengths, so the dialled alphas and the low-rank strength
     "alphas": {"rq1-contrast", "dose-vector", "capability-vector", "dial-check",
                "dose-lowrank"},
