@@ -255,3 +255,18 @@ def test_every_page_loads_cleanly_in_chromium(served_book):
         browser.close()
     assert len(seen) >= 2, f"the crawl reached only {sorted(seen)}"
     assert not problems, "\n".join(problems)
+
+
+def test_pages_show_results_not_plumbing(built_book):
+    """The reader's view (pvutils.pages): every chapter names the paper, no parameters cell
+    is rendered, figures are numbered with their caption, the bibliography lists the paper."""
+    from pvutils import pages
+
+    for nb in book.notebooks():
+        page = (HTML / nb.relative_to(REPO_ROOT).with_suffix(".html")).read_text()
+        assert pages.PAPER_URL in page, nb.stem
+        assert 'profile = "cpu"' not in page and "injected-parameters" not in page, nb.stem
+    linguistic = (HTML / "notebooks" / "07_linguistic.html").read_text()
+    assert 'class="caption-number"' in linguistic and "Extraversion." in linguistic
+    references = (HTML / "book" / "bibliography.html").read_text()
+    assert "Personality vector: modulating personality" in references
