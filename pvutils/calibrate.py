@@ -111,7 +111,8 @@ def vector_dose(profile, condition: str, vector: Path, model=None, tokenizer=Non
     P = harness.DOSE["vector"].view(profile)
     plan = dose_plan(P, "vector", [condition], sorted({0.0, *P.alphas}), {condition: [condition]})
     inputs = {condition: vector}
-    if model is None and not all(f.exists() for f in point_files(plan, P, inputs)):
+    files = [f for part in harness.split_off(plan) for f in point_files(part, P, inputs)]
+    if model is None and not all(f.exists() for f in files):
         model = load_model(P.model, dtype=P.dtype, device=P.device)
         tokenizer = load_tokenizer(P.model)
     return dose_sweep(model, tokenizer, plan, P, vector_dial(model, inputs), inputs)
