@@ -149,7 +149,10 @@ def test_the_smoke_results_page_is_rederived_from_the_stored_rows():
     expected = _rederive_rq1(json.loads(path.read_text())["rows"]["contrast"])
     for name, numbers in _table_numbers(results.results_table(out)).items():
         for got, want in zip(numbers, expected[name]):
-            assert (math.isnan(want) and got is None) or got == pytest.approx(want), name
+            if math.isnan(want):  # too few points for an interval: the table has none
+                assert got is None or math.isnan(got), name
+            else:
+                assert got == pytest.approx(want), name
 
 
 def test_the_chapter_box_states_paper_and_finding(tmp_path):
