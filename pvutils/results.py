@@ -78,7 +78,9 @@ def verdict(estimate: float | None, low: float | None, high: float | None,
         return ("reproduced" if ok else "partly" if reaches else "not",
                 "interval reaches the paper's number" if ok else
                 "no interval" if reaches else "interval misses the paper's number")
-    side = 1 if (region[0] if math.isfinite(region[0]) else region[1]) > null else -1
+    relation = paper.get("relation")
+    side = 1 if relation in ("gt", "ge") else -1 if relation in ("lt", "le") \
+        else int(np.sign(region[0] - null))
     if np.sign(estimate - null) != side:
         return "not", "estimate at or beyond no effect"
     clear = bounded and (lo > null if side > 0 else hi < null)
