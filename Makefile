@@ -63,12 +63,13 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-# the model and the browser install side by side; then pytest on $(PYTEST_JOBS) workers: the
-# smoke book on one (its chapters two kernels at a time after 00_setup), the rest on the other
+# the model and the browser install side by side; then pytest on $(PYTEST_JOBS) workers, a file
+# per worker, test_book.py first: the smoke book on one (its chapters two kernels at a time
+# after 00_setup), the other files on the other
 PYTEST_JOBS ?= 2
 test:
 	@$(MAKE) --no-print-directory -j2 model browser
-	$(PY) -m pytest -q -n $(PYTEST_JOBS) --dist loadgroup tests
+	$(PY) -m pytest -q -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder tests/test_book.py tests
 
 lint: venv
 	$(VENV)/bin/ruff check pvutils tests benchmarks

@@ -27,7 +27,6 @@ from pvutils import book
 from pvutils.artifacts import REPO_ROOT, write_json
 
 pytestmark = pytest.mark.book
-ONE_BOOK = pytest.mark.xdist_group("book")  # under `pytest -n`: one worker builds it, once
 HTML = book.BUILD_DIR / "smoke" / "html"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -54,7 +53,6 @@ def built_book(tree_before) -> Path:
     return book.build_book("smoke", warnings_as_errors=True)
 
 
-@ONE_BOOK
 def test_the_runner_and_the_build_leave_the_tracked_notebooks_alone(built_book, tree_before):
     """Every notebook went through the runner (and the book was built): `git status` is as
     it was, and each executed copy records the commit it ran at."""
@@ -64,6 +62,28 @@ def test_the_runner_and_the_build_leave_the_tracked_notebooks_alone(built_book, 
     run = json.loads((book.EXECUTED_DIR / "smoke" / "RUN.json").read_text())
     assert set(run["notebooks"]) >= {nb.stem for nb in book.notebooks()}
     assert run["notebooks"]["00_setup"]["commit"] not in ("", "unknown")
+
+
+# the smoke book's worker runs this file in order (pytest -n: a file per worker), so
+# nothing else writes _build/executed/smoke meanwhile
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--profile", "nope"], "unknown profile 'nope'; choose one of"),
+    (["--profile", "smoke", "--jobs", "0"], "--jobs 0: at least one kernel is needed"),
+    (["--profile", "smoke", "--only", "07_rq7"], "no notebook named ['07_rq7']; notebooks:"),
+    (["--profile", "smoke", "-p", "n_sample", "2"], "unknown notebook parameter(s) ['n_sample']"),
+    (["--profile", "smoke", "--only", "01", "-p", "alphas", "abc"], "alphas='abc' is not a list"),
+    (["--profile", "smoke", "--only", "02", "-p", "ties_density", "7"],
+     "ties_density=7.0 is out of range"),
+])
+def test_book_command_rejects_bad_input_before_running_anything(argv, message, capsys):
+    before = _git_status()
+    executed = book.EXECUTED_DIR / "smoke"
+    stamp = executed.stat().st_mtime_ns if executed.exists() else None
+    assert book.cli_book(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert _git_status() == before
+    assert (executed.stat().st_mtime_ns if executed.exists() else None) == stamp
 
 
 def test_runner_writes_a_copy_and_leaves_the_tree_as_it_was(tmp_path):
@@ -133,7 +153,6 @@ def test_jobs_run_kernels_side_by_side_and_an_error_starts_no_more(tmp_path):
         shutil.rmtree(src)
 
 
-@ONE_BOOK
 def test_every_notebook_executed_without_errors(built_book):
     assert built_book.exists()
     names = [nb.stem for nb in book.notebooks()]
@@ -144,7 +163,6 @@ def test_every_notebook_executed_without_errors(built_book):
         assert (book.EXECUTED_DIR / "smoke" / f"{result}.json").exists()
 
 
-@ONE_BOOK
 def test_setup_page_shows_the_models_reply(built_book):
     page = (HTML / "notebooks" / "00_setup.html").read_text()
     assert "USER: Tell me a little about yourself." in page
@@ -166,7 +184,6 @@ def served_book(built_book):
     server.shutdown()
 
 
-@ONE_BOOK
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"
 )

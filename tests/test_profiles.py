@@ -1,11 +1,9 @@
 """Profiles: one place for every knob, overridable by name, every value checked."""
 
-import subprocess
 
 import pytest
 
-from pvutils import CONDITIONS, book
-from pvutils.artifacts import REPO_ROOT
+from pvutils import CONDITIONS
 from pvutils.profiles import PROFILES, Profile, get_profile
 
 
@@ -65,29 +63,3 @@ def test_bad_values_are_one_line_errors_naming_the_field(override, message):
 def test_profiles_are_checked_when_made_not_only_when_overridden():
     with pytest.raises(ValueError, match="gen_top_p=2.0 is out of range"):
         Profile(name="mine", gen_top_p=2.0)
-
-
-def _status() -> str:
-    return subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, text=True,
-                          capture_output=True, check=True).stdout
-
-
-@pytest.mark.xdist_group("book")  # under `pytest -n`: not while the smoke book writes there
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--profile", "nope"], "unknown profile 'nope'; choose one of"),
-    (["--profile", "smoke", "--jobs", "0"], "--jobs 0: at least one kernel is needed"),
-    (["--profile", "smoke", "--only", "07_rq7"], "no notebook named ['07_rq7']; notebooks:"),
-    (["--profile", "smoke", "-p", "n_sample", "2"], "unknown notebook parameter(s) ['n_sample']"),
-    (["--profile", "smoke", "--only", "01", "-p", "alphas", "abc"], "alphas='abc' is not a list"),
-    (["--profile", "smoke", "--only", "02", "-p", "ties_density", "7"],
-     "ties_density=7.0 is out of range"),
-])
-def test_book_command_rejects_bad_input_before_running_anything(argv, message, capsys):
-    before = _status()
-    executed = book.EXECUTED_DIR / "smoke"
-    stamp = executed.stat().st_mtime_ns if executed.exists() else None
-    assert book.cli_book(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
-    assert _status() == before
-    assert (executed.stat().st_mtime_ns if executed.exists() else None) == stamp
