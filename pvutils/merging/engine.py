@@ -20,8 +20,6 @@ from . import functional as F
 from .options import MergeParams, check_weights
 from .registry import SPARSIFICATIONS, Context
 
-TILE = 1 << 20  # entries per tile of task arithmetic: the sum's tile (4 MB) stays in cache
-
 
 class Input:
     """One term of a merge: a vector, or a model minus the (shared) base."""
@@ -223,9 +221,9 @@ class Engine:
         replaces k checks of the inputs."""
         mixed = torch.empty(n)
         if all(inp.source.tiles_cheaply(name) for inp in self.inputs):
-            tile = self.buffers(min(TILE, n))[0]
-            for a in range(0, n, TILE):
-                part = tile[:min(TILE, n - a)]
+            tile = self.buffers(min(F.TILE, n))[0]
+            for a in range(0, n, F.TILE):
+                part = tile[:min(F.TILE, n - a)]
                 deltas = (inp.read(name, span, part, a) for inp in self.inputs)
                 F.weighted_sum(deltas, self.weights, out=mixed[a:a + part.numel()])
         else:
