@@ -9,7 +9,7 @@ generate (run by benchmarks/gpu_check.sh; works on CPU too, for comparison).
 - RQ1 / RQ2 points per minute: apply + contrast score of one trait / all five traits.
 - generation: the 44 interview questions, sampled at 0.6, 48 new tokens, one batch: new
   tokens per second (transformers backend).
-- interview (`--parts interview`): the RQ1 interview sweep (`sweeps.interview_sweep`, the
+- interview (`--parts interview`): the RQ1 interview sweep (`plans.interview_sweep`, the
   persona judge) over 2 points (base, alpha 1 of a synthetic vector), 5 samples x 8
   questions x <= 64 tokens, on the transformers backend and, where vLLM imports and the
   device is CUDA, on vLLM (`generation_backend="vllm"`, eager mode: no CUDA graphs, so a
@@ -110,7 +110,7 @@ def interview_part(model, tok, path: str, device: str, rows: dict) -> None:
 
 def backend_rows(P, model, tok, vec, rows: dict) -> list[str]:
     """One backend's interview rows; its 44 greedy answers."""
-    from pvutils import backends, sweeps
+    from pvutils import backends, plans
 
     name = P.generation_backend
     if name == "vllm":
@@ -123,7 +123,7 @@ def backend_rows(P, model, tok, vec, rows: dict) -> list[str]:
                                                            repeats=3)
     tables = []
     rows[f"{name}: interview sweep, 2 points (s)"] = timed(
-        lambda: tables.append(sweeps.interview_sweep(model, tok, vec, P, ["persona"])))
+        lambda: tables.append(plans.interview_sweep(model, tok, vec, P, ["persona"])))
     rows[f"{name}: sweep rows, all scores finite"] = \
         f"{len(tables[0])}, {bool(tables[0]['score'].notna().all())}"
     rows[f"{name}: one trait, 40 x <=64 tokens (s)"] = timed(lambda: evaluation.interview(

@@ -2,14 +2,14 @@
 
 Each Ray worker (an actor holding one GPU, or some CPUs) loads the base model once and
 evaluates points with the same in-place merge and measure as the local sweep
-(`sweeps.applying`, `merging.applied`, `sweeps._contrast`, `sweeps._trait_interview`),
+(`sweeps.applying`, `merging.applied`, `plans._contrast`, `plans._trait_interview`),
 so the grid needs the base weights once per worker and never a merged model on disk (with
 `generation_backend="vllm"` each actor also runs one vLLM engine, fed the merged weights
 in place: `backends.generator`). `run_points` is the executor:
 points and an evaluate callable in, each point's result rows out. `run_sweep_ray` puts it
 behind the local cache: it takes a `sweeps` plan, sends only the points whose JSON file is
 missing, and writes each result to the very file `sweeps.run_sweep` would, as it arrives.
-The grids then return the local driver's table (`sweeps.vector_sweep`, which finds every
+The grids then return the local driver's table (`plans.vector_sweep`, which finds every
 point cached), so a grid started on a cluster can be finished on a laptop, and the reverse.
 
 `ray` is an optional extra (`pip install -e .[ray]`); local execution stays the default.
@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import cache, progress, sweeps
+from . import cache, plans, progress, sweeps
 from .artifacts import write_json
 
 Point = Mapping[str, Any]
@@ -135,34 +135,34 @@ class _ModelPoint:
 @dataclass
 class ContrastPoint(_ModelPoint):
     """RQ1: the contrast score of a vector's own trait at (condition, alpha), as
-    `sweeps.vector_sweep` measures it (θ + α φ by `sweeps.applying`)."""
+    `plans.vector_sweep` measures it (θ + α φ by `sweeps.applying`)."""
 
     def __call__(self, point: Point) -> dict:
         model, tok = self.loaded()
-        P = sweeps.RQ1.view(self.profile)
-        trait, level = sweeps._trait_level(point)
+        P = plans.RQ1.view(self.profile)
+        trait, level = plans._trait_level(point)
         with sweeps.applying(model, self.vectors)(dict(point)):
-            score = sweeps._contrast(model, tok, [trait], P)[trait]
+            score = plans._contrast(model, tok, [trait], P)[trait]
         return {"trait": trait, "level": level, "score": score}
 
 
 @dataclass
 class CompositionPoint(_ModelPoint):
     """RQ2: one merged profile (the point's `_uses` vectors, a shared alpha, a merge method
-    of `sweeps.merge_methods`), as `sweeps.composition_sweep` applies and measures it."""
+    of `plans.merge_methods`), as `plans.composition_sweep` applies and measures it."""
 
     def __call__(self, point: Point) -> dict:
         model, tok = self.loaded()
-        P = sweeps.RQ2.view(self.profile)
-        with sweeps.composition_apply(model, self.vectors, sweeps.merge_methods(P), point):
-            return sweeps.composition_measure(model, tok, P, point)
+        P = plans.RQ2.view(self.profile)
+        with plans.composition_apply(model, self.vectors, plans.merge_methods(P), point):
+            return plans.composition_measure(model, tok, P, point)
 
 
 @dataclass
 class InterviewPoint(_ModelPoint):
     """RQ1's interview at (condition, alpha): the vector's own trait interviewed (on the
     profile's generation backend, `backends.generator`) and scored by every judge, as
-    `sweeps.interview_sweep` measures it; the judges are built once per actor."""
+    `plans.interview_sweep` measures it; the judges are built once per actor."""
 
     judges: tuple[str, ...] = ()
     _judges: dict = field(default_factory=dict, repr=False, compare=False, kw_only=True)
@@ -171,12 +171,12 @@ class InterviewPoint(_ModelPoint):
         from .evaluation import judge_interview_results
 
         model, tok = self.loaded()
-        P = sweeps.RQ1_INTERVIEW.view(self.profile)
+        P = plans.RQ1_INTERVIEW.view(self.profile)
         if not self._judges:
-            self._judges.update({n: sweeps._make_judge(n, P) for n in self.judges})
-        trait, level = sweeps._trait_level(point)
+            self._judges.update({n: plans._make_judge(n, P) for n in self.judges})
+        trait, level = plans._trait_level(point)
         with sweeps.applying(model, self.vectors)(dict(point)):
-            transcripts = sweeps._trait_interview(model, tok, P, trait)
+            transcripts = plans._trait_interview(model, tok, P, trait)
         return [{"trait": trait, "level": level, "judge": name, "score": r.score,
                  "analysis": r.analysis}
                 for name, judge in self._judges.items()
@@ -198,33 +198,33 @@ def _paths(vectors: Mapping[str, str | Path]) -> dict[str, str]:
 def rq1_grid(profile, vectors: Mapping[str, str | Path], num_workers: int) -> pd.DataFrame:
     """RQ1 on Ray: every vector at every alpha of the profile (200 models at paper scale).
 
-    The points and their cache are `sweeps.vector_sweep`'s, which then returns the table
+    The points and their cache are `plans.vector_sweep`'s, which then returns the table
     from the cache (no model needed), so the chapter reads the grid instead of computing it.
     """
-    P, vecs = sweeps.RQ1.view(profile), _paths(vectors)
-    run_sweep_ray(sweeps.rq1_plan(P, vecs), P, ContrastPoint(P, vecs), vecs,
+    P, vecs = plans.RQ1.view(profile), _paths(vectors)
+    run_sweep_ray(plans.rq1_plan(P, vecs), P, ContrastPoint(P, vecs), vecs,
                   num_workers=num_workers, **ray_resources(P.device))
-    return sweeps.vector_sweep(None, None, vecs, P)
+    return plans.vector_sweep(None, None, vecs, P)
 
 
 def rq2_grid(profile, vectors: Mapping[str, str | Path], num_workers: int) -> pd.DataFrame:
     """RQ2 on Ray: 2^k profiles x shared alphas x merge methods (128 models per method
     family at paper scale: 32 profiles x 4 alphas); cached where the chapter looks, and
-    returned by `sweeps.composition_sweep` from that cache."""
-    P, vecs = sweeps.RQ2.view(profile), _paths(vectors)
-    run_sweep_ray(sweeps.composition_plan(P), P, CompositionPoint(P, vecs), vecs,
+    returned by `plans.composition_sweep` from that cache."""
+    P, vecs = plans.RQ2.view(profile), _paths(vectors)
+    run_sweep_ray(plans.composition_plan(P), P, CompositionPoint(P, vecs), vecs,
                   num_workers=num_workers, **ray_resources(P.device))
-    return sweeps.composition_sweep(None, None, vecs, P)
+    return plans.composition_sweep(None, None, vecs, P)
 
 
 def interview_grid(profile, vectors: Mapping[str, str | Path], num_workers: int,
                    judges: Sequence[str] | None = None) -> pd.DataFrame:
     """RQ1's interviews on Ray (200 models x 220 replies at paper scale; vLLM per actor with
-    `generation_backend="vllm"`), cached where `sweeps.interview_sweep` looks, and returned
-    by it from that cache. `judges` as `sweeps.interview_plan` (default: the profile's and
+    `generation_backend="vllm"`), cached where `plans.interview_sweep` looks, and returned
+    by it from that cache. `judges` as `plans.interview_plan` (default: the profile's and
     the embedding judge)."""
-    P, vecs = sweeps.RQ1_INTERVIEW.view(profile), _paths(vectors)
-    plan = sweeps.interview_plan(P, vecs, judges)
+    P, vecs = plans.RQ1_INTERVIEW.view(profile), _paths(vectors)
+    plan = plans.interview_plan(P, vecs, judges)
     run_sweep_ray(plan, P, InterviewPoint(P, vecs, judges=tuple(plan[2][0])), vecs,
                   num_workers=num_workers, **ray_resources(P.device))
-    return sweeps.interview_sweep(None, None, vecs, P, plan[2][0])
+    return plans.interview_sweep(None, None, vecs, P, plan[2][0])

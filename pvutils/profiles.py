@@ -82,7 +82,7 @@ class Profile:
     sweep_conditions: tuple[str, ...] = CONDITIONS  # the vectors the chapters sweep
     composition_traits: tuple[str, ...] = TRAITS  # RQ2 composes one vector per trait
     composition_methods: tuple[str, ...] = ("TA", "TIES", "TA+DARE", "TIES+DARE")  # the
-    # paper's four; also "Breadcrumbs" and "DELLA" (see sweeps.merge_methods)
+    # paper's four; also "Breadcrumbs" and "DELLA" (see plans.merge_methods)
     ties_density: float = 0.2  # TIES keep fraction (mergekit's density)
     dare_drop_rate: float = 0.5  # DARE mask rate (the authors' default)
     npti_gammas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)

@@ -43,13 +43,13 @@ def seed_sweeps(model, tokenizer, seed_vectors: Mapping[int, Mapping[str, Any]],
                 profile: Profile, judge=None, n_boot: int = 1000
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(RQ1 dial table, ±1 effect table) of every seed's vectors, with a `seed` column.
-    RQ1 is the chapters' own contrast sweep (`sweeps.vector_sweep`); the ±1 effects are
+    RQ1 is the chapters' own contrast sweep (`plans.vector_sweep`); the ±1 effects are
     `plusminus.effect_table`."""
-    from . import plusminus, stats, sweeps
+    from . import plans, plusminus, stats
 
     dials, effects = [], []
     for seed, vecs in seed_vectors.items():
-        sweep = sweeps.vector_sweep(model, tokenizer, dict(vecs), profile)
+        sweep = plans.vector_sweep(model, tokenizer, dict(vecs), profile)
         dials.append(stats.dial_table(sweep).assign(seed=seed))
         rows = plusminus.plusminus_sweep(model, tokenizer, dict(vecs), profile, judge=judge)
         effects.append(plusminus.effect_table(rows, n_boot).assign(seed=seed))

@@ -9,7 +9,7 @@ starts a new key beside the old one. A point's key holds its settings and the id
 the vectors it applies (`cache.identity`: the key of the fine-tune that made them).
 
 The chapters' plans and measures live in `plans` (RQ1–RQ4, layer-wise) and `bench`
-(chapter 06); `sweeps.X` still finds each of them (see `__getattr__`).
+(chapter 06).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pandas as pd
 from . import cache, progress
 from .artifacts import fingerprint, read_json, write_json
 from .cache import Stage
+from .merging import applied
 from .profiles import PROFILES
 
 Plan = tuple[Stage, list[dict], tuple]  # the stage, its points, extra inputs of its key
@@ -84,8 +85,6 @@ def summary(stage: Stage, profile: Any, n_points: int) -> dict[str, Any]:
 
 def applying(model, vectors: Mapping[str, Any]) -> Callable[[dict], Any]:
     """`apply` for points that add their `_uses` vectors with `weights` (default: alpha)."""
-    from .merging import applied  # merging imports the vectors stack; only needed here
-
     def apply(point: dict):
         uses = point.get("_uses", ())
         if not uses:
@@ -95,14 +94,3 @@ def applying(model, vectors: Mapping[str, Any]) -> Callable[[dict], Any]:
 
     return apply
 
-
-def __getattr__(name: str) -> Any:
-    """`sweeps.vector_sweep` and the other chapters' plans, which live in `plans` (the
-    notebooks and `distributed` call them by this module); imported on first use, since
-    `plans` imports this module."""
-    from . import plans
-
-    try:
-        return getattr(plans, name)
-    except AttributeError:
-        raise AttributeError(f"module 'pvutils.sweeps' has no attribute {name!r}") from None

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pvutils import backends, evaluation, models, sweeps, vectors
+from pvutils import backends, evaluation, models, plans, vectors
 from pvutils.merging import applied
 from pvutils.profiles import get_profile
 
@@ -245,10 +245,10 @@ def test_interview_sweep_on_vllm_sends_each_points_merged_weights(tiny_chat_mode
     llm = RecordingLLM()
     backends.use_engine(on_vllm, backends.VLLMChat(llm, dict))
     try:
-        table = sweeps.interview_sweep(model, tok, vecs, on_vllm, ["persona"])
+        table = plans.interview_sweep(model, tok, vecs, on_vllm, ["persona"])
     finally:
         backends.use_engine(on_vllm, None)
-    local = sweeps.interview_sweep(model, tok, vecs, P, ["persona"])
+    local = plans.interview_sweep(model, tok, vecs, P, ["persona"])
     label = ["condition", "alpha", "trait", "level", "judge"]
     assert list(table.columns) == list(local.columns)
     pd.testing.assert_frame_equal(table[label], local[label])

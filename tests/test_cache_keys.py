@@ -23,6 +23,7 @@ from pvutils import (
     linguistics,
     lowrank,
     mixer,
+    plans,
     plusminus,
     seeds,
     steering,
@@ -203,21 +204,21 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str
     ids = {c: training.train_key(P, c) for c in P.conditions}
     ids["domain"] = training.train_key(P, DOMAIN)
     swept = [c for c in P.conditions if c in P.sweep_conditions]
-    plans = {
-        "rq1-contrast": sweeps.rq1_plan(P, swept),
-        "rq1-interview": sweeps.interview_plan(P, swept, judges),
-        "rq1-p2": sweeps.p2_plan(P, swept), "rq1-npti": sweeps.npti_plan(P, swept),
-        "rq2-composition": sweeps.composition_plan(P),
-        "rq3-negation": sweeps.negation_plan(P, swept),
-        "rq4-transfer": sweeps.transfer_plan(P, [c for c in transfer_conditions
+    stage_plans = {
+        "rq1-contrast": plans.rq1_plan(P, swept),
+        "rq1-interview": plans.interview_plan(P, swept, judges),
+        "rq1-p2": plans.p2_plan(P, swept), "rq1-npti": plans.npti_plan(P, swept),
+        "rq2-composition": plans.composition_plan(P),
+        "rq3-negation": plans.negation_plan(P, swept),
+        "rq4-transfer": plans.transfer_plan(P, [c for c in transfer_conditions
                                                  if c in P.sweep_conditions]),
-        "layerwise": sweeps.layerwise_plan(P, swept),
+        "layerwise": plans.layerwise_plan(P, swept),
         "validity-ipip": validity.ipip_plan(P, swept),
     }
-    assert set(plans) == set(sweeps.PLANS) | set(validity.PLANS)
-    plans["linguistic"] = linguistics.linguistic_plan(P, swept)  # chapter 07's, beside them
+    assert set(stage_plans) == set(plans.PLANS) | set(validity.PLANS)
+    stage_plans["linguistic"] = linguistics.linguistic_plan(P, swept)  # chapter 07's, beside them
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
-           for name, (stage, points, extra) in plans.items()}
+           for name, (stage, points, extra) in stage_plans.items()}
     out.update(chapter06(P, swept, ids, **ch06))
     stage, points, extra = plusminus.plusminus_plan(P, plusminus.own_traits(swept))
     out["plusminus"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
@@ -260,7 +261,7 @@ def test_every_notebook_parameter_is_a_field_or_listed_here():
 
 
 def test_a_stage_reads_only_what_it_declares():
-    view = sweeps.RQ1.view(BASE)
+    view = plans.RQ1.view(BASE)
     assert view.contrast_pairs == BASE.contrast_pairs and view.name == "smoke"
     with pytest.raises(cache.UndeclaredField, match="rq1-contrast.*n_samples"):
         _ = view.n_samples

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pvutils import distributed, get_profile, models, sweeps, vectors
+from pvutils import distributed, get_profile, models, plans, sweeps, vectors
 
 ray = pytest.importorskip("ray", reason="the Ray path needs the optional extra: pip install .[ray]")
 
@@ -55,8 +55,8 @@ def local_table(sweep, profile, vecs, home, monkeypatch) -> pd.DataFrame:
 
 def test_rq1_on_ray_is_the_local_table_and_cache(local_ray, grid_inputs, tmp_path, monkeypatch):
     profile, vecs = grid_inputs
-    local = local_table(sweeps.vector_sweep, profile, vecs, tmp_path / "local", monkeypatch)
-    plan = sweeps.rq1_plan(profile, vecs)
+    local = local_table(plans.vector_sweep, profile, vecs, tmp_path / "local", monkeypatch)
+    plan = plans.rq1_plan(profile, vecs)
     # a killed grid resumes: a point already cached (here, the local one) is not sent again
     monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
     kept, *computed = distributed.point_files(plan, profile, vecs)
@@ -75,20 +75,20 @@ def test_rq1_on_ray_is_the_local_table_and_cache(local_ray, grid_inputs, tmp_pat
 
 def test_rq2_on_ray_is_the_local_table_and_cache(local_ray, grid_inputs, tmp_path, monkeypatch):
     profile, vecs = grid_inputs  # TIES+DARE: random masks, seeded per tensor name
-    local = local_table(sweeps.composition_sweep, profile, vecs, tmp_path / "local",
+    local = local_table(plans.composition_sweep, profile, vecs, tmp_path / "local",
                         monkeypatch)
     monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
     on_ray = distributed.rq2_grid(profile, vecs, num_workers=1)
     assert len(on_ray) == 2 * 4  # two methods x one alpha x 2^2 profiles
     pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
     pd.testing.assert_frame_equal(
-        sweeps.run_sweep(sweeps.composition_plan(profile), profile, never, inputs=vecs), local,
+        sweeps.run_sweep(plans.composition_plan(profile), profile, never, inputs=vecs), local,
         rtol=1e-6)
 
 
 def test_an_evaluator_ships_names_not_a_loaded_model(grid_inputs):
     profile, vecs = grid_inputs
-    evaluate = distributed.ContrastPoint(sweeps.RQ1.view(profile), vecs)
+    evaluate = distributed.ContrastPoint(plans.RQ1.view(profile), vecs)
     evaluate.loaded()
     shipped = pickle.loads(pickle.dumps(evaluate))
     assert shipped._loaded is None and shipped.profile == profile
@@ -101,14 +101,14 @@ def test_interviews_on_ray_are_the_local_table_and_cache(local_ray, grid_inputs,
     profile, vecs = grid_inputs
     profile = profile.replace(interview_alphas=(1.5,))
     judges = ["persona"]
-    local = local_table(lambda m, t, v, p: sweeps.interview_sweep(m, t, v, p, judges), profile,
+    local = local_table(lambda m, t, v, p: plans.interview_sweep(m, t, v, p, judges), profile,
                         vecs, tmp_path / "local", monkeypatch)
     monkeypatch.setenv("PVUTILS_HOME", str(tmp_path / "ray"))
     on_ray = distributed.interview_grid(profile, vecs, num_workers=1, judges=judges)
     assert len(on_ray) == 2 + len(CONDITIONS)  # the base once per trait, one alpha, one judge
     assert on_ray["score"].nunique() > 1
     pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
-    plan = sweeps.interview_plan(profile, vecs, judges)
+    plan = plans.interview_plan(profile, vecs, judges)
     assert all(f.exists() for f in distributed.point_files(plan, profile, vecs))
     pd.testing.assert_frame_equal(sweeps.run_sweep(plan, profile, never, inputs=vecs), local,
                                   rtol=1e-6)
@@ -116,7 +116,7 @@ def test_interviews_on_ray_are_the_local_table_and_cache(local_ray, grid_inputs,
 
 def test_an_interview_evaluator_ships_no_judges(grid_inputs):
     profile, vecs = grid_inputs
-    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs,
+    evaluate = distributed.InterviewPoint(plans.RQ1_INTERVIEW.view(profile), vecs,
                                           judges=("persona",))
     evaluate._judges["persona"] = object()  # what a worker holds after its first point
     shipped = pickle.loads(pickle.dumps(evaluate))
@@ -130,10 +130,10 @@ def test_the_interview_evaluator_gives_the_local_sweeps_rows(grid_inputs, tmp_pa
     the local interview sweep caches for the same points (no Ray needed)."""
     profile, vecs = grid_inputs
     profile = profile.replace(interview_alphas=(1.5,))
-    local = local_table(lambda m, t, v, p: sweeps.interview_sweep(m, t, v, p, ["persona"]),
+    local = local_table(lambda m, t, v, p: plans.interview_sweep(m, t, v, p, ["persona"]),
                         profile, vecs, tmp_path / "local", monkeypatch)
-    _, points, _ = sweeps.interview_plan(profile, vecs, ["persona"])
-    evaluate = distributed.InterviewPoint(sweeps.RQ1_INTERVIEW.view(profile), vecs,
+    _, points, _ = plans.interview_plan(profile, vecs, ["persona"])
+    evaluate = distributed.InterviewPoint(plans.RQ1_INTERVIEW.view(profile), vecs,
                                           judges=("persona",))
     rows = [{**{k: v for k, v in p.items() if not k.startswith("_")}, **r}
             for p in points for r in evaluate(p)]

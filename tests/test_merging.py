@@ -543,11 +543,11 @@ def test_embedded_model_extract_merge_apply(embedded_model_dir, tmp_path):
 
 
 def test_rq2_offers_breadcrumbs_and_della_by_name():
-    """sweeps.merge_methods: the registry's newer methods are usable in a sweep by label."""
-    from pvutils import sweeps
+    """plans.merge_methods: the registry's newer methods are usable in a sweep by label."""
+    from pvutils import plans
     from pvutils.profiles import get_profile
 
-    methods = sweeps.merge_methods(get_profile("cpu", composition_methods=["Breadcrumbs",
+    methods = plans.merge_methods(get_profile("cpu", composition_methods=["Breadcrumbs",
                                                                              "DELLA"]))
     model = make_tiny_llama(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}

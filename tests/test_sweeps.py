@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pvutils import cache, get_profile, sweeps
+from pvutils import cache, get_profile, plans, sweeps
 from pvutils.evaluation import contrast_scores
 from pvutils.merging import applied
 
@@ -85,7 +85,7 @@ def test_a_stage_reading_an_undeclared_field_fails(isolated_home):
 def test_vector_sweep_zero_vector_scores_like_the_base(chat_model):
     model, tok = chat_model
     zero = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    df = sweeps.vector_sweep(model, tok, {"extraversion_high": zero},
+    df = plans.vector_sweep(model, tok, {"extraversion_high": zero},
                              SMOKE.replace(alphas=(0.5, 2.0)))
     assert len(df) == 3  # two alphas + the base reference
     base = df[df.level == "base"].score.item()
@@ -98,13 +98,13 @@ def test_vector_sweep_rows_are_the_measure_at_each_point_and_a_rerun_reads_the_c
     model, tok = chat_model
     vec = _random_vector(model, 0.05, seed=1)
     profile = SMOKE.replace(alphas=(1.0, 2.0))
-    df = sweeps.vector_sweep(model, tok, {"openness_low": vec}, profile)
+    df = plans.vector_sweep(model, tok, {"openness_low": vec}, profile)
     assert set(df.level) == {"base", "low"} and set(df.trait) == {"openness"}
     for row in df.itertuples(index=False):  # θ + α φ scored directly, outside the driver
         with applied(model, [vec], [row.alpha]):
             direct = contrast_scores(model, tok, ["openness"], n_pairs=profile.contrast_pairs)
         assert row.score == pytest.approx(direct["openness"], abs=1e-6), row.alpha
-    again = sweeps.vector_sweep(None, None, {"openness_low": vec}, profile)  # no model needed
+    again = plans.vector_sweep(None, None, {"openness_low": vec}, profile)  # no model needed
     assert again.equals(df)
 
 
@@ -115,7 +115,7 @@ def test_composition_sweep_targets_and_zero_vectors(chat_model):
                for lv in ("high", "low")}
     profile = SMOKE.replace(composition_traits=("extraversion", "agreeableness"),
                             composition_alphas=(0.2,), composition_methods=("TA", "TIES+DARE"))
-    df = sweeps.composition_sweep(model, tok, vectors, profile)
+    df = plans.composition_sweep(model, tok, vectors, profile)
     assert len(df) == 4 * 2
     hh = df[df.profile == "HH"].iloc[0]
     assert hh.target_extraversion == 1 and hh.target_agreeableness == 1
@@ -137,7 +137,7 @@ def test_ties_family_scales_the_mean_by_alpha(chat_model):
     vectors = {f"extraversion_{lv}": vec for lv in ("high", "low")}
     profile = SMOKE.replace(composition_traits=("extraversion",), composition_alphas=(0.1, 0.4),
                             composition_methods=("TA", "TIES"), ties_density=1.0)
-    df = sweeps.composition_sweep(model, tok, vectors, profile)
+    df = plans.composition_sweep(model, tok, vectors, profile)
     table = df.pivot_table(index=["alpha", "profile"], columns="method", values="extraversion")
     assert table["TIES"].tolist() == pytest.approx(table["TA"].tolist(), abs=1e-5)
     with applied(model, [vec], [0.4]):
@@ -149,7 +149,7 @@ def test_layerwise_sweep_alpha_zero_is_identical(chat_model):
     model, tok = chat_model
     vec = _random_vector(model, 0.05, seed=3)
     profile = SMOKE.replace(layerwise_alphas=(0.0, 1.0), n_heldout=2)
-    df = sweeps.layerwise_sweep(model, tok, {"neuroticism_high": vec}, profile)
+    df = plans.layerwise_sweep(model, tok, {"neuroticism_high": vec}, profile)
     # layer 0 left out: the tiny model's padding-token embedding is the zero vector, whose
     # cosine is 0 even with itself, and the chat template holds that token
     same = df[(df.alpha == 0.0) & (df.layer > 0)].cosine
@@ -161,7 +161,7 @@ def test_layerwise_sweep_alpha_zero_is_identical(chat_model):
 def test_negation_sweep_rows_and_a_zero_vector_keeps_the_base(chat_model):
     model, tok = chat_model
     zero = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    df = sweeps.negation_sweep(model, tok, {"agreeableness_low": zero},
+    df = plans.negation_sweep(model, tok, {"agreeableness_low": zero},
                                SMOKE.replace(eval_max_new_tokens=4))
     assert sorted(df.alpha) == [-1.0, 0.0, 1.0]
     assert df.score.tolist() == pytest.approx([df.score.iloc[0]] * 3, abs=1e-5)
