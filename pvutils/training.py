@@ -321,6 +321,8 @@ def stage_table(profile: Profile, conditions: Sequence[str]):
             "train_s": info["train_seconds"], "extract_s": info["extract_seconds"],
             "tok/s": info["tokens_per_second"], "GFLOP/s": info["gflops_per_second"],
             "%peak": round(100 * info["gflops_per_second"] / AVX2_PEAK_GFLOPS, 1),
+            "best_eval": min(info.get("eval_loss_history") or [math.nan]),
+            "best_epoch": info.get("best_epoch"),
         })
     return pd.DataFrame(rows)
 

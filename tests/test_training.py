@@ -6,6 +6,7 @@ template), with data from a small Big5-Chat-schema CSV: seconds per fine-tune.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -222,6 +223,17 @@ def test_vector_is_finetuned_minus_base(tiny_profile, tiny_chat_dir, isolated_ho
     side = training.sidecar_path(tiny_profile, "openness_high")
     assert side.exists() and training.is_trained(tiny_profile, "openness_high")
     assert not list((isolated_home / "scratch").glob("openness_high-*"))
+
+
+def test_heldout_loss_is_recorded_per_epoch_with_its_best_epoch(tiny_profile):
+    profile = tiny_profile.replace(heldout_fraction=0.25, train_epochs=3.0,
+                                   early_stopping_patience=1)
+    training.train_condition(profile, "openness_high")
+    info = json.loads(training.sidecar_path(profile, "openness_high").read_text())
+    history = info["eval_loss_history"]
+    assert len(history) == round(info["epochs"]) and 1 <= len(history) <= 3
+    assert info["best_epoch"] == 1 + history.index(min(history))
+    assert info["n_examples"] == 4 and info["tokens"] > 0
 
 
 def test_killed_run_resumes_without_retraining(tiny_profile, monkeypatch):
