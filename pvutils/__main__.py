@@ -16,7 +16,7 @@ COMMANDS = {
     "train-vectors": ("pvutils.training", "cli_train_vectors", "data + fine-tunes + vectors"),
     "score": ("pvutils.evaluation", "cli_score", "Big Five scores of a (merged) model"),
     "book": ("pvutils.book", "cli_book", "execute the notebooks and build the book"),
-    "publish": ("pvutils.book", "cli_publish", "copy a finished run to results/<profile>/"),
+    "publish": ("pvutils.publish", "cli_publish", "copy a finished run to results/<profile>/"),
     "cache": ("pvutils.cache", "cli_cache", "list and prune the cached artifacts"),
     "dial": ("pvutils.calibrate", "cli_dial", "the alpha that gives a wanted trait score"),
     "ablate": ("pvutils.ablation", "cli_ablate", "train recipe variants, compare their dials"),

@@ -18,15 +18,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
-
-import nbformat
 
 from . import pages, progress
 from .artifacts import REPO_ROOT, read_json, write_json
@@ -273,69 +270,6 @@ def build_book(profile: str = "smoke", executed: Path | None = None,
     return html / "index.html"
 
 
-# --- published results -------------------------------------------------------------------
-
-
-def check_executed(path: Path, profile: str) -> None:
-    """An executed copy ran every code cell without error, in `profile`; else ValueError."""
-    nb = nbformat.read(path, as_version=4)
-    ran = nb.metadata.get("papermill", {}).get("parameters", {}).get("profile")
-    if ran != profile:
-        raise ValueError(f"{path.name}: executed in profile {ran!r}, not {profile!r}")
-    for cell in nb.cells:
-        if cell.cell_type == "code" and cell.source.strip():
-            if cell.execution_count is None:
-                raise ValueError(f"{path.name}: a cell did not run")
-            if any(o.output_type == "error" for o in cell.outputs):
-                raise ValueError(f"{path.name}: a cell raised an error")
-
-
-def publish(profile: str, source: Path | None = None, dest: Path | None = None,
-            allow_dirty: bool = False) -> Path:
-    """Copy a finished run (every notebook executed without error in `profile`, all at one
-    clean commit) to `results/<profile>/` with a RUN.md; nothing is copied otherwise."""
-    check_profile_name(profile)
-    source = source or EXECUTED_DIR / profile
-    dest = dest or PUBLISHED_DIR / profile
-    manifest = source / "RUN.json"
-    runs = read_json(manifest)["notebooks"] if manifest.exists() else {}
-    missing = [nb.stem for nb in notebooks() if nb.stem not in runs
-               or not executed_path(nb, profile, source.parent).exists()]
-    if missing:
-        raise ValueError(f"not executed in profile {profile}: {missing}; run "
-                         f"`python -m pvutils book --profile {profile}` first")
-    for nb in notebooks():
-        check_executed(executed_path(nb, profile, source.parent), profile)
-    commits = {r["commit"] for r in runs.values()}
-    if len(commits) != 1:
-        raise ValueError(f"the notebooks ran at different commits {sorted(commits)}; rerun them")
-    if not allow_dirty and any(r["dirty"] for r in runs.values()):
-        raise ValueError("some notebooks ran with uncommitted changes; commit and rerun "
-                         "(or pass --allow-dirty)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{profile}.tmp-", dir=dest.parent if
-                                dest.parent.exists() else None))
-    for nb in notebooks():
-        rel = nb.relative_to(REPO_ROOT)
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / rel, tmp / rel)
-    for result in source.glob("*.json"):
-        shutil.copy2(result, tmp / result.name)
-    (tmp / "RUN.md").write_text(_run_md(profile, runs, commits.pop()))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.move(str(tmp), dest)
-    return dest
-
-
-def _run_md(profile: str, runs: dict, commit: str) -> str:
-    rows = "\n".join(f"| {name} | {r['seconds']:.0f} | {r['finished']} | {r['parameters']} |"
-                     for name, r in runs.items())
-    return (f"# Published run: profile `{profile}`\n\nCommit `{commit}`. Rebuild the book from "
-            f"these files with `make book RUN=0 PROFILE={profile}`.\n\n"
-            f"| notebook | seconds | finished (UTC) | parameters |\n| --- | --- | --- | --- |\n"
-            f"{rows}\n")
-
-
 # --- command line ------------------------------------------------------------------------
 
 
@@ -382,20 +316,4 @@ def cli_book(argv: list[str]) -> int:
     if not args.no_run:
         run_notebooks(args.profile, paths, parameters, jobs=args.jobs)
     print(build_book(args.profile))
-    return 0
-
-
-def cli_publish(argv: list[str]) -> int:
-    """`python -m pvutils publish --profile cpu`: copy + check a finished run."""
-    parser = argparse.ArgumentParser(prog="python -m pvutils publish")
-    parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--allow-dirty", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        dest = publish(args.profile, allow_dirty=args.allow_dirty)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    where = dest.relative_to(REPO_ROOT) if dest.is_relative_to(REPO_ROOT) else dest
-    print(f"published to {where}; commit it with `git add {where}`")
     return 0

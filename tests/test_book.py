@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlparse
 import nbformat
 import pytest
 
-from pvutils import book
+from pvutils import book, publish
 from pvutils.artifacts import REPO_ROOT, write_json
 
 pytestmark = pytest.mark.book
@@ -92,7 +92,7 @@ def test_runner_writes_a_copy_and_leaves_the_tree_as_it_was(tmp_path):
     text = source.read_text()
     book.run_notebooks("smoke", [source], root=tmp_path)
     assert _git_status() == before and source.read_text() == text
-    book.check_executed(book.executed_path(source, "smoke", tmp_path), "smoke")
+    publish.check_executed(book.executed_path(source, "smoke", tmp_path), "smoke")
 
 
 def test_with_jobs_setup_and_explainers_go_first_then_the_longest_chapter(tmp_path,
@@ -158,7 +158,7 @@ def test_every_notebook_executed_without_errors(built_book):
     names = [nb.stem for nb in book.notebooks()]
     assert "00_setup" in names and "merging_explained" in names
     for path in book.notebooks():
-        book.check_executed(book.executed_path(path, "smoke"), "smoke")
+        publish.check_executed(book.executed_path(path, "smoke"), "smoke")
     for result in ("00_setup", "01_rq1_scaling", "05_layerwise"):
         assert (book.EXECUTED_DIR / "smoke" / f"{result}.json").exists()
 

@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from pvutils import book
+from pvutils import book, publish
 from pvutils.artifacts import REPO_ROOT
 
 
@@ -34,7 +34,7 @@ def _fake_run(root, profile="cpu", commit="abc", dirty=False, error_in=None, ski
 
 def test_a_finished_run_is_copied_with_its_results_and_a_run_page(tmp_path):
     source = _fake_run(tmp_path / "executed")
-    dest = book.publish("cpu", source=source, dest=tmp_path / "results" / "cpu")
+    dest = publish.publish("cpu", source=source, dest=tmp_path / "results" / "cpu")
     for path in book.notebooks():
         assert (dest / path.relative_to(REPO_ROOT)).exists()
     assert (dest / "01_rq1_scaling.json").exists()
@@ -53,7 +53,7 @@ def test_an_incomplete_or_mixed_run_is_refused_and_nothing_is_copied(tmp_path, k
         source = source.rename(tmp_path / "executed" / "cpu")
     dest = tmp_path / "results" / "cpu"
     with pytest.raises(ValueError, match=message):
-        book.publish("cpu", source=source, dest=dest)
+        publish.publish("cpu", source=source, dest=dest)
     assert not dest.exists()
 
 
@@ -63,4 +63,4 @@ def test_notebooks_run_at_different_commits_are_refused(tmp_path):
     run["notebooks"]["05_layerwise"]["commit"] = "def"
     (source / "RUN.json").write_text(json.dumps(run))
     with pytest.raises(ValueError, match="different commits"):
-        book.publish("cpu", source=source, dest=tmp_path / "results" / "cpu")
+        publish.publish("cpu", source=source, dest=tmp_path / "results" / "cpu")
