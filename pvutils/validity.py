@@ -23,7 +23,8 @@ from .bfi import ipip_answer_pairs, ipip_items
 from .cache import Stage
 from .likelihood import answer_logprobs
 from .personas import direction, split_condition
-from .sweeps import Plan, applying, run_sweep, vector_points
+from .plans import vector_points
+from .sweeps import Plan, applying, run_sweep
 
 
 def ipip_item_scores(model, tokenizer, dimensions: Sequence[str] | None = None,
