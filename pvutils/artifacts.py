@@ -60,8 +60,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final.parent)
     tmp = temporary_beside(final)
-    tmp.mkdir()
-    try:
+    try:  # created inside: an interruption just after mkdir still removes it
+        tmp.mkdir()
         yield tmp
         replace_dir(tmp, final)
     except BaseException:
@@ -76,8 +76,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final.parent, final.name)
     tmp = temporary_beside(final)
-    tmp.touch()  # created with the umask's permissions (mkstemp would give 0600)
-    try:
+    try:  # created inside: an interruption just after touch still removes it
+        tmp.touch()  # created with the umask's permissions (mkstemp would give 0600)
         yield tmp
         os.replace(tmp, final)
     except BaseException:

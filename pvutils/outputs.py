@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 MARKER = ".pvutils-output.json"
@@ -134,19 +135,35 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put `tmp` at `final`: swap in the new one, then remove the old one (last)."""
-    if not (final.exists() or final.is_symlink()):
-        os.rename(tmp, final)
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back for a few system calls that must not be split (a
+    handler raising between two renames would leave `final` missing); delivered after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows: nothing to hold back
+        yield
         return
-    old = temporary_beside(final, "old")
-    os.rename(final, old)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(old, final)
-        raise
-    _remove(old)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put `tmp` at `final`: swap in the new one, then remove the old one (last), with
+    signals held so that an interruption lands before or after the swap, never inside."""
+    with deferred_signals():
+        if not (final.exists() or final.is_symlink()):
+            os.rename(tmp, final)
+            return
+        old = temporary_beside(final, "old")
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(old, final)
+            raise
+        _remove(old)
 
 
 # --- interruptions --------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -12,6 +15,7 @@ from pvutils.artifacts import atomic_dir
 from pvutils.outputs import (
     PolicyError,
     check_output,
+    deferred_signals,
     redact,
     register_secret,
     write_marker,
@@ -117,3 +121,18 @@ def test_the_openai_judge_never_shows_the_key_or_the_url_password(isolated_home)
         server.shutdown()
     message = str(caught.value)
     assert "401" in message and key not in message and "urlpassword9" not in message
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks here")
+def test_deferred_signals_hold_a_sigterm_until_the_block_ends():
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("TERM"))
+    try:
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            held = list(seen)
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert held == [] and seen == ["TERM"]
