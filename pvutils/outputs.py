@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -138,15 +139,23 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
     """Hold SIGTERM and SIGINT back for a few system calls that must not be split (a
-    handler raising between two renames would leave `final` missing); delivered after."""
-    if not hasattr(signal, "pthread_sigmask"):  # not on Windows: nothing to hold back
+    handler raising between two renames would leave `final` missing): inside, a signal is
+    only noted; it is raised again, to the handlers as they were, when the block ends.
+    (Python runs handlers in the main thread only, so a noting handler defers them all;
+    a thread's signal mask would not: another thread can take the signal.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    pending: list[int] = []
+    kinds = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in kinds}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
