@@ -136,8 +136,11 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
     with _env(**_kernel_env(root)):
         pm.execute_notebook(str(path), str(out),
                             parameters={"profile": profile, **(parameters or {})},
-                            cwd=str(out.parent), kernel_name="python3", progress_bar=False,
-                            log_output=False)
+                            kernel_name="python3", progress_bar=False, log_output=False,
+                            # the kernel's own cwd (nbclient), not papermill's `cwd`: that
+                            # chdirs the whole process, and side-by-side kernels then start
+                            # in each other's (or the checkout's) directory
+                            resources={"metadata": {"path": str(out.parent)}})
     seconds = time.perf_counter() - start
     manifest = root / profile / "RUN.json"
     with _RECORDING:
