@@ -261,10 +261,10 @@ PROFILES: dict[str, Profile] = {
         seed_study_seeds=(0,),  # the default vectors only: no extra fine-tune in CI
         component_conditions=("extraversion_high",),  # its φ − φ̄ and the extraversion axis
     ),
-    # 32 dialogues of <= 40 new tokens, 4 epochs of 8-example steps (16 steps) at 1e-4:
-    # the whole `train-vectors` run (data, 11 fine-tunes) fits 45 minutes on 2 cores
-    "cpu": Profile(name="cpu", n_dialogues=32, gen_max_new_tokens=40,
-                   learning_rate=1e-4, train_epochs=4.0,
+    # 128 answers of <= 56 new tokens (distinct prompts), one epoch of 8-example steps at
+    # 1e-4 with a tenth held out for the held-out loss: no example is seen twice
+    "cpu": Profile(name="cpu", n_dialogues=128, learning_rate=1e-4, train_epochs=1.0,
+                   heldout_fraction=0.1, padding_free=True,
                    # RQ2 scores all five traits per merged model (~30 s each on 2 cores):
                    # 32 profiles x 2 alphas x 4 methods keeps the chapter near two hours
                    composition_alphas=(0.2, 0.4)),

@@ -3,12 +3,13 @@
 transformers' `generate(guidance_scale=g, negative_prompt_ids=...)` runs the negative prompt
 through a second, separate forward per step (its own cache, batch of B) inside a logits
 processor. Here the persona and anti-persona rows of a batch share one left-padded
-`DynamicCache` of 2B rows, so each step is a single forward; each distinct system prompt is
-prefilled once per batch; stopped rows leave the cache in groups (a copy of the cache per
-eighth of the batch, not per row). The law is transformers' own: `l_neg + g (l_pos - l_neg)`
-on log-probabilities, then temperature, then top-p, then one multinomial draw; top-p looks
-at the top `NUCLEUS_K` tokens first and sorts the whole vocabulary only for a row whose top
-`NUCLEUS_K` do not hold `top_p` of the mass (the same nucleus, without most of the sort).
+`DynamicCache` of 2B rows, so each step is a single forward; identical prompts are read
+once and each distinct shared prefix (a system prompt) once per batch; stopped rows leave
+the cache in groups (a copy of the cache per eighth of the batch, not per row). The law
+is transformers' own: `l_neg + g (l_pos - l_neg)` on log-probabilities, then temperature,
+then top-p, then one multinomial draw; top-p looks at the top `NUCLEUS_K` tokens first and
+sorts the whole vocabulary only for a row whose top `NUCLEUS_K` do not hold `top_p` of the
+mass (the same nucleus, without most of the sort).
 Hand-written because transformers has no batched CFG path for decoder-only models.
 """
 
@@ -79,23 +80,43 @@ def next_tokens(scores: torch.Tensor, temperature: float, top_p: float,
     return ids.gather(1, pick).squeeze(1)
 
 
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def shared_prefix_lengths(rows: Sequence[Sequence[int]]) -> list[int]:
-    """Per row, how many leading tokens it shares with some other row (at least 1, and at
-    least one token left over): the longest common prefix with its sorted neighbours."""
+    """Per row, how many leading tokens it reads from a shared prefix (at least 1, and at
+    least one token of its own), chosen to read the fewest tokens in all: rows in sorted
+    order form runs that share a prefix, and a run is split into sub-runs with longer
+    shared prefixes (e.g. one per system prompt) only when that reads fewer tokens (each
+    distinct prefix is read once, plus every row's own rest)."""
     order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
-
-    def lcp(a: Sequence[int], b: Sequence[int]) -> int:
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n
-
     out = [1] * len(rows)
-    for k, i in enumerate(order):
-        near = [lcp(rows[i], rows[j]) for j in order[max(k - 1, 0) : k + 2] if j != i]
-        out[i] = max(1, min(max(near, default=0), len(rows[i]) - 1))
+    if len(rows) < 2:
+        return out
+    lcps = [_lcp(rows[i], rows[j]) for i, j in zip(order, order[1:])]
+
+    def assign(lo: int, hi: int) -> None:  # the run order[lo..hi] (inclusive), hi > lo
+        common = min(lcps[lo:hi])
+        cuts = [k for k in range(lo, hi) if lcps[k] == common]
+        parts = list(zip([lo, *(k + 1 for k in cuts)], [*cuts, hi]))
+        gain = common - sum(common - 1 for a, b in parts if a == b)
+        gain += sum((b - a + 1) * (min(lcps[a:b]) - common) - min(lcps[a:b])
+                    for a, b in parts if b > a)
+        if gain > 0:
+            for a, b in parts:
+                if b > a:
+                    assign(a, b)
+            return
+        for k in range(lo, hi + 1):
+            out[order[k]] = max(1, min(common, len(rows[order[k]]) - 1))
+
+    assign(0, len(rows) - 1)
     return out
 
 
@@ -109,9 +130,11 @@ def _pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 def _prefill(model, rows: list[list[int]], share_prefix: bool, pad_id: int):
     """(logits, cache, mask, last position) after reading every row's prompt.
 
-    With `share_prefix`, each distinct shared prefix is read once and its keys/values are
-    copied to the rows that start with it; the cache then reads [pad][prefix][pad][suffix]
-    per row, which the attention mask and explicit position ids make exact.
+    With `share_prefix`, identical rows are read once (a persona's prompt is often another
+    condition's anti-persona prompt), each distinct shared prefix is read once and its
+    keys/values are copied to the rows that start with it; the cache then reads
+    [pad][prefix][pad][suffix] per row, which the attention mask and explicit position ids
+    make exact.
     """
     device = model.device
     cache = DynamicCache()
@@ -121,21 +144,28 @@ def _prefill(model, rows: list[list[int]], share_prefix: bool, pad_id: int):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
                     use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], cache, mask, pos[:, -1:]
-    cut = shared_prefix_lengths(rows)
-    keys = list(dict.fromkeys(tuple(r[:c]) for r, c in zip(rows, cut)))
+    distinct = list(dict.fromkeys(tuple(r) for r in rows))
+    cut = shared_prefix_lengths(distinct)
+    keys = list(dict.fromkeys(r[:c] for r, c in zip(distinct, cut)))
     where = {k: n for n, k in enumerate(keys)}
     pids, pmask = (t.to(device) for t in _pad_left(keys, pad_id))
     model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
           cache=cache, use_cache=True, logits_to_keep=1)
-    idx = torch.tensor([where[tuple(r[:c])] for r, c in zip(rows, cut)], device=device)
+    idx = torch.tensor([where[r[:c]] for r, c in zip(distinct, cut)], device=device)
     cache.batch_select_indices(idx)
-    sids, smask = (t.to(device) for t in _pad_left([r[c:] for r, c in zip(rows, cut)], pad_id))
+    sids, smask = (t.to(device) for t in _pad_left([r[c:] for r, c in zip(distinct, cut)],
+                                                    pad_id))
     start = torch.tensor(cut, device=device)[:, None]
     pos = start + (smask.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([pmask[idx], smask], dim=1)
-    out = model(input_ids=sids, attention_mask=mask, position_ids=pos, cache=cache,
-                use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], cache, mask, pos[:, -1:]
+    logits = model(input_ids=sids, attention_mask=mask, position_ids=pos, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    if len(distinct) < len(rows):
+        row_of = {r: n for n, r in enumerate(distinct)}
+        back = torch.tensor([row_of[tuple(r)] for r in rows], device=device)
+        cache.batch_select_indices(back)
+        logits, mask, pos = logits[back], mask[back], pos[back]
+    return logits, cache, mask, pos[:, -1:]
 
 
 def _unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:

@@ -55,6 +55,21 @@ def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_p
     assert torch.equal(ours, _reference(tiny_llama, guidance_scale, 24))
 
 
+def test_negatives_that_repeat_other_rows_equal_transformers_generate(tiny_llama):
+    """A persona's prompt is often another condition's anti-persona prompt: rows read once
+    for several places in the batch still give generate's tokens."""
+    ids, mask = _left_padded(POS)
+    nids, nmask = _left_padded(POS[::-1])
+    ours = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=3.0,
+                           max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD)
+    with torch.inference_mode():
+        ref = tiny_llama.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                  max_new_tokens=12, pad_token_id=PAD, eos_token_id=EOS,
+                                  guidance_scale=3.0, negative_prompt_ids=nids,
+                                  negative_prompt_attention_mask=nmask)[:, ids.shape[1]:]
+    assert torch.equal(ours, torch.nn.functional.pad(ref, (0, 12 - ref.shape[1]), value=PAD))
+
+
 def test_first_guided_token_is_the_argmax_of_the_guidance_formula(tiny_llama):
     """Each prompt alone, unpadded: the first token is argmax over g (log p+ − log p−) + log p−,
     the negative prompt's own next-token distribution as the unconditional one."""
@@ -104,6 +119,14 @@ def test_sampling_reproducible_for_a_seed(tiny_llama):
 def test_shared_prefix_lengths_are_longest_common_prefixes():
     assert shared_prefix_lengths(POS) == [4, 4, 4, 1, 4]
     assert shared_prefix_lengths(NEG) == [2, 3, 1, 1, 2]  # identical rows keep one token
+
+
+def test_shared_prefixes_split_per_system_prompt():
+    """Two system prompts that share only their first two tokens: one prefix each (8 tokens
+    read twice, then one token per row: 22), not the two tokens all six share (2 + 6 x 7)."""
+    sys_a, sys_b = [1, 5, 6, 7, 8, 9, 10, 11], [1, 5, 20, 21, 22, 23, 24, 25]
+    rows = [sys_a + [40 + i] for i in range(3)] + [sys_b + [60 + i] for i in range(3)]
+    assert shared_prefix_lengths(rows) == [8] * 6
 
 
 def test_length_buckets_cover_rows_once_in_length_order():
