@@ -38,8 +38,8 @@ from .sweeps import Plan, run_sweep
 @dataclass(frozen=True)
 class Bench:
     """Chapter 06's own strengths and sizes (notebook parameters; None there means these).
-    Smoke sweeps fewer points so CI proves every cell in about a minute; `cpu` and larger
-    profiles sweep the full grids."""
+    Smoke sweeps fewer points so CI proves every cell in about a minute, `cpu` fewer vectors
+    and strengths to fit its time on 2 cores; larger profiles sweep the full grids."""
 
     steering_coefficients: tuple[float, ...] = (0.5, 1.0, 2.0)
     steering_probe: float = 2.0  # c of the layer sweep
@@ -65,14 +65,22 @@ SMOKE_BENCH = {"steering_coefficients": (2.0,), "steering_layer_step": 10,
                "mixer_questions": 1, "n_conditions": 1, "n_targets": 1, "npti_prompts": 4}
 
 
+# cpu: the four dials on the first four vectors (openness and conscientiousness, high and
+# low), two strengths of steering, P2 at its strongest, 20 factual questions
+CPU_BENCH = {"steering_coefficients": (1.0, 2.0), "p2_intensities": (3,), "n_questions": 20,
+             "n_conditions": 4, "mixer_alphas": (1.0, 2.0)}
+PROFILE_BENCH = {"smoke": SMOKE_BENCH, "cpu": CPU_BENCH}
+
+
 def bench_settings(name: str, **given: Any) -> Bench:
     """The chapter's settings for the profile named `name` (the notebook's `profile`
     parameter, so a renamed profile keeps them): each given (not None) value, else the
-    smoke value for "smoke", else the full default. (NPTI's γ is the profile's field.)"""
+    profile's (`PROFILE_BENCH`: smoke, cpu), else the full default. (NPTI's γ is the
+    profile's field.)"""
     unknown = sorted(set(given) - {f.name for f in fields(Bench)})
     if unknown:
         raise ValueError(f"unknown chapter-06 setting(s) {unknown}")
-    chosen = {**(SMOKE_BENCH if name == "smoke" else {}),
+    chosen = {**PROFILE_BENCH.get(name, {}),
               **{k: v for k, v in given.items() if v is not None}}
     return Bench(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
 

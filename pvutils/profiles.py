@@ -262,12 +262,16 @@ PROFILES: dict[str, Profile] = {
         component_conditions=("extraversion_high",),  # its φ − φ̄ and the extraversion axis
     ),
     # 128 answers of <= 56 new tokens (distinct prompts), one epoch of 8-example steps at
-    # 1e-4 with a tenth held out for the held-out loss: no example is seen twice
+    # 1e-4 with a tenth held out for the held-out loss: no example is seen twice. The grids
+    # are cut so the whole book runs in about two hours on 2 cores (results/cpu/RUN.md has
+    # the time of every chapter): one answer pair per contrast item, four α per dial, RQ2 at
+    # the paper's α = 0.2 with TA, TIES and TIES+DARE (DARE's effect: TIES+DARE vs TIES),
+    # the seed study with one extra seed
     "cpu": Profile(name="cpu", n_dialogues=128, learning_rate=1e-4, train_epochs=1.0,
-                   heldout_fraction=0.1, padding_free=True,
-                   # RQ2 scores all five traits per merged model (~30 s each on 2 cores):
-                   # 32 profiles x 2 alphas x 4 methods keeps the chapter near two hours
-                   composition_alphas=(0.2, 0.4)),
+                   heldout_fraction=0.1, padding_free=True, contrast_pairs=1,
+                   alphas=(0.5, 1.0, 1.5, 2.0), interview_alphas=(1.0, 2.0),
+                   composition_alphas=(0.2,), composition_methods=("TA", "TIES", "TIES+DARE"),
+                   npti_gammas=(1.0, 2.0), seed_study_seeds=(0, 1)),
     "paper": Profile(
         name="paper",
         model="meta-llama/Llama-3.1-8B-Instruct",

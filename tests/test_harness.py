@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pvutils import get_profile
-from pvutils.bench import SMOKE_BENCH, Bench, bench_plans, bench_settings
+from pvutils.bench import CPU_BENCH, SMOKE_BENCH, Bench, bench_plans, bench_settings
 from pvutils.bfi import ITEMS_BY_NUMBER
 from pvutils.evaluation import REAL_PERSON_PROMPT
 from pvutils.harness import (
@@ -124,7 +124,8 @@ def test_capability_table_is_relative_to_the_dial_off():
 
 def test_bench_settings_smoke_defaults_and_overrides():
     assert bench_settings("smoke") == Bench(**SMOKE_BENCH)
-    assert bench_settings("cpu") == Bench() == bench_settings("paper")
+    assert bench_settings("cpu") == Bench(**CPU_BENCH)
+    assert bench_settings("paper") == Bench()
     mine = bench_settings("smoke", ranks=[16], n_questions=None)
     assert mine.ranks == (16,) and mine.n_questions == SMOKE_BENCH["n_questions"]
     with pytest.raises(ValueError, match="unknown chapter-06 setting"):

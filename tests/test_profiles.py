@@ -13,9 +13,10 @@ def test_three_profiles_exist_and_cpu_is_the_embedded_default():
     assert get_profile("paper").model == "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def test_cpu_profile_sweeps_the_papers_alpha_grid():
-    alphas = get_profile("cpu").alphas
+def test_paper_profile_sweeps_the_papers_alpha_grid_and_cpu_a_subset_of_it():
+    alphas = get_profile("paper").alphas
     assert len(alphas) == 20 and alphas[0] == 0.1 and alphas[-1] == 2.0
+    assert set(get_profile("cpu").alphas) <= set(alphas) and max(get_profile("cpu").alphas) == 2.0
     assert len(CONDITIONS) == 10
 
 
