@@ -143,13 +143,14 @@ def test_results_table_is_rederived_from_the_stored_rows(tmp_path):
 
 
 @pytest.mark.book
-def test_the_smoke_results_page_is_rederived_from_the_stored_rows():
+@pytest.mark.parametrize("out", [book.EXECUTED_DIR / "smoke", book.PUBLISHED_DIR / "cpu"],
+                         ids=["smoke run", "published cpu run"])
+def test_a_results_page_is_rederived_from_its_stored_rows(out):
     """On the smoke book's own result JSON (written by `test_book`'s build, or any earlier
-    `python -m pvutils book --profile smoke`)."""
-    out = book.EXECUTED_DIR / "smoke"
+    `python -m pvutils book --profile smoke`), and on the committed `cpu` run."""
     path = out / "01_rq1_scaling.json"
     if not path.exists() or "rows" not in json.loads(path.read_text()):
-        pytest.skip("no smoke run of 01_rq1_scaling with stored rows")
+        pytest.skip(f"no run of 01_rq1_scaling with stored rows in {out}")
     expected = _rederive_rq1(json.loads(path.read_text())["rows"]["contrast"])
     for name, numbers in _table_numbers(results.results_table(out)).items():
         for got, want in zip(numbers, expected[name]):
