@@ -262,9 +262,10 @@ PROFILES: dict[str, Profile] = {
         component_conditions=("extraversion_high",),  # its φ − φ̄ and the extraversion axis
     ),
     # 128 answers of <= 56 new tokens (distinct prompts), one epoch of 8-example steps at
-    # 1e-4 with a tenth held out for the held-out loss: no example is seen twice. The grids
-    # are cut so the whole book runs in about two hours on 2 cores (results/cpu/RUN.md has
-    # the time of every chapter): one answer pair per contrast item, four α per dial, RQ2 at
+    # 1e-4 with a tenth held out for the held-out loss: no example is seen twice
+    # (`train-vectors` took 63 min here: data 33, eleven fine-tunes 30). The grids are cut
+    # for 2 cores (measured per point: persona shift 77 s, ±1 check 23 s, interview 40 s and
+    # RQ2 35 s in a one-thread kernel): one answer pair per contrast item, four α per dial, RQ2 at
     # the paper's α = 0.2 with TA, TIES and TIES+DARE (DARE's effect: TIES+DARE vs TIES),
     # RQ4 at the corners of its grid; the seed study (each extra seed is a data run and
     # three fine-tunes, ~20 minutes) runs by parameter: -p seed_study_seeds '[0, 1, 2]'
