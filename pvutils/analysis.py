@@ -17,12 +17,22 @@ from .merging import applied
 from .models import chat, trim_to_sentence
 
 
-def trait_profiles(traits: Sequence[str]) -> list[dict[str, str]]:
-    """All 2^k high/low assignments of the traits (RQ2's 32 profiles for k = 5)."""
-    return [
-        dict(zip(traits, levels))
-        for levels in itertools.product(("high", "low"), repeat=len(traits))
-    ]
+def trait_profiles(traits: Sequence[str], fraction: str = "full") -> list[dict[str, str]]:
+    """The high/low assignments of the traits RQ2 merges: all 2^k ("full", the paper's 32
+    for k = 5), or the half fraction with an even number of lows ("half": the defining
+    relation I = product of all k signs, so every trait is high in half of the profiles and
+    each pair of traits is balanced -- main effects stay unconfounded with one another; for
+    k = 5 it is the resolution-V design of 16 profiles)."""
+    if fraction not in ("full", "half"):
+        raise ValueError(f"fraction={fraction!r}: choose 'full' or 'half'")
+    if fraction == "half" and len(traits) < 3:
+        raise ValueError(f"a half fraction of {len(traits)} trait(s) confounds their levels; "
+                         "it needs at least 3 traits (use fraction='full')")
+    every = [dict(zip(traits, levels))
+             for levels in itertools.product(("high", "low"), repeat=len(traits))]
+    if fraction == "full":
+        return every
+    return [p for p in every if list(p.values()).count("low") % 2 == 0]
 
 
 def example_answers(

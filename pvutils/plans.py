@@ -237,16 +237,18 @@ def composition_measure(model, tokenizer, P, point: Mapping[str, Any]) -> dict[s
 
 
 RQ2 = Stage("rq2-composition", (*CONTRAST, "ties_density", "dare_drop_rate"),
-            grid=("composition_traits", "composition_alphas", "composition_methods"),
+            grid=("composition_traits", "composition_fraction", "composition_alphas",
+                  "composition_methods"),
             code=(_contrast, merge_methods))
 
 
 def composition_plan(profile) -> Plan:
     P = RQ2.view(profile)
+    profiles = analysis.trait_profiles(P.composition_traits, P.composition_fraction)
     points = [{"method": m, "alpha": float(a), "profile": _code(levels),
                "_uses": [f"{t}_{lv}" for t, lv in levels.items()]}
               for m in P.composition_methods for a in P.composition_alphas
-              for levels in analysis.trait_profiles(P.composition_traits)]
+              for levels in profiles]
     return RQ2, points, ()
 
 

@@ -81,6 +81,8 @@ class Profile:
     conditions: tuple[str, ...] = CONDITIONS  # the vectors that get trained
     sweep_conditions: tuple[str, ...] = CONDITIONS  # the vectors the chapters sweep
     composition_traits: tuple[str, ...] = TRAITS  # RQ2 composes one vector per trait
+    composition_fraction: str = "full"  # "full": all 2^k profiles | "half": the 2^(k-1)
+    # with an even number of lows (each trait balanced, main effects unconfounded)
     composition_methods: tuple[str, ...] = ("TA", "TIES", "TA+DARE", "TIES+DARE")  # the
     # paper's four; also "Breadcrumbs" and "DELLA" (see plans.merge_methods)
     ties_density: float = 0.2  # TIES keep fraction (mergekit's density)
@@ -113,6 +115,10 @@ class Profile:
             value = _coerce(self.name, f.name, getattr(self, f.name), hints[f.name])
             _check_rule(self.name, f.name, value)
             object.__setattr__(self, f.name, value)
+        if self.composition_fraction == "half" and len(self.composition_traits) < 3:
+            _fail(self.name, "composition_fraction", "half", f"needs at least 3 "
+                  f"composition_traits (got {list(self.composition_traits)}): a half fraction "
+                  "of fewer confounds their levels")
 
     def replace(self, **overrides: Any) -> Profile:
         """A copy with `overrides` applied; `None` values mean 'keep the profile's'."""
@@ -180,6 +186,7 @@ CHOICES: dict[str, tuple] = {
     "component_conditions": CONDITIONS,
     "composition_traits": TRAITS,
     "composition_methods": METHODS,
+    "composition_fraction": ("full", "half"),
     "launcher": ("none", "accelerate"),
     "generation_backend": ("transformers", "vllm"),
     "language": ("en", "ko"),
@@ -266,13 +273,15 @@ PROFILES: dict[str, Profile] = {
     # (`train-vectors` took 63 min here: data 33, eleven fine-tunes 30). The grids are cut
     # for 2 cores (measured per point: persona shift 77 s, ±1 check 23 s, interview 40 s and
     # RQ2 35 s in a one-thread kernel): one answer pair per contrast item, four α per dial, RQ2 at
-    # the paper's α = 0.2 with TA, TIES and TIES+DARE (DARE's effect: TIES+DARE vs TIES),
+    # the paper's α = 0.2 with TA, TIES and TIES+DARE (DARE's effect: TIES+DARE vs TIES) on
+    # the 16-profile half fraction (every trait high in 8, each pair balanced),
     # RQ4 at the corners of its grid; the seed study (each extra seed is a data run and
     # three fine-tunes, ~20 minutes) runs by parameter: -p seed_study_seeds '[0, 1, 2]'
     "cpu": Profile(name="cpu", n_dialogues=128, learning_rate=1e-4, train_epochs=1.0,
                    heldout_fraction=0.1, padding_free=True, contrast_pairs=1,
                    alphas=(0.5, 1.0, 1.5, 2.0), interview_alphas=(1.0, 2.0),
                    composition_alphas=(0.2,), composition_methods=("TA", "TIES", "TIES+DARE"),
+                   composition_fraction="half",
                    npti_gammas=(1.0, 2.0), transfer_alphas=(0.0, 1.0), transfer_betas=(0.0, 1.0),
                    seed_study_seeds=(0,)),
     "paper": Profile(

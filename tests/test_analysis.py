@@ -21,6 +21,27 @@ def test_trait_profiles_enumerates_all_high_low_assignments():
                for p in profiles)
 
 
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_half_fraction_is_an_orthogonal_design(k):
+    """The half fraction: 2^(k-1) distinct profiles; coded +1/-1, every trait's column sums
+    to zero (balanced) and every pair of columns is orthogonal (main effects unconfounded),
+    and the product of all k signs is +1 (the defining relation)."""
+    traits = [f"t{i}" for i in range(k)]
+    half = analysis.trait_profiles(traits, "half")
+    signs = np.array([[1 if p[t] == "high" else -1 for t in traits] for p in half])
+    assert len({tuple(r) for r in signs}) == len(half) == 2 ** (k - 1)
+    assert (signs.sum(axis=0) == 0).all()
+    assert (signs.T @ signs == len(half) * np.eye(k)).all()
+    assert (signs.prod(axis=1) == 1).all()
+
+
+def test_half_fraction_of_two_traits_is_refused():
+    with pytest.raises(ValueError, match="at least 3 traits"):
+        analysis.trait_profiles(["a", "b"], "half")
+    with pytest.raises(ValueError, match="choose 'full' or 'half'"):
+        analysis.trait_profiles(["a", "b", "c"], "quarter")
+
+
 # --- statistics ---------------------------------------------------------------------------
 
 

@@ -62,7 +62,13 @@ MUTATIONS = {
     "linguistic_alphas": (1.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
     "seed_study_conditions": ("openness_low",), "seed_study_seeds": (0, 4),
     "component_conditions": ("openness_high",),
+    "composition_fraction": "half",
 }
+# fields whose mutation is only valid beside another value, set on both sides of the check
+CONTEXT = {"composition_fraction": {
+    "composition_traits": ("extraversion", "agreeableness", "openness"),
+    "conditions": ("extraversion_high", "extraversion_low", "agreeableness_high",
+                   "agreeableness_low", "openness_high", "openness_low")}}
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
                  "rq4-transfer", "layerwise", "validity-ipip", "linguistic",
@@ -119,6 +125,7 @@ READERS = {
     "npti_gammas": {"rq1-npti", "dose-NPTI", "capability-NPTI"}, "p2_seeds": {"rq1-p2"},
     "composition_alphas": {"rq2-composition"}, "composition_traits": {"rq2-composition"},
     "composition_methods": {"rq2-composition"}, "ties_density": {"rq2-composition"},
+    "composition_fraction": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
                          "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip",
@@ -241,7 +248,8 @@ def test_every_field_has_a_mutation_and_a_reader_line():
 
 @pytest.mark.parametrize("field", sorted(MUTATIONS))
 def test_a_field_changes_exactly_the_stages_that_read_it(field):
-    changed = _changed(signatures(BASE), signatures(BASE.replace(**{field: MUTATIONS[field]})))
+    base = BASE.replace(**CONTEXT.get(field, {}))
+    changed = _changed(signatures(base), signatures(base.replace(**{field: MUTATIONS[field]})))
     assert changed == READERS[field], field
 
 
@@ -297,3 +305,13 @@ def test_changed_training_parameters_train_beside_the_default_vectors(isolated_h
     a = training.vector_path(BASE, "extraversion_high")
     b = training.vector_path(BASE.replace(learning_rate=1e-3), "extraversion_high")
     assert a != b and a.parent.parent == b.parent.parent == isolated_home / "vectors"
+
+
+def test_the_half_fraction_reuses_the_full_designs_cached_points():
+    """RQ2's half fraction is a grid choice, not a key: same stage key, half of the full
+    design's point keys (so a later full run computes only the other half)."""
+    full_profile = BASE.replace(**CONTEXT["composition_fraction"])
+    key, full = signatures(full_profile)["rq2-composition"]
+    half_key, half = signatures(full_profile.replace(composition_fraction="half"))[
+        "rq2-composition"]
+    assert half_key == key and set(half) < set(full) and 2 * len(half) == len(full)
