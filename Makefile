@@ -69,7 +69,8 @@ browser:
 PYTEST_JOBS ?= 2
 test:
 	@$(MAKE) --no-print-directory -j2 model browser
-	$(PY) -m pytest -q -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder tests/test_book.py tests
+	$(PY) -m pytest -q -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=20 \
+		tests/test_book.py tests
 
 lint: venv
 	$(VENV)/bin/ruff check pvutils tests benchmarks

@@ -86,10 +86,13 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
     return table.drop(columns=["alpha"])
 
 
-def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
-                       prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
-                       batch_size: int | None = None, profile: Profile | None = None) -> float:
-    """How much a model talks like the character: its keywords per 100 words of answers.
+def keyword_counts(model, tokenizer, character: str = DEFAULT_CHARACTER,
+                   prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                   batch_size: int | None = None,
+                   profile: Profile | None = None) -> list[tuple[int, int]]:
+    """Per held-out prompt, (the character's keywords, words) in the model's answer: the
+    counts `character_fidelity` pools, kept per prompt so a difference can be bootstrapped
+    over the prompts.
 
     Greedy answers to held-out prompts (no system prompt; by default the first 16, or the
     profile's `n_heldout` if fewer); the keywords are the character's voice (for the sea
@@ -106,8 +109,22 @@ def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
     replies = models.chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
                           max_new_tokens=max_new_tokens, temperature=0.0,
                           batch_size=batch_size, progress=False)
-    words = [w for r in replies for w in re.findall(r"[a-z']+", r.lower())]
-    return 100.0 * sum(w in keywords for w in words) / max(len(words), 1)
+    words = [re.findall(r"[a-z']+", r.lower()) for r in replies]
+    return [(sum(w in keywords for w in ws), len(ws)) for ws in words]
+
+
+def pooled_fidelity(counts: Sequence[tuple[int, int]]) -> float:
+    """Keywords per 100 words over all answers together."""
+    return 100.0 * sum(k for k, _ in counts) / max(sum(n for _, n in counts), 1)
+
+
+def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
+                       prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
+                       batch_size: int | None = None, profile: Profile | None = None) -> float:
+    """How much a model talks like the character: its keywords per 100 words of answers
+    (`keyword_counts`, pooled over the prompts)."""
+    return pooled_fidelity(keyword_counts(model, tokenizer, character, prompts, max_new_tokens,
+                                          batch_size, profile))
 
 
 PERSONA_SHIFT = cache.Stage("persona-shift", ("model", "dtype", "device"), grid=("conditions",),

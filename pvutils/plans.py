@@ -293,10 +293,14 @@ def negation_sweep(model, tokenizer, vectors: Mapping[str, Any], profile) -> pd.
     return run_sweep(negation_plan(P, vectors), P, measure, applying(model, vectors), vectors)
 
 
-def _fidelity(model, tokenizer, P) -> float:
-    from .fidelity import character_fidelity  # imports TRL (via training); only needed here
+def _fidelity(model, tokenizer, P) -> dict[str, Any]:
+    """Character fidelity pooled over the held-out prompts, with its per-prompt counts
+    (keywords, words) so RQ4's differences get intervals over the prompts."""
+    from .fidelity import keyword_counts, pooled_fidelity  # imports TRL (via training)
 
-    return character_fidelity(model, tokenizer, profile=P)
+    counts = keyword_counts(model, tokenizer, profile=P)
+    return {"fidelity": pooled_fidelity(counts),
+            "fidelity_keywords": [k for k, _ in counts], "fidelity_words": [n for _, n in counts]}
 
 
 RQ4 = Stage("rq4-transfer", (*CONTRAST, "n_heldout", "eval_max_new_tokens", "eval_batch_size"),
@@ -315,7 +319,8 @@ def transfer_plan(profile, vectors: Sequence[str]) -> Plan:
 def transfer_sweep(model, tokenizer, domain_vector: Any, vectors: Mapping[str, Any],
                    profile) -> pd.DataFrame:
     """RQ4: θ_base + α φ_domain + β φ_p over the (α, β) grid: the vector's trait score and
-    the character fidelity. Rows: condition, alpha, beta, trait, level, score, fidelity."""
+    the character fidelity. Rows: condition, alpha, beta, trait, level, score, fidelity
+    (and its per-prompt fidelity_keywords, fidelity_words)."""
     P = RQ4.view(profile)
     inputs = {**vectors, "domain": domain_vector}
 
@@ -323,7 +328,7 @@ def transfer_sweep(model, tokenizer, domain_vector: Any, vectors: Mapping[str, A
         trait, level = _trait_level(point)
         return {"trait": trait, "level": level,
                 "score": _contrast(model, tokenizer, [trait], P)[trait],
-                "fidelity": _fidelity(model, tokenizer, P)}
+                **_fidelity(model, tokenizer, P)}
 
     return run_sweep(transfer_plan(P, list(vectors)), P, measure, applying(model, inputs),
                      inputs)

@@ -237,13 +237,17 @@ def rq3_claims(inversion: pd.DataFrame, neg: pd.DataFrame) -> list[dict]:
 def rq4_claims(carry: pd.DataFrame, grid: pd.DataFrame) -> list[dict]:
     """RQ4 at the largest domain α: the trait change toward the vector's level and the
     fidelity change (interval over the vectors), and whether the domain model is more in
-    character than the base at all (one number: no interval)."""
+    character than the base at all (interval over the held-out prompts, where the grid
+    holds their counts)."""
     top = carry[carry["α (domain)"] == carry["α (domain)"].max()]
     zero = grid[grid.beta == 0]
-    gain = zero[zero.alpha == zero.alpha.max()].fidelity.mean() \
-        - zero[zero.alpha == 0].fidelity.mean() if (zero.alpha == 0).any() else None
-    return [claim("rq4.domain_in_character", (gain, None, None), "character fidelity",
-                  "rq4-grid", n=1),
+    gain, n = (None, None, None), 1
+    if (zero.alpha == 0).any():
+        domain, base = zero[zero.alpha == zero.alpha.max()], zero[zero.alpha == 0]
+        gain = (domain.fidelity.mean() - base.fidelity.mean(), None, None)
+        if "fidelity_keywords" in grid:
+            gain, n = stats.fidelity_gain_ci(domain.iloc[0], base.iloc[0])
+    return [claim("rq4.domain_in_character", gain, "character fidelity", "rq4-grid", n=n),
             claim("rq4.trait_control_carries", stats.mean_ci(top["trait change β=0→max"]),
                   "contrast BFI", "rq4-carry", n=len(top)),
             claim("rq4.character_kept", stats.mean_ci(top["fidelity change β=0→max"]),

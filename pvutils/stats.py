@@ -9,7 +9,7 @@ test that recompute one get the same bounds) or the exact binomial interval for 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,6 +162,22 @@ def composition_gain_ci(treated: Sequence[pd.DataFrame], plain: Sequence[pd.Data
     if len(treated[0]) != len(plain[0]):
         raise ValueError("the tables must hold the same profiles (one row each)")
     return rows_ci(lambda idx: a(idx) - b(idx), len(treated[0]))
+
+
+def fidelity_gain_ci(model: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[Interval, int]:
+    """Pooled keyword rate (per 100 words) of `model` minus `base`, bootstrapped over the
+    held-out prompts they both answered (paired: a prompt is resampled for both); and the
+    number of prompts."""
+    k1, w1, k0, w0 = (np.asarray(row[c], dtype=float) for row in (model, base)
+                      for c in ("fidelity_keywords", "fidelity_words"))
+
+    def rate(k: np.ndarray, w: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return 100 * k[idx].sum(-1) / np.maximum(w[idx].sum(-1), 1)
+
+    def gain(idx: np.ndarray) -> np.ndarray:
+        return rate(k1, w1, idx) - rate(k0, w0, idx)
+
+    return rows_ci(gain, len(k1)), len(k1)
 
 
 def dial_table(sweep: pd.DataFrame, with_base: bool = False) -> pd.DataFrame:

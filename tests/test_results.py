@@ -230,3 +230,23 @@ def test_rq3_and_rq4_claims_from_their_tables():
     assert c["rq4.domain_in_character"]["estimate"] == pytest.approx(0.5)
     assert c["rq4.trait_control_carries"]["estimate"] == pytest.approx(0.2)
     assert c["rq4.character_kept"]["estimate"] == pytest.approx(-0.1)
+
+
+def test_rq4_fidelity_gain_has_an_interval_over_the_prompts():
+    """With per-prompt counts the role-play premise gets a paired prompt bootstrap: the
+    estimate is the pooled rate difference (known answer), and when every prompt shows the
+    same gain the interval collapses onto it."""
+    def row(alpha, keywords, words):
+        return {"condition": "extraversion_high", "alpha": alpha, "beta": 0.0, "score": 3.0,
+                "fidelity": 100 * sum(keywords) / sum(words), "fidelity_keywords": keywords,
+                "fidelity_words": words}
+
+    uneven = pd.DataFrame([row(0.0, [0, 1, 0, 0, 1, 0], [10] * 6),
+                           row(1.0, [3, 2, 4, 1, 5, 3], [10] * 6)])
+    gain = {x["key"]: x for x in results.rq4_claims(stats.carry_table(uneven), uneven)}[
+        "rq4.domain_in_character"]
+    assert gain["estimate"] == pytest.approx(100 * (18 - 2) / 60) and gain["n"] == 6
+    assert gain["low"] < gain["estimate"] < gain["high"] and gain["low"] > 0
+    even = pd.DataFrame([row(0.0, [1] * 6, [10] * 6), row(1.0, [3] * 6, [10] * 6)])
+    est, low, high = stats.fidelity_gain_ci(even.iloc[1], even.iloc[0])[0]
+    assert est == low == high == pytest.approx(20.0)
