@@ -327,6 +327,8 @@ def test_character_fidelity_counts_the_characters_voice(monkeypatch):
     words = "aye the sea was calm that day sailor i had soup for lunch".split()
     expected = 100 * 3 / len(words)
     assert fidelity.character_fidelity(None, None, prompts=["a", "b"]) == pytest.approx(expected)
+    # per prompt (keywords, words): what RQ4's prompt bootstrap resamples
+    assert fidelity.keyword_counts(None, None, prompts=["a", "b"]) == [(3, 8), (0, 5)]
     with pytest.raises(ValueError, match="unknown character"):
         fidelity.character_fidelity(None, None, character="nobody")
 
