@@ -52,6 +52,7 @@ class Bench:
     n_conditions: int | None = None  # the first n swept vectors (None: all)
     n_targets: int = 3  # dialled targets per vector
     npti_prompts: int | None = None  # NPTI's neurons from the first n prompts (None: all)
+    bridge_chats: int | None = None  # the bridge's chats per condition (None: all)
 
     def chosen(self, vectors: Mapping[str, Any]) -> dict[str, Any]:
         """The vectors the chapter compares: the first `n_conditions` swept ones."""
@@ -66,9 +67,10 @@ SMOKE_BENCH = {"steering_coefficients": (2.0,), "steering_layer_step": 10,
 
 
 # cpu: the four dials on the first four vectors (openness and conscientiousness, high and
-# low), two strengths of steering, P2 at its strongest, 20 factual questions
+# low), two strengths of steering, P2 at its strongest, 20 factual questions, the bridge on
+# 32 chats per condition (128: the mean shift of all 474 cost ~10 min of 2-core time)
 CPU_BENCH = {"steering_coefficients": (1.0, 2.0), "p2_intensities": (3,), "n_questions": 20,
-             "n_conditions": 4, "mixer_alphas": (1.0, 2.0)}
+             "n_conditions": 4, "mixer_alphas": (1.0, 2.0), "bridge_chats": 32}
 PROFILE_BENCH = {"smoke": SMOKE_BENCH, "cpu": CPU_BENCH}
 
 

@@ -13,7 +13,8 @@ The bridge: a personality vector also shifts the residual stream; `bridge_cosine
 layer by layer, whether that shift points along the steering direction of the same trait.
 
 Cached stages: `steering-directions` (one file per trait, keyed by the data of its two
-poles) and `steering-layers` (the layer sweep, a `sweeps.run_sweep` plan).
+poles), `steering-layers` (the layer sweep, a `sweeps.run_sweep` plan) and
+`steering-bridge` (the bridge, one point per vector, keyed by its chats too).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import cache, data
-from .artifacts import atomic_path, write_json
+from .artifacts import atomic_path, fingerprint, write_json
 from .cache import Stage
 from .evaluation import contrast_scores
 from .merging import applied
@@ -244,6 +245,14 @@ def best_layer(table: pd.DataFrame) -> int:
     return int(table.groupby("layer")["gap"].mean().idxmax())
 
 
+def bridge_rows(shift: torch.Tensor, target: torch.Tensor) -> list[dict[str, float]]:
+    """Per layer: cosine of a (layers, hidden) residual shift with the (layers, hidden)
+    steering direction, and the shift's norm."""
+    cos = torch.nn.functional.cosine_similarity(shift, target, dim=-1)
+    return [{"layer": i, "cosine": float(c), "shift_norm": float(shift[i].norm())}
+            for i, c in enumerate(cos)]
+
+
 @torch.inference_mode()
 def bridge_cosines(model, tokenizer, vectors: Mapping[str, Any],
                    directions: Mapping[str, torch.Tensor],
@@ -258,12 +267,50 @@ def bridge_cosines(model, tokenizer, vectors: Mapping[str, Any],
         trait, level = split_condition(condition)
         with applied(model, [vector], [alpha], reuse_buffers=True):
             shift = answer_activations(model, tokenizer, conversations, batch_size).mean(0) - base
-        target = condition_direction(directions, condition)
-        cos = torch.nn.functional.cosine_similarity(shift, target, dim=-1)
-        rows += [{"condition": condition, "trait": trait, "level": level, "layer": i,
-                  "cosine": float(c), "shift_norm": float(shift[i].norm())}
-                 for i, c in enumerate(cos)]
+        rows += [{"condition": condition, "trait": trait, "level": level, **r}
+                 for r in bridge_rows(shift, condition_direction(directions, condition))]
     return pd.DataFrame(rows)
+
+
+def pole_chats(datasets: Mapping[str, Any], traits: Sequence[str],
+               per_condition: int | None = None) -> list[list[dict[str, str]]]:
+    """The bridge's chats: the first `per_condition` (None: all) of each trait's high and
+    low trait data, so both poles weigh the same."""
+    return [list(m) for t in traits for lv in ("high", "low")
+            for m in list(datasets[f"{t}_{lv}"]["messages"])[:per_condition]]
+
+
+BRIDGE = Stage("steering-bridge", ("model", "dtype", "device"),
+               code=(answer_batches, answer_activations, bridge_rows))
+
+
+def bridge_sweep(model, tokenizer, vectors: Mapping[str, str | Path],
+                 directions: Mapping[str, str | Path], profile,
+                 conversations: Sequence[Sequence[Mapping[str, str]]],
+                 alpha: float = 1.0) -> pd.DataFrame:
+    """`bridge_cosines` as a cached stage, one point per vector: keyed by the model, the
+    vector and direction files and the chats themselves; the base's activations are
+    computed only when some point is not cached. Same rows as `bridge_cosines`."""
+    P = BRIDGE.view(profile)
+    chats = [[dict(turn) for turn in convo] for convo in conversations]
+    base: list[torch.Tensor] = []
+
+    def measure(point):
+        vector, direction = (inputs[name] for name in point["_uses"])
+        if not base:
+            base.append(answer_activations(model, tokenizer, chats).mean(0))
+        with applied(model, [vector], [point["alpha"]], reuse_buffers=True):
+            shift = answer_activations(model, tokenizer, chats).mean(0) - base[0]
+        target = load_directions({point["trait"]: direction})
+        return bridge_rows(shift, condition_direction(target, point["condition"]))
+
+    points = []
+    for condition in vectors:
+        trait, level = split_condition(condition)
+        points.append({"condition": condition, "trait": trait, "level": level,
+                       "alpha": float(alpha), "_uses": [condition, f"direction:{trait}"]})
+    inputs = {**vectors, **{f"direction:{t}": f for t, f in directions.items()}}
+    return run_sweep((BRIDGE, points, (fingerprint(chats),)), P, measure, inputs=inputs)
 
 
 def plot_layer_sweep(table: pd.DataFrame, chosen: int | None = None):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from pvutils import cache, get_profile
 from pvutils.steering import (
     answer_batches,
     bridge_cosines,
+    bridge_sweep,
     condition_direction,
     decoder_layers,
     direction_files,
     layer_gap,
     layer_sweep,
     load_directions,
+    pole_chats,
     probe_layers,
     steered,
     steering_directions,
@@ -173,3 +177,32 @@ def test_layer_sweep_rows_are_the_gap_measured_directly(tiny_chat_model, isolate
     # a zero coefficient is the unsteered model at both signs: no gap
     assert layer_gap(model, tok, d, "extraversion", 0, 0.0, 1)["gap"] == 0.0
     assert layer_sweep(None, None, files, smoke, ["extraversion"], [0, n - 1], 2.0).equals(table)
+
+
+def test_bridge_sweep_is_the_bridge_cached_per_vector_and_keyed_by_its_chats(
+        tiny_chat_model, isolated_home, tmp_path):
+    """The cached bridge gives `bridge_cosines`' rows; a second call needs no model; other
+    chats are other points."""
+    model, tok = tiny_chat_model
+    sets = {"extraversion_high": {"messages": chats(["Parties!", "Let's go out.", "Yes!"])},
+            "extraversion_low": {"messages": chats(["I stay in.", "Quiet night.", "No."])}}
+    smoke = get_profile("smoke")
+    files = direction_files(smoke, model, tok, sets, ["extraversion"])
+    gen = torch.Generator().manual_seed(5)
+    vectors = {}
+    for condition in ("extraversion_high", "extraversion_low"):
+        delta = {n: 0.01 * torch.randn(p.shape, generator=gen)
+                 for n, p in model.named_parameters()}
+        vectors[condition] = tmp_path / f"{condition}.safetensors"
+        save_file(delta, str(vectors[condition]))
+    convos = pole_chats(sets, ["extraversion"], 2)
+    assert [c[-1]["content"] for c in convos] == ["Parties!", "Let's go out.",
+                                                   "I stay in.", "Quiet night."]
+    table = bridge_sweep(model, tok, vectors, files, smoke, convos)
+    direct = bridge_cosines(model, tok, {c: load_file(str(f)) for c, f in vectors.items()},
+                            load_directions(files), convos)
+    cols = ["condition", "trait", "level", "layer", "cosine", "shift_norm"]
+    pd.testing.assert_frame_equal(table[cols], direct[cols], check_dtype=False, atol=1e-6)
+    assert bridge_sweep(None, None, vectors, files, smoke, convos).equals(table)
+    with pytest.raises(ValueError, match="model.layers"):  # other chats: a model is needed
+        bridge_sweep(None, None, vectors, files, smoke, convos[:1] + convos[2:3])
