@@ -1,14 +1,11 @@
-"""Did fine-tuning do what it was for? Each vector's persona shift on held-out prompts, and
-how much the role-play model talks like its character (RQ4's fidelity).
-
-Both are judged by the frozen base model or by the character's own keywords, never by the
-model under test.
+"""Did fine-tuning do what it was for? Each vector's persona shift on held-out prompts,
+judged by the frozen base model, never by the model under test. (How much the role-play
+model talks like its character, RQ4's fidelity, is `character`.)
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +15,7 @@ from . import data as pvdata
 from .likelihood import persona_difference
 from .merging import applied
 from .profiles import Profile
-from .training import DEFAULT_CHARACTER, TrainingError, vector_path
+from .training import TrainingError, vector_path
 
 
 def persona_preference(scorer, tokenizer, condition: str, prompts: Sequence[str],
@@ -84,47 +81,6 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
     plan = (PERSONA_SHIFT, points, (prompts, max_new_tokens, batch_size))
     table = sweeps.run_sweep(plan, P, measure, None, paths)
     return table.drop(columns=["alpha"])
-
-
-def keyword_counts(model, tokenizer, character: str = DEFAULT_CHARACTER,
-                   prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
-                   batch_size: int | None = None,
-                   profile: Profile | None = None) -> list[tuple[int, int]]:
-    """Per held-out prompt, (the character's keywords, words) in the model's answer: the
-    counts `character_fidelity` pools, kept per prompt so a difference can be bootstrapped
-    over the prompts.
-
-    Greedy answers to held-out prompts (no system prompt; by default the first 16, or the
-    profile's `n_heldout` if fewer); the keywords are the character's voice (for the sea
-    captain: aye, ship, storm, tide, ...). Cheap enough to call at every point of an (α, β) grid.
-    """
-    if character not in pvdata.CHARACTERS:
-        raise ValueError(f"unknown character {character!r}; characters: "
-                         f"{', '.join(pvdata.CHARACTERS)}")
-    keywords = set(pvdata.CHARACTERS[character]["keywords"])
-    n_prompts = min(16, profile.n_heldout) if profile is not None else 16
-    prompts = list(prompts or pvdata.heldout_prompts()[:n_prompts])
-    max_new_tokens = max_new_tokens or (profile.eval_max_new_tokens if profile else 40)
-    batch_size = batch_size or (profile.eval_batch_size if profile else 16)
-    replies = models.chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
-                          max_new_tokens=max_new_tokens, temperature=0.0,
-                          batch_size=batch_size, progress=False)
-    words = [re.findall(r"[a-z']+", r.lower()) for r in replies]
-    return [(sum(w in keywords for w in ws), len(ws)) for ws in words]
-
-
-def pooled_fidelity(counts: Sequence[tuple[int, int]]) -> float:
-    """Keywords per 100 words over all answers together."""
-    return 100.0 * sum(k for k, _ in counts) / max(sum(n for _, n in counts), 1)
-
-
-def character_fidelity(model, tokenizer, character: str = DEFAULT_CHARACTER,
-                       prompts: Sequence[str] | None = None, max_new_tokens: int | None = None,
-                       batch_size: int | None = None, profile: Profile | None = None) -> float:
-    """How much a model talks like the character: its keywords per 100 words of answers
-    (`keyword_counts`, pooled over the prompts)."""
-    return pooled_fidelity(keyword_counts(model, tokenizer, character, prompts, max_new_tokens,
-                                          batch_size, profile))
 
 
 PERSONA_SHIFT = cache.Stage("persona-shift", ("model", "dtype", "device"), grid=("conditions",),

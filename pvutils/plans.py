@@ -17,6 +17,7 @@ from . import analysis, layers, side_effects
 from .backends import generator
 from .baselines import npti_intervention, npti_neurons, p2_prompt
 from .cache import Stage
+from .character import keyword_counts, pooled_fidelity
 from .data import heldout_prompts
 from .evaluation import (
     REAL_PERSON_PROMPT,
@@ -296,8 +297,6 @@ def negation_sweep(model, tokenizer, vectors: Mapping[str, Any], profile) -> pd.
 def _fidelity(model, tokenizer, P) -> dict[str, Any]:
     """Character fidelity pooled over the held-out prompts, with its per-prompt counts
     (keywords, words) so RQ4's differences get intervals over the prompts."""
-    from .fidelity import keyword_counts, pooled_fidelity  # imports TRL (via training)
-
     counts = keyword_counts(model, tokenizer, profile=P)
     return {"fidelity": pooled_fidelity(counts),
             "fidelity_keywords": [k for k, _ in counts], "fidelity_words": [n for _, n in counts]}
@@ -305,7 +304,7 @@ def _fidelity(model, tokenizer, P) -> dict[str, Any]:
 
 RQ4 = Stage("rq4-transfer", (*CONTRAST, "n_heldout", "eval_max_new_tokens", "eval_batch_size"),
             grid=("transfer_alphas", "transfer_betas", "sweep_conditions"),
-            code=(_contrast, _fidelity))
+            code=(_contrast, _fidelity, keyword_counts))
 
 
 def transfer_plan(profile, vectors: Sequence[str]) -> Plan:

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import cache, data
-from .artifacts import atomic_path, fingerprint, write_json
+from .artifacts import atomic_path, write_json
 from .cache import Stage
 from .evaluation import contrast_scores
 from .merging import applied
@@ -281,36 +281,46 @@ def pole_chats(datasets: Mapping[str, Any], traits: Sequence[str],
 
 
 BRIDGE = Stage("steering-bridge", ("model", "dtype", "device"),
-               code=(answer_batches, answer_activations, bridge_rows))
+               code=(answer_batches, answer_activations, bridge_rows, pole_chats))
+
+
+def bridge_plan(profile, conditions: Sequence[str], per_condition: int | None = None,
+                alpha: float = 1.0) -> Plan:
+    """One point per vector (it uses the vector and its trait's direction file); the stage
+    is keyed by the data of every pole whose chats it reads and by how many it reads."""
+    traits = list(dict.fromkeys(split_condition(c)[0] for c in conditions))
+    poles = [data.data_key(cache.unwrap(profile), f"{t}_{lv}") for t in traits
+             for lv in ("high", "low")]
+    points = [{"condition": c, "trait": split_condition(c)[0], "level": split_condition(c)[1],
+               "alpha": float(alpha), "_uses": [c, f"direction:{split_condition(c)[0]}"]}
+              for c in conditions]
+    return BRIDGE, points, (poles, per_condition)
 
 
 def bridge_sweep(model, tokenizer, vectors: Mapping[str, str | Path],
-                 directions: Mapping[str, str | Path], profile,
-                 conversations: Sequence[Sequence[Mapping[str, str]]],
-                 alpha: float = 1.0) -> pd.DataFrame:
-    """`bridge_cosines` as a cached stage, one point per vector: keyed by the model, the
-    vector and direction files and the chats themselves; the base's activations are
-    computed only when some point is not cached. Same rows as `bridge_cosines`."""
+                 directions: Mapping[str, str | Path], profile, datasets: Mapping[str, Any],
+                 per_condition: int | None = None, alpha: float = 1.0) -> pd.DataFrame:
+    """`bridge_cosines` as a cached stage, one point per vector, on the `pole_chats` of the
+    profile's trait data `datasets` (`data.trait_datasets(profile)`, as `direction_files`
+    takes them); the base's activations are computed only when a point is not cached.
+    Same rows as `bridge_cosines`."""
     P = BRIDGE.view(profile)
-    chats = [[dict(turn) for turn in convo] for convo in conversations]
-    base: list[torch.Tensor] = []
+    traits = list(dict.fromkeys(split_condition(c)[0] for c in vectors))
+    inputs = {**vectors, **{f"direction:{t}": f for t, f in directions.items()}}
+    state: dict[str, Any] = {}
 
     def measure(point):
         vector, direction = (inputs[name] for name in point["_uses"])
-        if not base:
-            base.append(answer_activations(model, tokenizer, chats).mean(0))
+        if not state:
+            state["chats"] = pole_chats(datasets, traits, per_condition)
+            state["base"] = answer_activations(model, tokenizer, state["chats"]).mean(0)
         with applied(model, [vector], [point["alpha"]], reuse_buffers=True):
-            shift = answer_activations(model, tokenizer, chats).mean(0) - base[0]
+            shift = answer_activations(model, tokenizer, state["chats"]).mean(0) - state["base"]
         target = load_directions({point["trait"]: direction})
         return bridge_rows(shift, condition_direction(target, point["condition"]))
 
-    points = []
-    for condition in vectors:
-        trait, level = split_condition(condition)
-        points.append({"condition": condition, "trait": trait, "level": level,
-                       "alpha": float(alpha), "_uses": [condition, f"direction:{trait}"]})
-    inputs = {**vectors, **{f"direction:{t}": f for t, f in directions.items()}}
-    return run_sweep((BRIDGE, points, (fingerprint(chats),)), P, measure, inputs=inputs)
+    plan = bridge_plan(P, list(vectors), per_condition, alpha)
+    return run_sweep(plan, P, measure, inputs=inputs)
 
 
 def plot_layer_sweep(table: pd.DataFrame, chosen: int | None = None):

@@ -23,11 +23,11 @@ import torch
 from . import cache, heldout, progress
 from . import data as pvdata
 from .artifacts import artifacts_dir, read_json, write_json
+from .character import DEFAULT_CHARACTER
 from .outputs import report_error
 from .profiles import Profile, get_profile
 
 TRAIN_VERSION = 1  # bump when training changes what a vector holds
-DEFAULT_CHARACTER = "captain_mara"
 AVX2_PEAK_GFLOPS = 190.0  # measured fp32 matmul peak of this machine's 2 cores (DESIGN.md)
 
 

@@ -17,6 +17,7 @@ from pvutils import (
     book,
     cache,
     calibrate,
+    character,
     components,
     data,
     harness,
@@ -36,7 +37,7 @@ from pvutils.personas import split_condition
 from pvutils.profiles import CONDITIONS, field_names, get_profile
 
 BASE = get_profile("smoke")
-DOMAIN = f"domain_{training.DEFAULT_CHARACTER}"
+DOMAIN = f"domain_{character.DEFAULT_CHARACTER}"
 TRANSFER = ["extraversion_high", "extraversion_low", "agreeableness_low"]  # 04's default
 
 # one valid new value per field
@@ -76,9 +77,9 @@ VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negati
 # chapter 06: the stages that apply vectors (or their low-rank copies), and those that read
 # the trait data through the steering directions
 CH06_VECTOR = {"dose-vector", "capability-vector", "dial-check", "lowrank", "dose-lowrank",
-               "mixer"}
+               "mixer", "steering-bridge"}
 CH06_STEERING = {"steering-directions", "steering-layers", "dose-steering",
-                 "capability-steering"}
+                 "capability-steering", "steering-bridge"}
 CH06_CONTRAST = {"steering-layers", "dose-off", "dose-vector", "dose-steering", "dose-NPTI",
                  "dose-P2", "dose-lowrank", "dial-check", "mixer"}  # they read contrast_pairs
 CH06 = CH06_VECTOR | CH06_STEERING | CH06_CONTRAST | {f"capability-{d}"
@@ -149,7 +150,8 @@ NOTEBOOK_INPUTS = {"judges": ["embedding"], "transfer_conditions": ["agreeablene
                    # chapter 06's own settings (`bench.bench_settings`)
                    "steering_coefficients": [1.0], "steering_probe": 1.0,
                    "steering_layer_step": 4, "p2_intensities": [1, 3], "n_questions": 5,
-                   "ranks": [16], "mixer_alphas": [2.0], "dial_targets": [3.1]}
+                   "ranks": [16], "mixer_alphas": [2.0], "dial_targets": [3.1],
+                   "bridge_chats": 2}
 NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-transfer"},
                     "steering_coefficients": {"dose-steering", "capability-steering"},
                     "steering_probe": {"steering-layers"},
@@ -158,7 +160,7 @@ NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-tr
                     "n_questions": {f"capability-{d}" for d in ("off", "vector", "steering",
                                                                  "NPTI", "P2")},
                     "ranks": {"lowrank", "dose-lowrank"}, "mixer_alphas": {"mixer"},
-                    "dial_targets": {"dial-check"}}
+                    "dial_targets": {"dial-check"}, "bridge_chats": {"steering-bridge"}}
 N_LAYERS = 30  # the embedded model's depth (the layer sweep's points depend on it)
 
 
@@ -199,6 +201,7 @@ def chapter06(P, swept, ids, dial_targets=None, **given) -> dict[str, object]:
         "dose-lowrank": bench.lowrank_plan(P, pairs),
         "mixer": mixer.mixer_plan(P, mixer.default_mixes(swept, P.conditions),
                                   S.mixer_alphas, questions),
+        "steering-bridge": steering.bridge_plan(P, swept, S.bridge_chats),
     }
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in plans.items()}

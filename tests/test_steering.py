@@ -198,11 +198,11 @@ def test_bridge_sweep_is_the_bridge_cached_per_vector_and_keyed_by_its_chats(
     convos = pole_chats(sets, ["extraversion"], 2)
     assert [c[-1]["content"] for c in convos] == ["Parties!", "Let's go out.",
                                                    "I stay in.", "Quiet night."]
-    table = bridge_sweep(model, tok, vectors, files, smoke, convos)
+    table = bridge_sweep(model, tok, vectors, files, smoke, sets, 2)
     direct = bridge_cosines(model, tok, {c: load_file(str(f)) for c, f in vectors.items()},
                             load_directions(files), convos)
     cols = ["condition", "trait", "level", "layer", "cosine", "shift_norm"]
     pd.testing.assert_frame_equal(table[cols], direct[cols], check_dtype=False, atol=1e-6)
-    assert bridge_sweep(None, None, vectors, files, smoke, convos).equals(table)
+    assert bridge_sweep(None, None, vectors, files, smoke, {}, 2).equals(table)
     with pytest.raises(ValueError, match="model.layers"):  # other chats: a model is needed
-        bridge_sweep(None, None, vectors, files, smoke, convos[:1] + convos[2:3])
+        bridge_sweep(None, None, vectors, files, smoke, sets, 3)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pvutils import data, fidelity, models, training, vectors
+from pvutils import character, data, fidelity, models, training, vectors
 from pvutils.profiles import get_profile
 from pvutils.training import TrainingError
 
@@ -326,11 +326,11 @@ def test_character_fidelity_counts_the_characters_voice(monkeypatch):
     # 4 keywords (aye, sea, sailor... and not 'calm') over 13 words
     words = "aye the sea was calm that day sailor i had soup for lunch".split()
     expected = 100 * 3 / len(words)
-    assert fidelity.character_fidelity(None, None, prompts=["a", "b"]) == pytest.approx(expected)
+    assert character.character_fidelity(None, None, prompts=["a", "b"]) == pytest.approx(expected)
     # per prompt (keywords, words): what RQ4's prompt bootstrap resamples
-    assert fidelity.keyword_counts(None, None, prompts=["a", "b"]) == [(3, 8), (0, 5)]
+    assert character.keyword_counts(None, None, prompts=["a", "b"]) == [(3, 8), (0, 5)]
     with pytest.raises(ValueError, match="unknown character"):
-        fidelity.character_fidelity(None, None, character="nobody")
+        character.character_fidelity(None, None, character="nobody")
 
 
 @pytest.mark.slow
