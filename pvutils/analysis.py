@@ -1,5 +1,5 @@
 """What the chapters ask of a sweep's inputs besides the sweep itself: RQ2's trait
-profiles and the example answers shown beside the figures.
+profiles and the example answers shown beside the figures (cached: `greedy-replies`).
 
 The sweeps are in `sweeps`, statistics in `stats`, figures in `plots`, hidden-state
 similarity in `layers`, side effects (disclaimers, perplexity) in `side_effects`, the VLM
@@ -9,12 +9,14 @@ case in `vlm`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .cache import Stage
 from .evaluation import REAL_PERSON_PROMPT
 from .merging import applied
 from .models import chat, trim_to_sentence
+from .sweeps import applying, run_sweep
 
 
 def trait_profiles(traits: Sequence[str], fraction: str = "full") -> list[dict[str, str]]:
@@ -35,28 +37,51 @@ def trait_profiles(traits: Sequence[str], fraction: str = "full") -> list[dict[s
     return [p for p in every if list(p.values()).count("low") % 2 == 0]
 
 
-def example_answers(
-    model,
-    tokenizer,
-    vector: str | Path,
-    question: str,
-    alphas: Sequence[float] = (0.0, 1.0, 2.0),
-    max_new_tokens: int = 96,
-) -> dict[float, str]:
-    """Greedy answers to one question as a person, at several alphas of one vector."""
-    convo = [
-        [{"role": "system", "content": REAL_PERSON_PROMPT}, {"role": "user", "content": question}]
-    ]
+def greedy_reply(model, tokenizer, conversation: Sequence[Mapping[str, str]],
+                 max_new_tokens: int) -> str:
+    """One greedy reply, trimmed to its last whole sentence."""
+    (reply,) = chat(model, tokenizer, [list(conversation)], max_new_tokens=max_new_tokens,
+                    temperature=0.0, progress=False)
+    return trim_to_sentence(reply)
+
+
+# the replies the chapters print beside their figures: cheap, but regenerated on every run
+# without a cache (the model, the conversation, the vector and its α are the point)
+REPLIES = Stage("greedy-replies", ("model", "dtype", "device"), code=(greedy_reply,))
+
+
+def cached_replies(model, tokenizer, profile, conversations: Sequence[Sequence[Mapping]],
+                   max_new_tokens: int, vector: str | Path | None = None,
+                   alphas: Sequence[float] = (1.0,)) -> list[str]:
+    """Greedy replies to each conversation (with `vector` at each α, else the model as it
+    is), cached per (conversation, α, vector): a warm rerun needs no model. Ordered by
+    conversation, then α."""
+    uses = {"vector": vector} if vector is not None else {}
+    points = [{"conversation": [dict(t) for t in convo], "max_new_tokens": int(max_new_tokens),
+               **({"alpha": float(a), "_uses": ["vector"]} if uses else {})}
+              for convo in conversations for a in (alphas if uses else (None,))]
+
+    def measure(point):
+        return {"reply": greedy_reply(model, tokenizer, point["conversation"],
+                                      point["max_new_tokens"])}
+
+    table = run_sweep((REPLIES, points, ()), REPLIES.view(profile), measure,
+                      applying(model, uses) if uses else None, uses)
+    return table["reply"].tolist()
+
+
+def example_answers(model, tokenizer, vector: str | Path, question: str,
+                    alphas: Sequence[float] = (0.0, 1.0, 2.0), max_new_tokens: int = 96,
+                    profile=None) -> dict[float, str]:
+    """Greedy answers to one question as a person, at several alphas of one vector (cached
+    under `profile`'s stage entry when one is given)."""
+    convo = [{"role": "system", "content": REAL_PERSON_PROMPT},
+             {"role": "user", "content": question}]
+    if profile is not None:
+        return dict(zip(map(float, alphas), cached_replies(
+            model, tokenizer, profile, [convo], max_new_tokens, vector, alphas), strict=True))
     out = {}
     for alpha in alphas:
         with applied(model, [vector], [alpha], reuse_buffers=True):
-            (reply,) = chat(
-                model,
-                tokenizer,
-                convo,
-                max_new_tokens=max_new_tokens,
-                temperature=0.0,
-                progress=False,
-            )
-        out[float(alpha)] = trim_to_sentence(reply)
+            out[float(alpha)] = greedy_reply(model, tokenizer, convo, max_new_tokens)
     return out

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from . import cache
+from .artifacts import read_json, write_json
 from .tensorio import MergeError, check_compatible, open_tensors
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -83,3 +85,22 @@ def _cosine(gram: torch.Tensor) -> torch.Tensor:
     norms = gram.diagonal().clamp_min(0).sqrt()
     denom = norms[:, None] * norms[None, :]
     return torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
+
+
+# no profile field: the key is the vectors' identities (their fine-tunes' keys) and `by`
+COSINES = cache.Stage("cosines", (), code=(cosine_similarity_table, _cosine))
+
+
+def cached_cosine_table(vectors: Mapping[str, str | Path | Mapping[str, torch.Tensor]],
+                        by: str = "model", profile_name: str = "cpu"):
+    """`cosine_similarity_table`, cached under `<artifacts>/cosines/<key>/`: reading ten
+    135M-parameter vectors takes half a minute on 2 cores, a warm rerun none."""
+    import pandas as pd  # as above
+
+    key = COSINES.key(None, [(n, cache.identity(v)) for n, v in vectors.items()], by)
+    file = COSINES.entry(key) / "table.json"
+    if not file.exists():
+        table = cosine_similarity_table(vectors, by)
+        write_json(file, table.to_dict("split"))
+    cache.touch(file.parent, COSINES.name, profile_name, {"vectors": len(vectors), "by": by})
+    return pd.DataFrame(**read_json(file))

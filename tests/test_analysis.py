@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from pvutils import analysis, layers, side_effects, stats, vlm
+from pvutils import analysis, get_profile, layers, side_effects, stats, vlm
 
 TEXTS = ["hello there", "a longer sentence about bread and butter", "x"]
 
@@ -216,3 +217,25 @@ def test_language_only_merge_changes_only_the_language_model(tmp_path, tiny_llav
     share = vlm.language_only_merge(base, tuned, tmp_path)
     assert share["model.language_model"] == 1.0 and share["lm_head"] == 1.0
     assert share["model.vision_tower"] == 0.0 and share["model.multi_modal_projector"] == 0.0
+
+
+def test_cached_replies_are_the_greedy_replies_and_a_warm_call_needs_no_model(
+        tiny_chat_model, isolated_home, tmp_path):
+    model, tok = tiny_chat_model
+    smoke = get_profile("smoke")
+    convos = [[{"role": "user", "content": "Hello?"}], [{"role": "user", "content": "Why?"}]]
+    direct = [analysis.greedy_reply(model, tok, c, 6) for c in convos]
+    assert analysis.cached_replies(model, tok, smoke, convos, 6) == direct
+    assert analysis.cached_replies(None, None, smoke, convos, 6) == direct
+    # with a vector: ordered by conversation, then α; α = 0 is the model itself
+    gen = torch.Generator().manual_seed(3)
+    vector = tmp_path / "v.safetensors"
+    save_file({n: 0.5 * torch.randn(p.shape, generator=gen)
+               for n, p in model.named_parameters()}, str(vector))
+    with_vector = analysis.cached_replies(model, tok, smoke, convos[:1], 6, vector, (0.0, 1.0))
+    assert with_vector[0] == direct[0]
+    examples = analysis.example_answers(model, tok, vector, "Hello?", (0.0, 1.0), 6)
+    assert analysis.example_answers(model, tok, vector, "Hello?", (0.0, 1.0), 6,
+                                    profile=smoke) == examples
+    assert analysis.example_answers(None, None, vector, "Hello?", (0.0, 1.0), 6,
+                                    profile=smoke) == examples

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvutils.merging import applied
+from pvutils.similarity import cached_cosine_table
 from pvutils.vectors import (
     MergeError,
     add_vectors,
@@ -233,3 +235,18 @@ def test_streamed_file_is_a_valid_safetensors_file(dirs, tmp_path):
     sizes = {k: math.prod(v["shape"]) * 4 for k, v in header.items() if k != "__metadata__"}
     assert all(header[k]["data_offsets"][1] - header[k]["data_offsets"][0] == s
                for k, s in sizes.items())
+
+
+def test_cached_cosine_table_is_the_table_keyed_by_the_vectors_content(
+        dirs, tmp_path, isolated_home):
+    v1 = extract_vector(dirs / "base", dirs / "ft1", tmp_path / "v1.st")
+    v2 = extract_vector(dirs / "base", dirs / "ft2", tmp_path / "v2.st")
+    pair = {"high": v1, "low": v2}
+    for by in ("model", "layer"):
+        pd.testing.assert_frame_equal(cached_cosine_table(pair, by=by),
+                                      cosine_similarity_table(pair, by=by))
+    assert len(list((isolated_home / "cosines").iterdir())) == 2  # one entry per `by`
+    before = cached_cosine_table(pair).loc["high", "low"]  # warm: no new entry
+    assert len(list((isolated_home / "cosines").iterdir())) == 2
+    save_vector(scale_vector(load_vector(v2), -1.0), v2, vector_metadata(v2))  # new content
+    assert cached_cosine_table(pair).loc["high", "low"] == pytest.approx(-before, abs=1e-6)
