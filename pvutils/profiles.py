@@ -275,15 +275,14 @@ PROFILES: dict[str, Profile] = {
     # RQ2 35 s in a one-thread kernel): one answer pair per contrast item, four α per dial, RQ2 at
     # the paper's α = 0.2 with TA, TIES and TIES+DARE (DARE's effect: TIES+DARE vs TIES) on
     # the 16-profile half fraction (every trait high in 8, each pair balanced),
-    # RQ4 at the corners of its grid; the seed study (each extra seed is a data run and
-    # three fine-tunes, ~16 minutes here) runs by parameter: -p seed_study_seeds '[0, 1, 2]'
+    # RQ4 at the corners of its grid; the seed study trains its three conditions under
+    # seeds 1 and 2 too (each extra seed is a data run and three fine-tunes, ~16 minutes here)
     "cpu": Profile(name="cpu", n_dialogues=128, learning_rate=1e-4, train_epochs=1.0,
                    heldout_fraction=0.1, padding_free=True, contrast_pairs=1,
                    alphas=(0.5, 1.0, 1.5, 2.0), interview_alphas=(1.0, 2.0),
                    composition_alphas=(0.2,), composition_methods=("TA", "TIES", "TIES+DARE"),
                    composition_fraction="half",
-                   npti_gammas=(1.0, 2.0), transfer_alphas=(0.0, 1.0), transfer_betas=(0.0, 1.0),
-                   seed_study_seeds=(0,)),
+                   npti_gammas=(1.0, 2.0), transfer_alphas=(0.0, 1.0), transfer_betas=(0.0, 1.0)),
     "paper": Profile(
         name="paper",
         model="meta-llama/Llama-3.1-8B-Instruct",
