@@ -153,19 +153,25 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
     return seconds
 
 
+SUMMARY_PREFIX = "99"  # a chapter numbered 99 reads every other chapter's result JSON
+
+
 def schedule(paths: Sequence[Path], jobs: int, manifest: Path) -> list[tuple[list, dict]]:
     """(notebooks, kernel environment) per phase. One job: one phase, in order. More: 00 and
     the explainers on all cores, then the chapters (they only read 00's artifacts) at cores //
-    jobs threads per kernel, longest first by the last run in `manifest` (unrecorded first)."""
+    jobs threads per kernel, longest first by the last run in `manifest` (unrecorded first),
+    then the summary chapters (`SUMMARY_PREFIX`), which read the others' results."""
     if jobs <= 1:
         return [(list(paths), {})]
     first = [nb for nb in paths if nb.parent != NOTEBOOK_DIR or nb.stem.startswith("00")]
+    summary = [nb for nb in paths
+               if nb.parent == NOTEBOOK_DIR and nb.stem.startswith(SUMMARY_PREFIX)]
     last = read_json(manifest)["notebooks"] if manifest.exists() else {}
-    rest = sorted((nb for nb in paths if nb not in first),
+    rest = sorted((nb for nb in paths if nb not in first and nb not in summary),
                   key=lambda nb: -last.get(nb.stem, {}).get("seconds", float("inf")))
     threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
     env = {k: os.environ.get(k, threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    return [(first, {}), (rest, env)]
+    return [phase for phase in [(first, {}), (rest, env), (summary, {})] if phase[0]]
 
 
 def run_notebooks(profile: str, paths: Sequence[Path], parameters: dict | None = None,

@@ -95,7 +95,7 @@ def test_runner_writes_a_copy_and_leaves_the_tree_as_it_was(tmp_path):
     publish.check_executed(book.executed_path(source, "smoke", tmp_path), "smoke")
 
 
-def test_with_jobs_setup_and_explainers_go_first_then_the_longest_chapter(tmp_path,
+def test_with_jobs_setup_first_then_the_longest_chapter_then_the_results_page(tmp_path,
                                                                             monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # a value the caller set is kept
@@ -103,11 +103,12 @@ def test_with_jobs_setup_and_explainers_go_first_then_the_longest_chapter(tmp_pa
     last = {"01_rq1_scaling": 60.0, "06_vectors_vs_steering": 90.0, "03_rq3_negation": 35.0}
     write_json(tmp_path / "RUN.json", {"notebooks": {k: {"seconds": v} for k, v in last.items()}})
     assert book.schedule(paths, 1, tmp_path / "RUN.json") == [(paths, {})]
-    (first, env1), (rest, env2) = book.schedule(paths, 2, tmp_path / "RUN.json")
-    assert sorted(first + rest) == sorted(paths) and not set(first) & set(rest)
+    (first, env1), (rest, env2), (summary, env3) = book.schedule(paths, 2, tmp_path / "RUN.json")
+    assert sorted(first + rest + summary) == sorted(paths)  # each notebook once
     assert {nb.stem for nb in first} == {nb.stem for nb in paths
                                          if nb.parent.name == "book" or nb.stem.startswith("00")}
-    assert env1 == {}
+    # the results page reads every chapter's JSON: it runs alone, after all of them
+    assert [nb.stem for nb in summary] == ["99_results"] and env1 == env3 == {}
     unrecorded = [nb.stem for nb in paths if nb in rest and nb.stem not in last]
     assert [nb.stem for nb in rest] == unrecorded + sorted(last, key=last.get, reverse=True)
     cores = len(os.sched_getaffinity(0))
