@@ -16,7 +16,7 @@ from .cache import Stage
 from .evaluation import REAL_PERSON_PROMPT
 from .merging import applied
 from .models import chat, trim_to_sentence
-from .sweeps import applying, run_sweep
+from .sweeps import Plan, applying, run_sweep
 
 
 def trait_profiles(traits: Sequence[str], fraction: str = "full") -> list[dict[str, str]]:
@@ -47,27 +47,44 @@ def greedy_reply(model, tokenizer, conversation: Sequence[Mapping[str, str]],
 
 # the replies the chapters print beside their figures: cheap, but regenerated on every run
 # without a cache (the model, the conversation, the vector and its α are the point)
-REPLIES = Stage("greedy-replies", ("model", "dtype", "device"), code=(greedy_reply,))
+REPLIES = Stage("greedy-replies", ("model", "dtype", "device"),
+                code=(greedy_reply, trim_to_sentence))
+
+
+def replies_plan(profile, conversations: Sequence[Sequence[Mapping]], max_new_tokens: int,
+                 alphas: Sequence[float] | None = None) -> Plan:
+    """One point per conversation, or per (conversation, α) of the input named "vector"
+    when `alphas` are given."""
+    points = [{"conversation": [dict(t) for t in convo], "max_new_tokens": int(max_new_tokens),
+               **({"alpha": float(a), "_uses": ["vector"]} if alphas is not None else {})}
+              for convo in conversations for a in (alphas if alphas is not None else (None,))]
+    return REPLIES, points, ()
 
 
 def cached_replies(model, tokenizer, profile, conversations: Sequence[Sequence[Mapping]],
                    max_new_tokens: int, vector: str | Path | None = None,
-                   alphas: Sequence[float] = (1.0,)) -> list[str]:
-    """Greedy replies to each conversation (with `vector` at each α, else the model as it
-    is), cached per (conversation, α, vector): a warm rerun needs no model. Ordered by
+                   alphas: Sequence[float] | None = None) -> list[str]:
+    """Greedy replies to each conversation (with `vector` at each of `alphas`, else the
+    model as it is), cached per point: a warm rerun needs no model. Ordered by
     conversation, then α."""
+    if (vector is None) != (alphas is None):
+        raise ValueError("cached_replies: give a vector together with its alphas, or neither")
     uses = {"vector": vector} if vector is not None else {}
-    points = [{"conversation": [dict(t) for t in convo], "max_new_tokens": int(max_new_tokens),
-               **({"alpha": float(a), "_uses": ["vector"]} if uses else {})}
-              for convo in conversations for a in (alphas if uses else (None,))]
 
     def measure(point):
         return {"reply": greedy_reply(model, tokenizer, point["conversation"],
                                       point["max_new_tokens"])}
 
-    table = run_sweep((REPLIES, points, ()), REPLIES.view(profile), measure,
+    plan = replies_plan(profile, conversations, max_new_tokens, alphas)
+    table = run_sweep(plan, REPLIES.view(profile), measure,
                       applying(model, uses) if uses else None, uses)
     return table["reply"].tolist()
+
+
+def example_conversation(question: str) -> list[dict[str, str]]:
+    """The example question asked of a model told to answer as a real person."""
+    return [{"role": "system", "content": REAL_PERSON_PROMPT},
+            {"role": "user", "content": question}]
 
 
 def example_answers(model, tokenizer, vector: str | Path, question: str,
@@ -75,11 +92,11 @@ def example_answers(model, tokenizer, vector: str | Path, question: str,
                     profile=None) -> dict[float, str]:
     """Greedy answers to one question as a person, at several alphas of one vector (cached
     under `profile`'s stage entry when one is given)."""
-    convo = [{"role": "system", "content": REAL_PERSON_PROMPT},
-             {"role": "user", "content": question}]
+    convo = example_conversation(question)
     if profile is not None:
-        return dict(zip(map(float, alphas), cached_replies(
-            model, tokenizer, profile, [convo], max_new_tokens, vector, alphas), strict=True))
+        replies = cached_replies(model, tokenizer, profile, [convo], max_new_tokens, vector,
+                                 list(alphas))
+        return dict(zip(map(float, alphas), replies, strict=True))
     out = {}
     for alpha in alphas:
         with applied(model, [vector], [alpha], reuse_buffers=True):

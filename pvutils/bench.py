@@ -68,7 +68,7 @@ SMOKE_BENCH = {"steering_coefficients": (2.0,), "steering_layer_step": 10,
 
 # cpu: the four dials on the first four vectors (openness and conscientiousness, high and
 # low), two strengths of steering, P2 at its strongest, 20 factual questions, the bridge on
-# 32 chats per condition (128: the mean shift of all 474 cost ~10 min of 2-core time)
+# 32 chats per condition, 128 in all (all 474 took ~24 min in a two-kernel run)
 CPU_BENCH = {"steering_coefficients": (1.0, 2.0), "p2_intensities": (3,), "n_questions": 20,
              "n_conditions": 4, "mixer_alphas": (1.0, 2.0), "bridge_chats": 32}
 PROFILE_BENCH = {"smoke": SMOKE_BENCH, "cpu": CPU_BENCH}

@@ -304,7 +304,7 @@ def _fidelity(model, tokenizer, P) -> dict[str, Any]:
 
 RQ4 = Stage("rq4-transfer", (*CONTRAST, "n_heldout", "eval_max_new_tokens", "eval_batch_size"),
             grid=("transfer_alphas", "transfer_betas", "sweep_conditions"),
-            code=(_contrast, _fidelity, keyword_counts))
+            code=(_contrast, _fidelity, keyword_counts, pooled_fidelity))
 
 
 def transfer_plan(profile, vectors: Sequence[str]) -> Plan:

@@ -7,7 +7,7 @@ so ten 8B-parameter vectors never need to be in memory together.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -88,16 +88,23 @@ def _cosine(gram: torch.Tensor) -> torch.Tensor:
 
 
 # no profile field: the key is the vectors' identities (their fine-tunes' keys) and `by`
-COSINES = cache.Stage("cosines", (), code=(cosine_similarity_table, _cosine))
+COSINES = cache.Stage("cosines", (), code=(cosine_similarity_table, _cosine, layer_of,
+                                           module_of))
+
+
+def cosines_key(ids: Sequence[tuple[str, str]], by: str) -> str:
+    """The cached table's key: the code, each (name, identity) in order, and `by`."""
+    return COSINES.key(None, [list(pair) for pair in ids], by)
 
 
 def cached_cosine_table(vectors: Mapping[str, str | Path | Mapping[str, torch.Tensor]],
-                        by: str = "model", profile_name: str = "cpu"):
+                        by: str = "model", *, profile_name: str):
     """`cosine_similarity_table`, cached under `<artifacts>/cosines/<key>/`: reading ten
-    135M-parameter vectors takes half a minute on 2 cores, a warm rerun none."""
+    135M-parameter vectors takes half a minute on 2 cores, a warm rerun none.
+    `profile_name` is recorded as a user of the entry (`cache prune --profile`)."""
     import pandas as pd  # as above
 
-    key = COSINES.key(None, [(n, cache.identity(v)) for n, v in vectors.items()], by)
+    key = cosines_key([(n, cache.identity(v)) for n, v in vectors.items()], by)
     file = COSINES.entry(key) / "table.json"
     if not file.exists():
         table = cosine_similarity_table(vectors, by)

@@ -272,16 +272,40 @@ def bridge_cosines(model, tokenizer, vectors: Mapping[str, Any],
     return pd.DataFrame(rows)
 
 
+def check_per_condition(per_condition: int | None) -> None:
+    """`bridge_chats` is None (all) or a whole number of at least 1."""
+    if per_condition is not None and (isinstance(per_condition, bool)
+                                      or not isinstance(per_condition, int)
+                                      or per_condition < 1):
+        raise ValueError(f"bridge_chats={per_condition!r}: give a whole number of chats per "
+                         "condition, at least 1 (or None for all)")
+
+
 def pole_chats(datasets: Mapping[str, Any], traits: Sequence[str],
                per_condition: int | None = None) -> list[list[dict[str, str]]]:
     """The bridge's chats: the first `per_condition` (None: all) of each trait's high and
     low trait data, so both poles weigh the same."""
+    check_per_condition(per_condition)
     return [list(m) for t in traits for lv in ("high", "low")
             for m in list(datasets[f"{t}_{lv}"]["messages"])[:per_condition]]
 
 
+def bridge_point(model, tokenizer, chats: Sequence[Sequence[Mapping[str, str]]],
+                 base: torch.Tensor, vector: Any, direction_file: str | Path,
+                 condition: str, alpha: float) -> list[dict[str, float]]:
+    """One vector's bridge rows: the mean answer activation of θ + αφ on `chats` minus
+    `base` (the base model's, same chats), against the steering direction toward
+    `condition` read from its trait's direction file."""
+    with applied(model, [vector], [alpha], reuse_buffers=True):
+        shift = answer_activations(model, tokenizer, chats).mean(0) - base
+    trait = split_condition(condition)[0]
+    target = condition_direction(load_directions({trait: direction_file}), condition)
+    return bridge_rows(shift, target)
+
+
 BRIDGE = Stage("steering-bridge", ("model", "dtype", "device"),
-               code=(answer_batches, answer_activations, bridge_rows, pole_chats))
+               code=(answer_batches, answer_activations, bridge_rows, pole_chats,
+                     bridge_point, condition_direction))
 
 
 def bridge_plan(profile, conditions: Sequence[str], per_condition: int | None = None,
@@ -303,21 +327,20 @@ def bridge_sweep(model, tokenizer, vectors: Mapping[str, str | Path],
     """`bridge_cosines` as a cached stage, one point per vector, on the `pole_chats` of the
     profile's trait data `datasets` (`data.trait_datasets(profile)`, as `direction_files`
     takes them); the base's activations are computed only when a point is not cached.
-    Same rows as `bridge_cosines`."""
+    The rows of `bridge_cosines`, with an `alpha` column."""
     P = BRIDGE.view(profile)
+    check_per_condition(per_condition)
     traits = list(dict.fromkeys(split_condition(c)[0] for c in vectors))
     inputs = {**vectors, **{f"direction:{t}": f for t, f in directions.items()}}
     state: dict[str, Any] = {}
 
     def measure(point):
-        vector, direction = (inputs[name] for name in point["_uses"])
-        if not state:
+        if not state:  # only when a point is not cached
             state["chats"] = pole_chats(datasets, traits, per_condition)
             state["base"] = answer_activations(model, tokenizer, state["chats"]).mean(0)
-        with applied(model, [vector], [point["alpha"]], reuse_buffers=True):
-            shift = answer_activations(model, tokenizer, state["chats"]).mean(0) - state["base"]
-        target = load_directions({point["trait"]: direction})
-        return bridge_rows(shift, condition_direction(target, point["condition"]))
+        vector, direction = (inputs[name] for name in point["_uses"])
+        return bridge_point(model, tokenizer, state["chats"], state["base"], vector,
+                            direction, point["condition"], point["alpha"])
 
     plan = bridge_plan(P, list(vectors), per_condition, alpha)
     return run_sweep(plan, P, measure, inputs=inputs)

@@ -239,3 +239,5 @@ def test_cached_replies_are_the_greedy_replies_and_a_warm_call_needs_no_model(
                                     profile=smoke) == examples
     assert analysis.example_answers(None, None, vector, "Hello?", (0.0, 1.0), 6,
                                     profile=smoke) == examples
+    with pytest.raises(ValueError, match="vector together with its alphas"):
+        analysis.cached_replies(model, tok, smoke, convos, 6, alphas=(1.0,))

@@ -7,12 +7,14 @@ stage that starts reading a field it does not declare, fails a test.
 
 from __future__ import annotations
 
+import ast
 import os
 
 import pandas as pd
 import pytest
 
 from pvutils import (
+    analysis,
     bench,
     book,
     cache,
@@ -27,6 +29,7 @@ from pvutils import (
     plans,
     plusminus,
     seeds,
+    similarity,
     steering,
     sweeps,
     training,
@@ -84,9 +87,11 @@ CH06_CONTRAST = {"steering-layers", "dose-off", "dose-vector", "dose-steering", 
                  "dose-P2", "dose-lowrank", "dial-check", "mixer"}  # they read contrast_pairs
 CH06 = CH06_VECTOR | CH06_STEERING | CH06_CONTRAST | {f"capability-{d}"
                                                      for d in ("off", "NPTI", "P2")}
-# a new vector is a new input of every vector sweep, of the components made from the
-# vectors, and of the seed study's fine-tunes (the same recipe under other seeds)
-TRAINING = {"vectors", "components", "seed-study"} | VECTOR_SWEEPS | CH06_VECTOR
+# a new vector is a new input of every vector sweep, of the components and the cosine table
+# made from the vectors, of 01's example replies and of the seed study's fine-tunes (the
+# same recipe under other seeds)
+TRAINING = {"vectors", "components", "seed-study", "cosines",
+            "greedy-replies"} | VECTOR_SWEEPS | CH06_VECTOR
 EVERY = {"data", "rq1-p2", "rq1-npti"} | TRAINING | CH06
 DATA = {"data"} | TRAINING | CH06_STEERING
 # the swept vectors choose the points of every chapter-06 stage but the base model's (the
@@ -106,14 +111,15 @@ READERS = {
                      "lr_scheduler", "max_length", "use_lora", "bf16",
                      "gradient_checkpointing", "padding_free", "heldout_fraction",
                      "early_stopping_patience", "keep_best"], TRAINING),
-    "conditions": {"data", "vectors", "components"},  # the mean is over the trained ones
+    # the mean and 02's cosine table are over the trained ones
+    "conditions": {"data", "vectors", "components", "cosines"},
     "component_conditions": {"component-parts"},
     "seed_study_conditions": {"seed-study"}, "seed_study_seeds": {"seed-study"},
     "judge": {"rq1-interview"}, "judge_model": {"rq1-interview"},
     "n_samples": {"rq1-interview", "rq3-negation", "plusminus"},
     "eval_temperature": {"rq1-interview", "rq3-negation", "linguistic", "plusminus"},
     "eval_max_new_tokens": {"rq1-interview", "rq3-negation", "rq4-transfer", "mixer",
-                            "plusminus"},
+                            "plusminus", "greedy-replies"},  # 01's example: twice as long
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic",
                         "plusminus"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
@@ -144,15 +150,19 @@ READERS = {
 }
 
 # notebook parameters that are not Profile fields -> the stages they reach
-PAGE_ONLY = {"profile": "selects the profile", "seed": None, "density": None,
-             "max_new_tokens": None, "example_condition": None, "example_question": None}
+PAGE_ONLY = {"profile": "selects the profile", "seed": None, "density": None}
 NOTEBOOK_INPUTS = {"judges": ["embedding"], "transfer_conditions": ["agreeableness_low"],
+                   # the replies printed in 00 (demo) and 01 (the example at three α)
+                   "max_new_tokens": 12, "example_condition": "extraversion_low",
+                   "example_question": "How do you spend a free evening?",
                    # chapter 06's own settings (`bench.bench_settings`)
                    "steering_coefficients": [1.0], "steering_probe": 1.0,
                    "steering_layer_step": 4, "p2_intensities": [1, 3], "n_questions": 5,
                    "ranks": [16], "mixer_alphas": [2.0], "dial_targets": [3.1],
                    "bridge_chats": 2}
 NOTEBOOK_READERS = {"judges": {"rq1-interview"}, "transfer_conditions": {"rq4-transfer"},
+                    **dict.fromkeys(["max_new_tokens", "example_condition",
+                                     "example_question"], {"greedy-replies"}),
                     "steering_coefficients": {"dose-steering", "capability-steering"},
                     "steering_probe": {"steering-layers"},
                     "steering_layer_step": {"steering-layers"},
@@ -209,7 +219,31 @@ def chapter06(P, swept, ids, dial_targets=None, **given) -> dict[str, object]:
             "lowrank": {pair: ids[f"{pair[0]}@r{pair[1]}"] for pair in pairs}}
 
 
-def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str, object]:
+def _default(notebook: str, name: str):
+    return ast.literal_eval(book.notebook_parameters(book.NOTEBOOK_DIR / notebook)[name])
+
+
+DEMO_TOKENS = _default("00_setup.ipynb", "max_new_tokens")
+EXAMPLE = (_default("01_rq1_scaling.ipynb", "example_condition"),
+           _default("01_rq1_scaling.ipynb", "example_question"))
+DEMO = [[{"role": "user", "content": "Tell me a little about yourself."}]]
+
+
+def replies(P, swept, ids, max_new_tokens=DEMO_TOKENS, example_condition=EXAMPLE[0],
+            example_question=EXAMPLE[1]) -> tuple[str, list[str]]:
+    """The greedy-replies stage as 00 (the base's demo) and 01 (the example vector at α 0,
+    1, 2) build it; 01 shows its example condition if it is swept, else the first swept."""
+    shown = example_condition if example_condition in swept else swept[0]
+    stage, demo, _ = analysis.replies_plan(P, DEMO, max_new_tokens)
+    _, example, _ = analysis.replies_plan(P, [analysis.example_conversation(example_question)],
+                                          P.eval_max_new_tokens * 2, (0.0, 1.0, 2.0))
+    return stage.key(P), [sweeps.point_key(p, {"vector": ids[shown]})
+                          for p in [*demo, *example]]
+
+
+def signatures(P, judges=None, transfer_conditions=TRANSFER, max_new_tokens=DEMO_TOKENS,
+               example_condition=EXAMPLE[0], example_question=EXAMPLE[1],
+               **ch06) -> dict[str, object]:
     """Every stage's key and point keys, as the chapters would compute them for `P`."""
     ids = {c: training.train_key(P, c) for c in P.conditions}
     ids["domain"] = training.train_key(P, DOMAIN)
@@ -233,6 +267,9 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER, **ch06) -> dict[str
     stage, points, extra = plusminus.plusminus_plan(P, plusminus.own_traits(swept))
     out["plusminus"] = (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
     out["components"] = components.components_key({c: ids[c] for c in P.conditions})
+    out["cosines"] = similarity.cosines_key([(c, ids[c]) for c in P.conditions], "model")  # 02
+    out["greedy-replies"] = replies(P, swept, ids, max_new_tokens, example_condition,
+                                    example_question)
     out["component-parts"] = components.part_names(P.component_conditions, P.conditions)
     out["seed-study"] = {(s, c): training.train_key(Q, c)
                          for s, Q in seeds.seed_profiles(P).items() for c in Q.conditions}

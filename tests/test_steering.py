@@ -206,3 +206,6 @@ def test_bridge_sweep_is_the_bridge_cached_per_vector_and_keyed_by_its_chats(
     assert bridge_sweep(None, None, vectors, files, smoke, {}, 2).equals(table)
     with pytest.raises(ValueError, match="model.layers"):  # other chats: a model is needed
         bridge_sweep(None, None, vectors, files, smoke, sets, 3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="bridge_chats"):
+            bridge_sweep(model, tok, vectors, files, smoke, sets, bad)

@@ -243,10 +243,11 @@ def test_cached_cosine_table_is_the_table_keyed_by_the_vectors_content(
     v2 = extract_vector(dirs / "base", dirs / "ft2", tmp_path / "v2.st")
     pair = {"high": v1, "low": v2}
     for by in ("model", "layer"):
-        pd.testing.assert_frame_equal(cached_cosine_table(pair, by=by),
+        pd.testing.assert_frame_equal(cached_cosine_table(pair, by=by, profile_name="smoke"),
                                       cosine_similarity_table(pair, by=by))
     assert len(list((isolated_home / "cosines").iterdir())) == 2  # one entry per `by`
-    before = cached_cosine_table(pair).loc["high", "low"]  # warm: no new entry
+    before = cached_cosine_table(pair, profile_name="smoke").loc["high", "low"]  # warm
     assert len(list((isolated_home / "cosines").iterdir())) == 2
     save_vector(scale_vector(load_vector(v2), -1.0), v2, vector_metadata(v2))  # new content
-    assert cached_cosine_table(pair).loc["high", "low"] == pytest.approx(-before, abs=1e-6)
+    flipped = cached_cosine_table(pair, profile_name="smoke").loc["high", "low"]
+    assert flipped == pytest.approx(-before, abs=1e-6)
