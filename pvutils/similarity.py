@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache
+from . import cache, progress
 from .artifacts import read_json, write_json
 from .tensorio import MergeError, check_compatible, open_tensors
 
@@ -106,6 +106,8 @@ def cached_cosine_table(vectors: Mapping[str, str | Path | Mapping[str, torch.Te
 
     key = cosines_key([(n, cache.identity(v)) for n, v in vectors.items()], by)
     file = COSINES.entry(key) / "table.json"
+    progress.log(f"stage {COSINES.name} [key {key}]: {len(vectors)} vectors by {by}, "
+                 + ("cached" if file.exists() else "to compute"))
     if not file.exists():
         table = cosine_similarity_table(vectors, by)
         write_json(file, table.to_dict("split"))
