@@ -75,3 +75,20 @@ def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
             "±1 same for all seeds": bool(right.all() or not right.any()),
         })
     return pd.DataFrame(rows)
+
+
+def seed_summary(table: pd.DataFrame) -> str:
+    """One sentence a reader can check against `seed_table`'s rows: for how many conditions
+    the RQ1 dial keeps its intended direction under every seed, and for how many the ±1
+    check gives the same outcome under every seed."""
+    n = len(table)
+    holds = table.loc[table["RQ1 holds"], "condition"].tolist()
+    fails = table.loc[~table["RQ1 holds"], "condition"].tolist()
+    same = int(table["±1 same for all seeds"].sum())
+    seeds = int(table["seeds"].max()) if n else 0
+    plural = "s" if seeds != 1 else ""
+    text = (f"Over {seeds} training seed{plural}, the RQ1 dial moves the intended way under "
+            f"every seed for {len(holds)} of {n} conditions")
+    text += f" ({', '.join(holds)})" if holds else ""
+    text += f"; not for {', '.join(fails)}." if fails else "."
+    return text + (f" The ±1 check gives the same outcome under every seed for {same} of {n}.")

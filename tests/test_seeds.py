@@ -36,6 +36,9 @@ def test_the_table_says_whether_direction_holds():
     assert not table.loc["openness_low", "RQ1 holds"]
     assert table.loc["openness_low", "±1 right (seeds)"] == "2 of 3"
     assert not table.loc["openness_low", "±1 same for all seeds"]
+    summary = seeds.seed_summary(table.reset_index())
+    assert "3 training seeds" in summary and "for 1 of 2 conditions (extraversion_high)" in summary
+    assert "not for openness_low" in summary and "every seed for 1 of 2." in summary
 
 
 def test_train_seeds_trains_each_seed_beside_the_default(isolated_home, tiny_chat_dir, tmp_path,
