@@ -64,6 +64,10 @@ class Profile:
     heldout_fraction: float = 0.0  # share of the examples held out; > 0: held-out loss per epoch
     early_stopping_patience: int = 0  # epochs without a better held-out loss before stopping
     keep_best: bool = True  # with a held-out share, end on the epoch of least held-out loss
+    # "sft": the pole's answers | "dpo": each answer preferred to the opposite pole's answer
+    # to the same prompt (pvutils.preference); role-play domains stay "sft"
+    train_objective: str = "sft"
+    dpo_beta: float = 0.1  # DPO's β: how far the policy may move from the base
     # --- evaluation ------------------------------------------------------------------
     measure: str = "contrast"  # "contrast" (fast, deterministic) | "interview"
     judge: str = "persona"  # "persona" | "embedding" | "openai"
@@ -191,6 +195,7 @@ CHOICES: dict[str, tuple] = {
     "generation_backend": ("transformers", "vllm"),
     "language": ("en", "ko"),
     "quality_filter": ("basic", "none"),
+    "train_objective": ("sft", "dpo"),
 }
 # field -> (low, high, low inclusive, high inclusive); ints not listed must be >= 1
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
@@ -203,6 +208,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "eval_temperature": (0.0, math.inf, True, False),
     "guidance_gamma": (0.0, math.inf, True, False),
     "learning_rate": (0.0, math.inf, False, False),
+    "dpo_beta": (0.0, math.inf, False, False),
     "train_epochs": (0.0, math.inf, False, False),
     "contrast_pairs": (1, 3, True, True),
     "save_steps": (0, math.inf, True, False),

@@ -188,11 +188,14 @@ def guided_generate(
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
     share_prefix: bool = True,
+    compact_every: int = COMPACT_EVERY,
 ) -> torch.Tensor:
     """New tokens `[B, T]` for left-padded prompts, `pad_token_id` after each row's EOS.
 
     Greedy when `temperature` is 0. With `negative_ids` and `guidance_scale` != 1 the
-    negative rows ride in the same forward as the positive ones (rows B..2B-1).
+    negative rows ride in the same forward as the positive ones (rows B..2B-1). Stopped
+    rows leave the cache once they are 1/`compact_every` of it (the tokens do not depend
+    on it: a speed knob).
     """
     b = input_ids.shape[0]
     guided = negative_ids is not None and guidance_scale != 1.0
@@ -220,7 +223,7 @@ def guided_generate(
         stopped |= torch.isin(nxt, eos)
         if step == max_new_tokens - 1 or bool(stopped.all()):
             break
-        if int(stopped.sum()) * COMPACT_EVERY >= n:  # stopped rows (and twins) leave the cache
+        if int(stopped.sum()) * compact_every >= n:  # stopped rows (and twins) leave the cache
             keep = (~stopped).nonzero().squeeze(1)
             kept = torch.cat([keep, keep + n]) if guided else keep
             cache.batch_select_indices(kept)

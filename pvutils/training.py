@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from . import cache, heldout, progress
+from . import cache, heldout, preference, progress
 from . import data as pvdata
 from .artifacts import artifacts_dir, read_json, write_json
 from .character import DEFAULT_CHARACTER
@@ -54,9 +55,11 @@ def finetuned_path(profile: Profile | str, condition: str) -> Path:
 
 
 def train_key(profile: Profile, condition: str) -> str:
-    """A hash of everything a vector depends on: the code, its data's key and the training
-    fields `VECTORS` declares."""
-    return VECTORS.key(profile, TRAIN_VERSION, pvdata.data_key(profile, condition))
+    """A hash of everything a vector depends on: the code, its data's key (under DPO its
+    opposite pole's too) and the training fields `VECTORS` declares."""
+    return VECTORS.key(preference.keyed_profile(profile, condition), TRAIN_VERSION,
+                       *(pvdata.data_key(profile, c)
+                         for c in preference.training_conditions(profile, condition)))
 
 
 def is_trained(profile: Profile, condition: str) -> bool:
@@ -73,50 +76,49 @@ def is_trained(profile: Profile, condition: str) -> bool:
 # --- TRL --------------------------------------------------------------------------------
 
 
-def sft_config(profile: Profile, output_dir: str | Path):
-    """TRL's arguments from a profile: fp32 and no checkpointing on CPU unless asked.
+def trainer_arguments(profile: Profile, output_dir: str | Path) -> dict:
+    """The arguments SFT and DPO share: fp32 and no checkpointing on CPU unless asked.
 
     TRL defaults to bf16 and gradient checkpointing; on this CPU (no bf16 instructions)
     that made a step about 14x slower, so the profile decides, and `use_cpu` is set when
     there is no GPU.
     """
-    from trl import SFTConfig
-
     on_gpu = torch.cuda.is_available()
-    evaluate = profile.heldout_fraction > 0
-    return SFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=profile.train_epochs,
+    return dict(
+        output_dir=str(output_dir), num_train_epochs=profile.train_epochs,
         per_device_train_batch_size=profile.train_batch_size,
         gradient_accumulation_steps=profile.grad_accum,
-        learning_rate=profile.learning_rate,
-        lr_scheduler_type=profile.lr_scheduler,
-        # padding-free rows are not truncated by TRL (`build_trainer` checks the lengths)
-        max_length=None if profile.padding_free else profile.max_length,
-        padding_free=profile.padding_free,
+        learning_rate=profile.learning_rate, lr_scheduler_type=profile.lr_scheduler,
         # the same AdamW in one kernel per step instead of a loop over ~270 tensors
         optim="adamw_torch" if on_gpu else "adamw_torch_fused",
-        eval_strategy="epoch" if evaluate else "no",
+        eval_strategy="epoch" if profile.heldout_fraction > 0 else "no",
         per_device_eval_batch_size=profile.train_batch_size,
-        bf16=profile.bf16,
-        fp16=False,
+        bf16=profile.bf16, fp16=False,
         gradient_checkpointing=profile.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}
         if profile.gradient_checkpointing else None,
         use_cpu=not on_gpu,
-        completion_only_loss=True,  # labels -100 on the prompt (user turn, system turn)
-        assistant_only_loss=False,
-        packing=False,
         # checkpoints let a killed paper-scale job resume (`train_condition`)
         save_strategy="steps" if profile.save_steps > 0 else "no",
         save_steps=profile.save_steps if profile.save_steps > 0 else 500,
-        save_total_limit=2,
-        report_to="none",
+        save_total_limit=2, report_to="none",
         disable_tqdm=True,  # progress goes to the terminal (`progress.trainer_callback`)
         logging_steps=1,
-        seed=profile.seed,
-        data_seed=profile.seed,
-        dataloader_num_workers=0,
+        seed=profile.seed, data_seed=profile.seed, dataloader_num_workers=0,
+    )
+
+
+def sft_config(profile: Profile, output_dir: str | Path):
+    """TRL's SFT arguments: the shared ones, the loss on the answer only, padding-free rows."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(profile, output_dir),
+        # padding-free rows are not truncated by TRL (`build_trainer` checks the lengths)
+        max_length=None if profile.padding_free else profile.max_length,
+        padding_free=profile.padding_free,
+        # labels -100 on the prompt (user turn, system turn)
+        completion_only_loss=True, assistant_only_loss=False, packing=False,
     )
 
 
@@ -214,7 +216,13 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
         shutil.rmtree(scratch, ignore_errors=True)  # a killed run's leftovers
     finished = False
     try:
-        trainer = build_trainer(profile, model, tokenizer, dataset, scratch / "trainer")
+        if preference.uses_pairs(profile, condition):
+            opposite = pvdata.generate_trait_data(profile, preference.training_conditions(
+                profile, condition)[1])
+            trainer = preference.build_dpo_trainer(profile, model, tokenizer, dataset, opposite,
+                                                   trainer_arguments(profile, scratch / "trainer"))
+        else:
+            trainer = build_trainer(profile, model, tokenizer, dataset, scratch / "trainer")
         t1 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=last_checkpoint(scratch / "trainer")
                                if resumable else None)
@@ -222,8 +230,8 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
         loss = result.training_loss
         if not math.isfinite(loss):
             raise TrainingError(f"training {condition!r} diverged (loss {loss})")
-        lengths = [min(len(ids), profile.max_length) for ids in trainer.train_dataset["input_ids"]]
-        tokens = round(sum(lengths) * (trainer.state.epoch or profile.train_epochs))
+        tokens = round(sum(preference.sequence_lengths(trainer.train_dataset, profile.max_length))
+                       * (trainer.state.epoch or profile.train_epochs))
         t2 = time.perf_counter()
         if profile.use_lora:
             trainer.model.merge_and_unload().save_pretrained(scratch / "model")
@@ -240,7 +248,8 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
             shutil.rmtree(kept, ignore_errors=True)
             shutil.move(str(scratch / "model"), kept)
             tokenizer.save_pretrained(kept)
-        flops = 6 * n_params * tokens
+        # forward and backward of the policy; under DPO also the reference's forward
+        flops = (8 if preference.uses_pairs(profile, condition) else 6) * n_params * tokens
         write_json(sidecar_path(profile, condition), {
             "key": key, "condition": condition, "profile": profile.name, "model": profile.model,
             "data_key": pvdata.data_key(profile, condition), "n_examples": len(dataset),
@@ -279,9 +288,10 @@ VECTORS = cache.Stage(
     fields=("model", "dtype", "train_epochs", "train_batch_size", "grad_accum",
             "learning_rate", "lr_scheduler", "max_length", "use_lora", "bf16",
             "gradient_checkpointing", "seed", "save_steps", "padding_free", "heldout_fraction",
-            "early_stopping_patience", "keep_best"),
+            "early_stopping_patience", "keep_best", "train_objective", "dpo_beta"),
     after=(pvdata.DATA,),
-    code=(train_condition, sft_config, build_trainer, to_prompt_completion, heldout),
+    code=(train_condition, trainer_arguments, sft_config, build_trainer, to_prompt_completion,
+          heldout, preference),
 )
 
 
@@ -305,8 +315,6 @@ def train_domain_vector(profile: Profile, character: str = DEFAULT_CHARACTER) ->
 
 def stage_table(profile: Profile, conditions: Sequence[str]):
     """Wall times and throughput of every condition's stages, read from the sidecars."""
-    import pandas as pd
-
     rows = []
     for cond in conditions:
         side = sidecar_path(profile, cond)
@@ -381,8 +389,6 @@ def cli_train_vectors(argv: list[str]) -> int:
             stages["fine-tune + extract (domain)"] = time.perf_counter() - t
     except (ValueError, TrainingError) as err:
         return report_error(err)
-    import pandas as pd
-
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(stage_table(profile, list(paths)).to_string(index=False))
     print()

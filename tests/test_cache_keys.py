@@ -62,14 +62,15 @@ MUTATIONS = {
     "launcher": "accelerate", "accelerate_config": "configs/other.yaml", "save_steps": 5,
     "generation_backend": "vllm", "language": "ko",
     "n_prompts": 3, "quality_filter": "none", "padding_free": True, "heldout_fraction": 0.25,
-    "early_stopping_patience": 1, "keep_best": False,
+    "early_stopping_patience": 1, "keep_best": False, "train_objective": "dpo",
+    "dpo_beta": 0.5,
     "linguistic_alphas": (1.0,), "linguistic_samples": 3, "linguistic_max_new_tokens": 30,
     "seed_study_conditions": ("openness_low",), "seed_study_seeds": (0, 4),
     "component_conditions": ("openness_high",),
     "composition_fraction": "half",
 }
 # fields whose mutation is only valid beside another value, set on both sides of the check
-CONTEXT = {"composition_fraction": {
+CONTEXT = {"dpo_beta": {"train_objective": "dpo"}, "composition_fraction": {
     "composition_traits": ("extraversion", "agreeableness", "openness"),
     "conditions": ("extraversion_high", "extraversion_low", "agreeableness_high",
                    "agreeableness_low", "openness_high", "openness_low")}}
@@ -110,7 +111,8 @@ READERS = {
     **dict.fromkeys(["train_epochs", "train_batch_size", "grad_accum", "learning_rate",
                      "lr_scheduler", "max_length", "use_lora", "bf16",
                      "gradient_checkpointing", "padding_free", "heldout_fraction",
-                     "early_stopping_patience", "keep_best"], TRAINING),
+                     "early_stopping_patience", "keep_best", "train_objective", "dpo_beta"],
+                    TRAINING),
     # the mean and 02's cosine table are over the trained ones
     "conditions": {"data", "vectors", "components", "cosines"},
     "component_conditions": {"component-parts"},

@@ -45,13 +45,12 @@ def _reference(model, guidance_scale: float, max_new_tokens: int) -> torch.Tenso
 @pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
 def test_greedy_equals_transformers_generate(tiny_llama, guidance_scale, share_prefix,
-                                             compact_every, monkeypatch):
-    monkeypatch.setattr("pvutils.sampling.COMPACT_EVERY", compact_every)
+                                             compact_every):
     ids, mask = _left_padded(POS)
     nids, nmask = _left_padded(NEG)
     ours = guided_generate(tiny_llama, ids, mask, nids, nmask, guidance_scale=guidance_scale,
                            max_new_tokens=24, eos_token_id=EOS, pad_token_id=PAD,
-                           share_prefix=share_prefix)
+                           share_prefix=share_prefix, compact_every=compact_every)
     assert torch.equal(ours, _reference(tiny_llama, guidance_scale, 24))
 
 
