@@ -129,7 +129,10 @@ def _metadata(vector: VectorLike, kind: str) -> dict[str, str]:
 def _save(tensors: Mapping[str, torch.Tensor], path: Path, key: str, kind: str,
           like: VectorLike) -> Path:
     save_vector(tensors, path, _metadata(like, kind))
-    write_json(path.with_suffix(".json"), {"key": f"{key}/{path.stem}", "component": kind})
+    # the kind is part of the identity: φ − φ̄ of extraversion_high and the extraversion
+    # axis (also named extraversion_high) are different inputs of every sweep
+    write_json(path.with_suffix(".json"), {"key": f"{key}/{kind}/{path.stem}",
+                                           "component": kind})
     return path
 
 

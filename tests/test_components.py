@@ -86,6 +86,9 @@ def test_component_files_hold_the_parts_and_are_cached(isolated_home):
     # each file's identity is its producer's key (cheap), and a rerun writes nothing
     path = files["specific"]["extraversion_high"]
     assert cache.identity(path).endswith("/extraversion_high")
+    # every file is its own input: the axis named extraversion_high is not φ − φ̄ of it
+    parts = [files["shared"]["shared"], *files["specific"].values(), *files["axis"].values()]
+    assert len({cache.identity(p) for p in parts}) == len(parts) == 4
     stamp = path.stat().st_mtime_ns
     again = components.component_files(vecs, specific=names[:2])
     assert {k: again[k] for k in ("shared", "specific", "axis")} == \
