@@ -14,6 +14,7 @@ import contextlib
 import html
 import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,12 @@ _SCRIPT = """
 """
 
 
+def inline_code(text: str) -> str:
+    """Escaped HTML of a one-line caption with its markdown `code` spans as <code> (the
+    figure captions' only markup; a markdown renderer for one span kind is not needed)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def mixer_html(table: pd.DataFrame, caption: str = "") -> str:
     """The mixer as an HTML fragment: pick a vector or mix, move its α sliders, read the
     answer and the measured trait score (contrast BFI, 1-5)."""
@@ -164,7 +171,7 @@ def mixer_html(table: pd.DataFrame, caption: str = "") -> str:
     payload = json.dumps(data).replace("</", "<\\/")
     return (
         f'<div id="{uid}" class="trait-mixer" style="border:1px solid #ccc;padding:1em">\n'
-        f'<p>{html.escape(caption)}</p>\n'
+        f'<p>{inline_code(caption)}</p>\n'
         '<p><label>vector or mix <select class="mix"></select></label></p>\n'
         '<div class="sliders" style="display:grid;gap:.4em"></div>\n'
         '<p><label>question <select class="question"></select></label></p>\n'

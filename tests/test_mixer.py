@@ -10,6 +10,7 @@ import pytest
 from pvutils import get_profile
 from pvutils.mixer import (
     default_mixes,
+    inline_code,
     mixer_data,
     mixer_point,
     mixer_points,
@@ -109,3 +110,8 @@ def test_moving_a_slider_changes_the_answer_and_the_score(tmp_path):
         assert page.text_content(".score") == "extraversion 3.00, agreeableness 2.00"
         browser.close()
     assert errors == []
+
+
+def test_the_caption_renders_its_code_spans_and_escapes_the_rest():
+    assert inline_code("profile `cpu`; a < b") == "profile <code>cpu</code>; a &lt; b"
+    assert inline_code("one ` tick") == "one ` tick"
