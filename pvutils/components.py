@@ -204,11 +204,14 @@ def effect_share(effects: pd.DataFrame, vectors: list[str], shared: str = "share
     """Per vector and measure: its effect on its own trait at `alpha`, the shared
     component's effect (φ̄ at the same α) on that trait, and their ratio: the share of the
     vector's effect that the mean of all vectors already has. `effects` is a
-    `plusminus.effect_table` holding both. Rows: vector, trait, measure, effect,
-    shared effect, share."""
+    `plusminus.effect_table` holding both. The share is NaN where the vector's own interval
+    holds zero: a ratio over an effect indistinguishable from none means nothing. Rows:
+    vector, trait, measure, effect, shared effect, share."""
     at = effects[effects.alpha == alpha]
-    own = at[at.vector.isin(vectors)][["vector", "trait", "measure", "effect"]]
+    own = at[at.vector.isin(vectors)][["vector", "trait", "measure", "effect", "lo", "hi"]]
     mean = at[at.vector == shared][["trait", "measure", "effect"]].rename(
         columns={"effect": "shared effect"})
     out = own.merge(mean, on=["trait", "measure"], how="left")
-    return out.assign(share=out["shared effect"] / out["effect"])
+    clear = (out["lo"] > 0) | (out["hi"] < 0)
+    share = (out["shared effect"] / out["effect"]).where(clear)
+    return out.drop(columns=["lo", "hi"]).assign(share=share)

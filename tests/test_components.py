@@ -100,3 +100,19 @@ def test_component_files_hold_the_parts_and_are_cached(isolated_home):
     # other vectors: another entry
     vecs["openness_high"] = {k: torch.zeros(s) for k, s in shape.items()}
     assert components.component_files(vecs)["shared"]["shared"] != files["shared"]["shared"]
+
+
+def test_effect_share_is_a_ratio_only_over_a_clear_effect():
+    row = {"alpha": 1.0, "measure": "contrast"}
+    effects = pd.DataFrame([
+        {**row, "vector": "extraversion_high", "trait": "extraversion", "effect": 0.4,
+         "lo": 0.2, "hi": 0.6},
+        {**row, "vector": "openness_low", "trait": "openness", "effect": -0.01,
+         "lo": -0.05, "hi": 0.03},  # indistinguishable from no effect
+        {**row, "vector": "shared", "trait": "extraversion", "effect": 0.1, "lo": 0, "hi": 0.2},
+        {**row, "vector": "shared", "trait": "openness", "effect": 0.3, "lo": 0.1, "hi": 0.5}])
+    out = components.effect_share(effects, ["extraversion_high", "openness_low"]).set_index(
+        "vector")
+    assert out.loc["extraversion_high", "share"] == pytest.approx(0.25)
+    assert out.loc["openness_low", "shared effect"] == pytest.approx(0.3)
+    assert math.isnan(out.loc["openness_low", "share"])
