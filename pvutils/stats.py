@@ -220,16 +220,20 @@ def composition_table(comp: pd.DataFrame, traits: Sequence[str]) -> pd.DataFrame
 
 
 def inversion_table(neg: pd.DataFrame) -> pd.DataFrame:
-    """RQ3 per vector: the trait score of the base, at α = +1 and at α = −1; `inverted`
-    when −1 lands on the other side of the base from +1."""
+    """RQ3 per vector: the trait score of the base, at α = +1 and at α = −1. `inverted` is
+    the paper's claim: α = −1 moves the trait against the vector's level (down from the
+    base for a high vector, up for a low one); `both ways` also needs α = +1 to move it
+    the intended way (so the two land on opposite sides of the base)."""
     base = neg[neg.level == "base"].set_index("trait")["score"]
     rows = []
     for cond, sub in neg[neg.level != "base"].groupby("condition"):
         trait = split_condition(cond)[0]
         by_alpha = sub.set_index("alpha")["score"]
         plus, minus = by_alpha[1.0] - base[trait], by_alpha[-1.0] - base[trait]
+        inverted = bool(direction(cond) * minus < 0)
         rows.append({"condition": cond, "base": base[trait], "α = +1": by_alpha[1.0],
-                     "α = -1": by_alpha[-1.0], "inverted": bool(plus * minus < 0)})
+                     "α = -1": by_alpha[-1.0], "inverted": inverted,
+                     "both ways": inverted and bool(direction(cond) * plus > 0)})
     return pd.DataFrame(rows)
 
 

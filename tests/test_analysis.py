@@ -84,21 +84,29 @@ def test_dial_table_signs_rho_toward_the_vector_level():
     assert table.loc["extraversion_low", "expected sign"] == "-"
 
 
-def test_inversion_table_needs_opposite_sides_of_the_base():
+def test_inversion_is_the_paper_claim_subtracting_moves_against_the_level():
+    def row(cond, alpha, score):
+        trait, level = cond.rsplit("_", 1)
+        return {"condition": cond, "trait": trait, "level": level, "alpha": alpha,
+                "score": score}
+
     neg = pd.DataFrame([
         {"condition": "openness_base", "trait": "openness", "level": "base", "alpha": 0.0,
          "score": 3.0},
-        {"condition": "openness_high", "trait": "openness", "level": "high", "alpha": 1.0,
-         "score": 3.5},
-        {"condition": "openness_high", "trait": "openness", "level": "high", "alpha": -1.0,
-         "score": 2.8},
-        {"condition": "openness_low", "trait": "openness", "level": "low", "alpha": 1.0,
-         "score": 2.5},
-        {"condition": "openness_low", "trait": "openness", "level": "low", "alpha": -1.0,
-         "score": 2.9},  # both below the base: not inverted
+        {"condition": "neuroticism_base", "trait": "neuroticism", "level": "base",
+         "alpha": 0.0, "score": 3.0},
+        row("openness_high", 1.0, 3.5), row("openness_high", -1.0, 2.8),  # down: inverted
+        row("openness_low", 1.0, 2.5), row("openness_low", -1.0, 2.9),  # down too: not
+        # a low vector that raises at +1 and lowers at −1: the sides flip, but subtracting
+        # a low vector lowered the trait, against the paper's claim
+        row("neuroticism_low", 1.0, 3.4), row("neuroticism_low", -1.0, 2.7),
+        row("neuroticism_high", 1.0, 2.9), row("neuroticism_high", -1.0, 2.6),
     ])
     table = stats.inversion_table(neg).set_index("condition")
-    assert table["inverted"].to_dict() == {"openness_high": True, "openness_low": False}
+    assert table["inverted"].to_dict() == {"openness_high": True, "openness_low": False,
+                                           "neuroticism_low": False, "neuroticism_high": True}
+    assert table["both ways"].to_dict() == {"openness_high": True, "openness_low": False,
+                                            "neuroticism_low": False, "neuroticism_high": False}
     assert table.loc["openness_low", "base"] == 3.0
 
 
