@@ -85,7 +85,9 @@ def verdict(estimate: float | None, low: float | None, high: float | None,
         return "not", "estimate at or beyond no effect"
     clear = bounded and (lo > null if side > 0 else hi < null)
     if reaches and clear:
-        return "reproduced", "interval reaches the paper's number and excludes no effect"
+        directional = null in region  # the paper states a direction, no size
+        return "reproduced", ("interval excludes no effect, on the paper's side" if directional
+                              else "interval reaches the paper's number and excludes no effect")
     if not bounded:
         return "partly", "no interval"
     return "partly", ("interval still holds no effect" if not clear

@@ -48,6 +48,12 @@ def test_too_few_points_get_no_bootstrap_interval():
     assert all(math.isnan(b) for b in stats.spearman_ci([0, 1, 2], [3, 4, 6])[1:])
 
 
+def test_a_direction_claim_is_not_said_to_reach_a_number():
+    assert results.verdict(0.06, 0.01, 0.1, HIGHER)[1] == (
+        "interval excludes no effect, on the paper's side")
+    assert "reaches the paper's number" in results.verdict(0.85, 0.7, 0.95, POINT)[1]
+
+
 def test_verdict_is_blank_without_a_measurement_or_a_paper_number():
     assert results.verdict(None, None, None, POINT)[0] == "—"
     assert results.verdict(0.5, 0.1, 0.9, {"value": None})[0] == "—"
