@@ -21,8 +21,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import plusminus
+from . import models, plusminus, training
 from .artifacts import artifacts_dir, atomic_path
+from .bundled import resource
+from .judges import get_judge
+from .launch import parse_overrides
 from .outputs import report_error
 from .profiles import field_names, get_profile
 
@@ -63,8 +66,6 @@ def load_variants(path: str | Path) -> dict[str, dict[str, Any]]:
     if Path(path).is_file():
         raw = yaml.safe_load(Path(path).read_text())
     elif "/" not in str(path) and not str(path).endswith((".yaml", ".yml", ".json")):
-        from .bundled import resource
-
         raw = {k: v for k, v in resource(f"ablation_{path}").items() if not k.startswith("_")}
     else:
         raise ValueError(f"no variants file {path}")
@@ -133,8 +134,6 @@ def run_variant(profile: str, overrides: Mapping[str, Any], judge=None,
                 n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train (or load) one variant's vectors, measure each on its own trait at α = ±1.
     Returns (the per-unit rows, the effect table)."""
-    from . import models, training
-
     P = get_profile(profile, **overrides)
     vectors = training.train_all_vectors(P)
     swept = {c: vectors[c] for c in P.sweep_conditions if c in vectors}
@@ -154,8 +153,6 @@ def run_ablation(profile: str, variants: Mapping[str, Mapping[str, Any]],
     check_variants(profile, variants, base)
     out_dir = Path(out_dir or artifacts_dir() / "ablation" / profile)
     if judge is None:
-        from .judges import get_judge
-
         judge = get_judge("embedding")
     results = {}
     for name, overrides in variants.items():
@@ -188,8 +185,6 @@ def cli_ablate(argv: Sequence[str]) -> int:
                         help="override a profile field in every variant (YAML value)")
     args = parser.parse_args(list(argv))
     try:
-        from .launch import parse_overrides
-
         base = parse_overrides(args.set)
         variants: dict[str, dict[str, Any]] = {} if args.no_default else {DEFAULT: {}}
         if args.variants:

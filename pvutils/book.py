@@ -14,6 +14,7 @@ import argparse
 import ast
 import contextlib
 import datetime
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -215,8 +216,6 @@ MATHJAX_DIR = REPO_ROOT / "_vendor" / "mathjax"  # `mathjax_path` in _config.yml
 def vendor_mathjax(dest: Path = MATHJAX_DIR) -> Path:
     """Copy MathJax 3 (the `django-static-mathjax` wheel: static files only) next to the
     book, so formulas render for a reader without internet; a CDN would leave raw TeX."""
-    import importlib.resources
-
     es5 = importlib.resources.files("mathjax") / "static" / "mathjax" / "es5"
     script, fonts = es5 / "tex-mml-chtml.js", es5 / "output" / "chtml" / "fonts" / "woff-v2"
     if (dest / "tex-mml-chtml.js").exists():

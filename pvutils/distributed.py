@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import cache, plans, progress, sweeps
 from .artifacts import write_json
+from .evaluation import judge_interview_results
 
 Point = Mapping[str, Any]
 Rows = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -168,8 +169,6 @@ class InterviewPoint(_ModelPoint):
     _judges: dict = field(default_factory=dict, repr=False, compare=False, kw_only=True)
 
     def __call__(self, point: Point) -> list[dict]:
-        from .evaluation import judge_interview_results
-
         model, tok = self.loaded()
         P = plans.RQ1_INTERVIEW.view(self.profile)
         if not self._judges:

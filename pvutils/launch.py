@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .models import resolve_model_dir
 from .profiles import Profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,6 @@ def model_config(model: str):
     if fields is not None:
         fields = dict(fields)
         return AutoConfig.for_model(fields.pop("model_type"), **fields)
-    from .models import resolve_model_dir
-
     return AutoConfig.from_pretrained(resolve_model_dir(model))
 
 

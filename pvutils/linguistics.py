@@ -22,6 +22,8 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from .bundled import resource
 from .cache import Stage
+from .models import chat, trim_to_sentence
+from .sweeps import applying, run_sweep
 
 _DATA = resource("linguistics")
 SELF_DESCRIPTION_PROMPT: str = _DATA["self_description_prompt"]
@@ -114,8 +116,6 @@ def linguistic_features(texts: Sequence[str]) -> pd.DataFrame:
 def self_descriptions(model, tokenizer, P) -> list[str]:
     """`linguistic_samples` answers to the self-description prompt, sampled at the
     interview's temperature and cut back to their last full sentence."""
-    from .models import chat, trim_to_sentence
-
     conversations = [[{"role": "user", "content": SELF_DESCRIPTION_PROMPT}]] \
         * P.linguistic_samples
     replies = chat(model, tokenizer, conversations, max_new_tokens=P.linguistic_max_new_tokens,
@@ -143,8 +143,6 @@ def linguistic_plan(profile, vectors: Sequence[str]):
 def linguistic_sweep(model, tokenizer, vectors, profile) -> pd.DataFrame:
     """Self-descriptions of the base and of θ + α φ for each vector, with their features.
     Rows: condition, alpha, sample, text, then one column per feature."""
-    from .sweeps import applying, run_sweep
-
     P = LINGUISTIC.view(profile)
 
     def measure(point):

@@ -9,6 +9,7 @@ safetensors model directory, so every later load takes under a second.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -327,8 +328,6 @@ def trim_to_sentence(text: str) -> str:
 
 def cli_provision(argv: list[str]) -> int:
     """`python -m pvutils provision [--force]`: make the embedded model ready offline."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m pvutils provision")
     parser.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")

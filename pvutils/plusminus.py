@@ -16,6 +16,7 @@ A vector passes at an α when its effect goes the way its level calls for (+ for
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,10 @@ import pandas as pd
 from scipy import stats
 
 from .cache import Stage
+from .evaluation import contrast_item_scores, interview
+from .judges import EmbeddingJudge, get_judge
 from .personas import direction, split_condition
+from .sweeps import applying, run_sweep
 
 ALPHAS = (1.0, -1.0)
 MEASURES = ("contrast", "embedding")
@@ -50,8 +54,6 @@ def own_traits(names: Sequence[str]) -> dict[str, list[str]]:
 def unit_values(model, tokenizer, P, trait: str, judge) -> list[dict]:
     """The per-unit values of one trait at the model as it is now: the keyed answer of
     every item (contrast) and every answer's anchor-axis position (embedding)."""
-    from .evaluation import contrast_item_scores, interview
-
     detail = contrast_item_scores(model, tokenizer, [trait], n_pairs=P.contrast_pairs)
     rows = [{"measure": "contrast", "unit": str(i), "value": float(k)}
             for i, k in zip(detail["item"], detail["keyed"], strict=True)]
@@ -80,16 +82,12 @@ def plusminus_sweep(model, tokenizer, vectors: Mapping[str, Any], profile,
                     alphas: Sequence[float] = ALPHAS, judge=None) -> pd.DataFrame:
     """θ + α φ for every vector in `targets` (default: each on its own trait) at each α,
     measured unit by unit. Rows: vector, trait, alpha, measure, unit, value."""
-    from .sweeps import applying, run_sweep
-
     P = PLUSMINUS.view(profile)
     targets = own_traits(list(vectors)) if targets is None else targets
     made: dict[str, Any] = {}
 
     def measure(point):
         if "judge" not in made:  # loaded only when a point is not cached
-            from .judges import get_judge
-
             made["judge"] = judge if judge is not None else get_judge("embedding")
         return unit_values(model, tokenizer, P, point["trait"], made["judge"])
 
@@ -101,10 +99,6 @@ def plusminus_sweep(model, tokenizer, vectors: Mapping[str, Any], profile,
 
 
 def _judge_scale() -> float:
-    import inspect
-
-    from .judges import EmbeddingJudge
-
     return float(inspect.signature(EmbeddingJudge).parameters["scale"].default)
 
 

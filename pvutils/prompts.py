@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from .bfi import BFI_ITEMS, DIMENSION_DESCRIPTIONS
+from .bundled import resource
 from .profiles import TRAITS
 
 
@@ -40,9 +42,6 @@ def languages() -> list[str]:
 
 def _english() -> dict:
     """The English protocol, from the resources the interview and judge read (one copy)."""
-    from .bfi import BFI_ITEMS, DIMENSION_DESCRIPTIONS
-    from .bundled import resource
-
     judge = resource("judge")
     return {"language": "en", "real_person_prompt": resource("interview")["system_prompt"],
             "questions": {it.number: it.question for it in BFI_ITEMS},

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import data, plans, plusminus, stats, training
 from .profiles import Profile
 
 
@@ -30,8 +31,6 @@ def seed_profiles(profile: Profile) -> dict[int, Profile]:
 def train_seeds(profile: Profile) -> dict[int, dict[str, Path]]:
     """Seed → condition → vector file, training what is not cached (data first, batched
     across the study's conditions, then one fine-tune per condition)."""
-    from . import data, training
-
     out = {}
     for seed, P in seed_profiles(profile).items():
         data.trait_datasets(P)
@@ -45,8 +44,6 @@ def seed_sweeps(model, tokenizer, seed_vectors: Mapping[int, Mapping[str, Any]],
     """(RQ1 dial table, ±1 effect table) of every seed's vectors, with a `seed` column.
     RQ1 is the chapters' own contrast sweep (`plans.vector_sweep`); the ±1 effects are
     `plusminus.effect_table`."""
-    from . import plans, plusminus, stats
-
     dials, effects = [], []
     for seed, vecs in seed_vectors.items():
         sweep = plans.vector_sweep(model, tokenizer, dict(vecs), profile)

@@ -12,6 +12,7 @@ no `{% generation %}` markers, which `assistant_only_loss` needs).
 
 from __future__ import annotations
 
+import argparse
 import math
 import shutil
 import time
@@ -21,10 +22,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import cache, heldout, preference, progress
+from . import cache, heldout, launch, models, preference, progress, vectors
 from . import data as pvdata
 from .artifacts import artifacts_dir, read_json, write_json
 from .character import DEFAULT_CHARACTER
+from .launch import parse_overrides
 from .outputs import report_error
 from .profiles import Profile, get_profile
 
@@ -174,8 +176,6 @@ def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str |
 
 def base_weights_dir(model: str) -> Path:
     """A local directory with the base model's safetensors (hub ids: the local snapshot)."""
-    from . import models
-
     source = models.resolve_model_dir(model)
     if Path(source).is_dir():
         return Path(source)
@@ -193,8 +193,6 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
     The fine-tuned model lives in a scratch directory that is deleted after extraction
     (`keep_model=True` keeps it as `<artifacts>/<profile>/finetuned/<condition>`).
     """
-    from . import models, vectors
-
     pvdata._check_condition(condition)
     profile = VECTORS.view(profile)  # reading an undeclared field raises
     out = vector_path(profile, condition)
@@ -337,11 +335,6 @@ def stage_table(profile: Profile, conditions: Sequence[str]):
 
 def cli_train_vectors(argv: list[str]) -> int:
     """`python -m pvutils train-vectors --profile cpu`: data, fine-tunes, vectors, domain."""
-    import argparse
-
-    from .launch import parse_overrides
-    from .profiles import get_profile
-
     parser = argparse.ArgumentParser(prog="python -m pvutils train-vectors")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--conditions", nargs="+", help="default: the profile's ten")
@@ -365,8 +358,6 @@ def cli_train_vectors(argv: list[str]) -> int:
         domain = None if args.no_domain else args.character
         if args.dry_run or (profile.launcher == "accelerate" and not args.no_launch
                             and not args.data_only):
-            from . import launch
-
             plan = launch.make_plan(profile, domain, args.num_gpus, args.set)
             print(launch.format_plan(plan), flush=True)
             return 0 if args.dry_run else launch.run_plan(plan)

@@ -9,6 +9,7 @@ vector before using it against a base (merge, score, `applied`, the sweeps).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import sys
@@ -361,8 +362,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def cli_extract(argv: list[str]) -> int:
     """`python -m pvutils extract --base B --finetuned F --out V [--condition C] [--dtype D]`."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m pvutils extract",
                                      description="personality vector = fine-tuned − base")
     parser.add_argument("--base", required=True, help="base model directory or embedded name")
