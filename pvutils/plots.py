@@ -39,8 +39,8 @@ def figure(name: str, fig, caption: str) -> None:
     """Show `fig` as a numbered figure with `caption` under it (a myst-nb `glue:figure`,
     labelled `fig-<name>`: cite it in prose as {numref}`fig-<name>`); in JupyterLab the same
     output is an HTML figure. Closes `fig`, so it is not drawn a second time."""
-    from IPython.display import display
-    from myst_nb import glue
+    from IPython.display import display  # notebook-only: the library runs without IPython
+    from myst_nb import glue  # notebook-only: the library runs without myst-nb
 
     fig = getattr(fig, "figure", fig)  # a seaborn FacetGrid holds its figure
     glue(name, fig, display=False)

@@ -83,7 +83,7 @@ def build_dpo_trainer(profile: Profile, model, tokenizer, mine: datasets.Dataset
     """A `DPOTrainer` on the pairs of `mine` over `theirs` (the reference model: a frozen
     copy of the base, made by TRL), with the held-out share and callbacks of SFT."""
     from transformers import PrinterCallback  # heavy; only needed when training
-    from trl import DPOTrainer
+    from trl import DPOTrainer  # heavy: only when training
 
     pairs = preference_pairs(mine["messages"], theirs["messages"])
     name = mine[0]["condition"] if "condition" in mine.column_names else "fine-tune"

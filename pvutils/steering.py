@@ -349,7 +349,7 @@ def bridge_sweep(model, tokenizer, vectors: Mapping[str, str | Path],
 def plot_layer_sweep(table: pd.DataFrame, chosen: int | None = None):
     """Score separation of ±c steering by layer, one line per trait; the chosen layer dashed."""
     import matplotlib.pyplot as plt  # plotting only where a figure is drawn
-    import seaborn as sns
+    import seaborn as sns  # plotting: only for the figure
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     sns.lineplot(data=table, x="layer", y="gap", hue="trait", marker="o", ax=ax)
@@ -362,8 +362,8 @@ def plot_layer_sweep(table: pd.DataFrame, chosen: int | None = None):
 
 def plot_bridge(table: pd.DataFrame):
     """Cosine between a vector's residual shift and the steering direction, by layer."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    import matplotlib.pyplot as plt  # plotting: only for the figure
+    import seaborn as sns  # plotting: only for the figure
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     sns.lineplot(data=table, x="layer", y="cosine", hue="condition", ax=ax)

@@ -112,7 +112,7 @@ def trainer_arguments(profile: Profile, output_dir: str | Path) -> dict:
 
 def sft_config(profile: Profile, output_dir: str | Path):
     """TRL's SFT arguments: the shared ones, the loss on the answer only, padding-free rows."""
-    from trl import SFTConfig
+    from trl import SFTConfig  # heavy: only when training
 
     return SFTConfig(
         **trainer_arguments(profile, output_dir),
@@ -145,15 +145,15 @@ def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str |
     """An `SFTTrainer` for one condition (with a LoRA adapter when `profile.use_lora`); with
     `profile.heldout_fraction` > 0, a seeded share of the examples is its eval set and a
     `heldout.KeepBest` callback stops early / keeps the best epoch."""
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # heavy: only when training
 
     peft_config = None
     if profile.use_lora:
-        from peft import LoraConfig
+        from peft import LoraConfig  # optional: only with use_lora
 
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback  # heavy: only when training
 
     tokenizer.padding_side = "right"
     name = dataset[0]["condition"] if "condition" in dataset.column_names else "fine-tune"
@@ -179,7 +179,7 @@ def base_weights_dir(model: str) -> Path:
     source = models.resolve_model_dir(model)
     if Path(source).is_dir():
         return Path(source)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # only for a hub id
 
     return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.json"]))
 
@@ -275,7 +275,7 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
 
 def last_checkpoint(trainer_dir: Path) -> str | None:
     """TRL's newest `checkpoint-N` under `trainer_dir` (None: start from the base)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # heavy: only to resume
 
     return get_last_checkpoint(str(trainer_dir)) if Path(trainer_dir).is_dir() else None
 
