@@ -127,8 +127,9 @@ def dial_table(dose: pd.DataFrame, targets: Sequence[float] | None = None,
                n_boot: int = 1000, seed: int = 0, n_targets: int = 3) -> pd.DataFrame:
     """Dial every vector of a dose table (its `method == "vector"` rows) to each target
     (default: `n_targets` evenly inside its reachable range).
-    Rows: condition, target, alpha, lo, hi, resamples_reaching; a target out of reach has
-    NaN there and the reason in `note`."""
+    Rows: condition, target, alpha, lo, hi, resamples_reaching, note; a target out of reach
+    has NaN there and the reason in `note`, an interval past the swept range (too few
+    resamples reach the target) is ±inf, and `note` says so."""
     rows = []
     for condition, part in dose[dose["method"] == "vector"].groupby("condition", sort=False):
         strengths, mat = keyed_matrix(part, split_condition(condition)[0])
@@ -139,8 +140,11 @@ def dial_table(dose: pd.DataFrame, targets: Sequence[float] | None = None,
             except DialError as err:
                 rows.append({"condition": condition, "target": target, "note": str(err)})
                 continue
+            unbounded = not (np.isfinite(d.lo) and np.isfinite(d.hi))
             rows.append({"condition": condition, "target": target, "alpha": d.alpha,
-                         "lo": d.lo, "hi": d.hi, "resamples_reaching": d.share_reached})
+                         "lo": d.lo, "hi": d.hi, "resamples_reaching": d.share_reached,
+                         "note": f"interval unbounded: {d.share_reached:.0%} of the item "
+                                 "resamples reach the target" if unbounded else None})
     columns = ["condition", "target", "alpha", "lo", "hi", "resamples_reaching", "note"]
     return pd.DataFrame(rows).reindex(columns=columns)
 

@@ -120,3 +120,19 @@ def test_dial_check_of_a_zero_vector_measures_the_base(tiny_chat_model, isolated
     assert np.isnan(checked["measured"][1])  # an unreachable target is not re-scored
     again = check_dials(None, None, {"extraversion_high": zero}, table, smoke)  # cached
     assert again.equals(checked)
+
+
+def test_an_interval_past_the_swept_range_is_unbounded_and_says_so():
+    """At α = 1 the extraversion items split 2 / 4 (mean 3): a target just under 3 is missed
+    by every resample whose items fall lower, so α's interval runs past the swept range."""
+    dose = dose_rows("extraversion_high", [0.0, 1.0], [2.0, 3.0])
+    mine = [n for n, it in ITEMS_BY_NUMBER.items() if it.dimension == "extraversion"]
+    items = dict(dose.iloc[1]["items"])
+    for k, n in enumerate(mine):
+        keyed = 2.0 if k % 2 else 4.0
+        items[str(n)] = 6.0 - keyed if ITEMS_BY_NUMBER[n].reverse else keyed
+    dose.at[1, "items"] = items
+    row = dial_table(dose, targets=[2.99], n_boot=200).iloc[0]
+    assert row.alpha == pytest.approx(0.99, abs=0.02)
+    assert np.isinf(row.hi) and 0.2 < row.resamples_reaching < 0.8
+    assert row.note.startswith("interval unbounded:")
