@@ -1,12 +1,7 @@
 """pvutils: the small library behind the Personality Vector companion book.
 
-One module per concern, pure functions over tensors and state dicts where possible:
-`models` (loading, generation), `profiles` (parameter sets), `artifacts` (cache, atomic
-writes), `bundled` (the data files in `resources/`, the paper's reported values),
-`vectors`, `merging`, `data`, `personas`, `training`, `bfi` (the BFI-44), `likelihood`
-(answer likelihoods), `evaluation` (contrast measure, interview, CLI), `judges`,
-`baselines`, `analysis` (sweeps), `stats`, `plots`, `layers`, `side_effects`, `vlm`,
-`linguistics`.
+One module per concern, pure functions over tensors and state dicts where possible;
+CONTRIBUTING.md lists every module in one line.
 
 Importing pvutils changes nothing in the process. Entry points that run models call
 `configure_torch_env()` first (the CLI does; notebooks do in their first code cell).
@@ -14,6 +9,7 @@ Importing pvutils changes nothing in the process. Entry points that run models c
 
 import os as _os
 import sys as _sys
+import warnings as _warnings
 
 from .profiles import CONDITIONS, LEVELS, TRAITS, get_profile
 
@@ -33,7 +29,10 @@ TORCH_ENV = {
 def configure_torch_env() -> dict[str, str]:
     """Set `TORCH_ENV`'s defaults in `os.environ` (a value already there wins) and return
     what was set. Torch reads them once, when it loads, so this only acts before the first
-    `import torch`; afterwards it sets nothing and returns {}."""
+    `import torch`; afterwards it sets nothing and returns {}. It also hides tqdm's notice
+    that ipywidgets is missing: the bars are text on purpose (`progress.bar`), and
+    `tqdm.auto`, which transformers and datasets use, would print it into every page."""
+    _warnings.filterwarnings("ignore", message="IProgress not found")
     if "torch" in _sys.modules:
         return {}
     set_now = {k: v for k, v in TORCH_ENV.items() if k not in _os.environ}

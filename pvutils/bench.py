@@ -54,6 +54,25 @@ class Bench:
     npti_prompts: int | None = None  # NPTI's neurons from the first n prompts (None: all)
     bridge_chats: int | None = None  # the bridge's chats per condition (None: all)
 
+    def describe(self) -> str:
+        """The settings as a reader reads them (the page prints this, not the repr)."""
+        def listed(values) -> str:
+            return ", ".join(f"{v:g}" for v in values)
+
+        return "; ".join([
+            f"{'all swept' if self.n_conditions is None else self.n_conditions} vectors",
+            f"steering at c = {listed(self.steering_coefficients)} (layers probed every "
+            f"{self.steering_layer_step} at c = {self.steering_probe:g})",
+            f"P2 at intensity {listed(self.p2_intensities)}",
+            f"NPTI's neurons from {'all' if self.npti_prompts is None else self.npti_prompts}"
+            " prompts",
+            f"{self.n_questions} factual questions",
+            f"low-rank copies at rank {listed(self.ranks)}",
+            f"{self.n_targets} dialled targets per vector",
+            f"the mixer at α = {listed(self.mixer_alphas)} on {self.mixer_questions} questions",
+            f"the bridge on {'all' if self.bridge_chats is None else self.bridge_chats} "
+            "chats per condition"])
+
     def chosen(self, vectors: Mapping[str, Any]) -> dict[str, Any]:
         """The vectors the chapter compares: the first `n_conditions` swept ones."""
         return dict(list(vectors.items())[: self.n_conditions])

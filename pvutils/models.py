@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text, never a notebook widget
 
 from . import sampling
 from .artifacts import artifacts_dir, atomic_dir

@@ -169,3 +169,13 @@ def test_zero_vector_sweep_scores_like_the_base(tiny_chat_model, isolated_home):
     off = dose_sweep(None, None, dose_plan(smoke, "P2", ["extraversion_low"], [0]), smoke, None)
     assert off["items"][0] == table["items"][0]
     assert (off["method"][0], off["trait"][0], off["level"][0]) == ("P2", "extraversion", "low")
+
+
+def test_the_bench_describes_itself_in_words():
+    text = Bench(steering_coefficients=(1.0, 2.0), p2_intensities=(3,), n_questions=20,
+                 n_conditions=4, bridge_chats=32).describe()
+    assert text.startswith("4 vectors; steering at c = 1, 2 (layers probed every 3 at c = 2)")
+    assert "P2 at intensity 3" in text and "NPTI's neurons from all prompts" in text
+    assert "low-rank copies at rank 4, 16, 64" in text and text.endswith(
+        "the bridge on 32 chats per condition")
+    assert Bench().describe().startswith("all swept vectors")
