@@ -31,14 +31,21 @@ def is_trainer_output(output: dict) -> bool:
     return bool(data) and bool(_TRAINER.search(text))
 
 
+def is_setup(source: str) -> bool:
+    """A cell that opens with imports (a chapter's setup: imports, profile, model loading)
+    is plumbing to a reader; its printed lines stay shown."""
+    first = next((line for line in source.splitlines() if line.strip()), "")
+    return first.startswith(("import ", "from "))
+
+
 def _tags(cell) -> list[str]:
     return cell.setdefault("metadata", {}).setdefault("tags", [])
 
 
 def polish_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """In place: parameter cells removed from the page, Trainer tables dropped, the input
-    of every cell that shows a figure or a table hidden behind a toggle, and the paper's
-    header under the first heading."""
+    of every cell that shows a figure or a table, and of the setup cell, hidden behind a
+    toggle, and the paper's header under the first heading."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -48,7 +55,7 @@ def polish_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             continue
         cell.outputs = [o for o in cell.get("outputs", []) if not is_trainer_output(o)]
         shows = any(m in o.get("data", {}) for o in cell.outputs for m in SHOWN_MIMES)
-        if shows and not HIDDEN_TAGS & set(tags):
+        if (shows or is_setup(cell.source)) and not HIDDEN_TAGS & set(tags):
             tags.append("hide-input")
     first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     if first is not None:

@@ -26,6 +26,7 @@ def _notebook():
         new_code_cell("plot()", outputs=[png]),
         new_code_cell("summary", outputs=[table]),
         new_code_cell("secret()", outputs=[png], metadata={"tags": ["remove-input"]}),
+        new_code_cell("\nimport pvutils\nP = pvutils.get_profile()", outputs=[stream]),
     ]
     return new_notebook(cells=cells)
 
@@ -37,6 +38,7 @@ def test_parameter_cells_are_removed_and_figure_and_table_inputs_hidden():
     assert "hide-input" not in tags[3]  # a call with printed output stays readable
     assert "hide-input" in tags[4] and "hide-input" in tags[5]
     assert tags[6] == ["remove-input"]  # an author's own choice is kept
+    assert tags[7] == ["hide-input"]  # the setup cell: imports and loading
 
 
 def test_trainer_tables_are_dropped_and_other_outputs_kept():
