@@ -93,6 +93,7 @@ def count_interval(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dic
     bootstrap that resamples the units of every (vector, α, measure) at once."""
     rng = np.random.default_rng(seed)
     base = rows[rows.vector == "base"].set_index(["trait", "measure", "unit"])["value"]
+    base = base.sort_index()  # a lookup on an unsorted index warns and is slow
     right: dict[str, np.ndarray] = {}
     point: dict[str, bool] = {}
     for (vector, trait, alpha, measure), sub in rows[rows.vector != "base"].groupby(

@@ -143,7 +143,9 @@ def effect_table(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     expected sign (`expected`: vector → sign at α = +1; default: its level's), whether it
     goes that way, and whether the interval excludes zero on that side.
     Rows: vector, trait, alpha, measure, effect, lo, hi, n, expected, right_way, sure."""
+    # sorted: a lookup by (trait, measure) on an unsorted index warns and is slow
     base = rows[rows.vector == "base"].set_index(["trait", "measure", "unit"])["value"]
+    base = base.sort_index()
     out = []
     for (vector, trait, alpha, measure), sub in rows[rows.vector != "base"].groupby(
             ["vector", "trait", "alpha", "measure"], sort=False):
