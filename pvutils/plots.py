@@ -71,12 +71,16 @@ def plot_alpha_sweep(
     col: str = "trait",
     title: str = "",
     baseline: Mapping[str, float] | None = None,
+    col_wrap: int = 5,
 ):
-    """Trait score against the scaling coefficient, one panel per trait."""
+    """Trait score against the scaling coefficient, one panel per trait (at most
+    `col_wrap` panels a row, each titled by its value alone, so long names do not collide)."""
     grid = sns.relplot(data=df, x=x, y=y, hue=hue, col=col, kind="line", marker="o",
                        height=2.8, aspect=0.9, facet_kws={"sharey": False},
+                       col_wrap=min(col_wrap, df[col].nunique()),
                        palette=level_palette(df[hue]) if hue in df else None)
     grid.set_axis_labels(x.replace("_", " "), "trait score (1-5)")
+    grid.set_titles("{col_name}", size=9)
     if baseline:
         for trait, ax in grid.axes_dict.items():
             if trait in baseline:
