@@ -142,3 +142,24 @@ def plot_features(frame: pd.DataFrame, expected: Mapping[str, int], title: str =
         fig.suptitle(title, y=1.05)
     fig.tight_layout()
     return fig
+
+
+def plot_transfer(grid: pd.DataFrame):
+    """RQ4 in one figure: per vector (x), the trait score (top) and character fidelity
+    (bottom) at each (domain α, personality β) of the grid, one marker colour per point of
+    the grid (rows: condition, alpha, beta, score, fidelity)."""
+    df = grid.assign(setting=[f"α = {a:g}, β = {b:g}" for a, b in zip(grid.alpha, grid.beta)])
+    order = list(dict.fromkeys(df.sort_values(["alpha", "beta"]).setting))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.9 * df.condition.nunique()), 6.4),
+                             sharex=True)
+    for ax, (value, label) in zip(axes, [("score", "trait score (contrast BFI, 1-5)"),
+                                         ("fidelity", "character fidelity")]):
+        sns.pointplot(data=df, x="condition", y=value, hue="setting", hue_order=order,
+                      palette="mako", linestyles="none", dodge=0.5, ax=ax)
+        ax.set(xlabel="", ylabel=label)
+        ax.legend_.remove()
+    axes[0].legend(title="domain α, personality β", fontsize=8, ncols=len(order),
+                   loc="upper center", bbox_to_anchor=(0.5, 1.3))
+    axes[1].tick_params(axis="x", rotation=35)
+    fig.tight_layout()
+    return fig

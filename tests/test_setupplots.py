@@ -26,3 +26,15 @@ def test_alpha_sweep_wraps_its_panels_and_titles_them_by_name():
                                              for ax in grid.axes}) == 2  # two rows of five
     assert [ax.get_title() for ax in grid.axes] == conditions
     plt.close(grid.figure)
+
+
+def test_transfer_figure_has_one_marker_set_per_grid_point():
+    grid = pd.DataFrame([{"condition": c, "alpha": a, "beta": b, "score": 3 + b, "fidelity": a}
+                         for c in ("openness_high", "openness_low")
+                         for a in (0.0, 1.0) for b in (0.0, 1.0)])
+    fig = plots.plot_transfer(grid)
+    top, bottom = fig.axes[:2]
+    assert [t.get_text() for t in top.get_legend().get_texts()] == [
+        "α = 0, β = 0", "α = 0, β = 1", "α = 1, β = 0", "α = 1, β = 1"]
+    assert [t.get_text() for t in bottom.get_xticklabels()] == ["openness_high", "openness_low"]
+    plt.close(fig)
