@@ -127,3 +127,29 @@ def agreement(shifts: pd.DataFrame, measures: Sequence[str]) -> pd.DataFrame:
         rows.append({"measures": f"{a} ~ {b}", "spearman": est, "low": low, "high": high,
                      "n points": len(both)})
     return pd.DataFrame(rows)
+
+
+def corroboration(agree: pd.DataFrame, measure: str = "contrast BFI",
+                  others: Sequence[str] = ("IPIP", "embedding")) -> str:
+    """One sentence per independent measure: does it agree with `measure` (the headline's)
+    across the points? From `agreement`'s rows; an interval holding zero is said to be no
+    corroboration, so a verdict resting on `measure` is read as resting on it alone."""
+    rows = agree.set_index("measures")
+    parts = []
+    for other in others:
+        key = next((k for k in (f"{measure} ~ {other}", f"{other} ~ {measure}") if k in rows.index),
+                   None)
+        if key is None:
+            continue
+        r = rows.loc[key]
+        if not np.isfinite(r["low"]):
+            word = "cannot be judged (too few points for an interval)"
+        elif r["low"] > 0:
+            word = "corroborates it"
+        elif r["high"] < 0:
+            word = "contradicts it"
+        else:
+            word = "does not corroborate it (the interval holds zero)"
+        parts.append(f"{other} {word}: ρ = {r['spearman']:+.2f} [{r['low']:+.2f}, "
+                     f"{r['high']:+.2f}] over {int(r['n points'])} points")
+    return f"Against the {measure}: " + "; ".join(parts) + "." if parts else ""

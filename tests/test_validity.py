@@ -72,3 +72,18 @@ def test_point_scores_put_every_measure_beside_each_point():
     ipip = pd.DataFrame([{**keys, "item": i, "keyed": v} for i, v in [(1, 3.0), (6, 4.0)]])
     row = validity.point_scores(contrast, interviews, ipip).iloc[0]
     assert (row["contrast BFI"], row.embedding, row.persona, row.IPIP) == (3.2, 3.5, 4.0, 3.5)
+
+
+def test_corroboration_reads_each_interval_against_zero():
+    agree = pd.DataFrame([
+        {"measures": "contrast BFI ~ IPIP", "spearman": -0.05, "low": -0.56, "high": 0.44,
+         "n points": 20},
+        {"measures": "contrast BFI ~ embedding", "spearman": 0.43, "low": 0.02, "high": 0.73,
+         "n points": 20},
+        {"measures": "IPIP ~ embedding", "spearman": -0.9, "low": -0.95, "high": -0.8,
+         "n points": 20}])
+    text = validity.corroboration(agree)
+    assert "IPIP does not corroborate it (the interval holds zero): ρ = -0.05" in text
+    assert "embedding corroborates it: ρ = +0.43 [+0.02, +0.73] over 20 points" in text
+    assert "contradicts it" in validity.corroboration(agree, "IPIP", ["embedding"])
+    assert validity.corroboration(agree, "persona") == ""
