@@ -192,3 +192,14 @@ def summary(effects: pd.DataFrame) -> dict[str, int]:
             **{f"right at α={a:+g}": int(effects[effects.alpha == a].groupby("vector")
                                           ["right_way"].all().sum())
                for a in sorted(effects.alpha.unique(), reverse=True)}}
+
+
+def summary_sentence(counts: Mapping[str, int]) -> str:
+    """`summary`'s counts as the sentence under the ±1 table: right both ways, and sure."""
+    n = counts["vectors"]
+    right, sure = counts["right both ways"], counts["sure both ways"]
+    by_alpha = ", ".join(f"{v} of {n} {k.removeprefix('right ')}" for k, v in counts.items()
+                         if k.startswith("right at"))
+    return (f"{right} of {n} vectors move their own trait the way their level calls for at "
+            f"both α on both measures ({by_alpha}); {sure} of {n} do so with every "
+            "interval clear of zero.")

@@ -108,3 +108,12 @@ def test_the_sweep_stores_one_value_per_unit_and_is_cached(tiny_chat_model, isol
     pd.testing.assert_frame_equal(rows, again)
     eff = plusminus.effect_table(rows, 100)
     assert len(eff) == 4 and set(eff.expected) == {1.0, -1.0}
+
+
+def test_the_summary_sentence_states_both_counts():
+    counts = {"vectors": 10, "right both ways": 5, "sure both ways": 0, "right at α=+1": 6,
+              "right at α=-1": 6}
+    assert plusminus.summary_sentence(counts) == (
+        "5 of 10 vectors move their own trait the way their level calls for at both α on "
+        "both measures (6 of 10 at α=+1, 6 of 10 at α=-1); 0 of 10 do so with every "
+        "interval clear of zero.")
