@@ -29,6 +29,13 @@ SCALES: dict[str, dict] = {
 }
 
 
+def page_setup() -> None:
+    """The look every chapter shares: seaborn's whitegrid theme, and pandas tables that
+    wrap long cells instead of cutting them with "..." (called in each chapter's setup)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    pd.set_option("display.max_colwidth", None)
+
+
 def level_palette(levels: Sequence[str]) -> dict[str, str] | None:
     """The palette for a `level` hue (None when some value is not high / low / base)."""
     levels = list(dict.fromkeys(levels))
