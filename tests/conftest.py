@@ -167,6 +167,18 @@ def big5chat_csv():
     return write
 
 
+@pytest.fixture
+def tiny_profile(isolated_home, tiny_chat_dir, tmp_path, big5chat_csv):
+    """The smoke profile on the tiny chat model and a 4-row Big5-Chat CSV: a fine-tune
+    takes seconds."""
+    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
+    return pvutils.get_profile("smoke", model=str(tiny_chat_dir), data_source="big5chat",
+                               big5chat_path=str(csv), n_dialogues=4, train_batch_size=2,
+                               train_epochs=1.0, max_length=64, learning_rate=1e-3,
+                               conditions=("openness_high", "openness_low",
+                                           "extraversion_high"))
+
+
 @pytest.fixture(scope="session")
 def reference_logprob():
     """The textbook answer likelihood, to check the fast paths against: the full chat

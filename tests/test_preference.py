@@ -53,12 +53,9 @@ def test_a_key_holds_only_what_its_objective_reads():
 
 
 @pytest.fixture
-def dpo_profile(isolated_home, tiny_chat_dir, tmp_path, big5chat_csv):
-    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
-    return get_profile("smoke", model=str(tiny_chat_dir), data_source="big5chat",
-                       big5chat_path=str(csv), n_dialogues=4, train_batch_size=2,
-                       train_epochs=3.0, max_length=64, learning_rate=1e-3,
-                       train_objective="dpo", conditions=("openness_high", "openness_low"))
+def dpo_profile(tiny_profile):
+    return tiny_profile.replace(train_objective="dpo", train_epochs=3.0,
+                                conditions=("openness_high", "openness_low"))
 
 
 def test_dpo_raises_the_margin_of_the_poles_answer(dpo_profile, tiny_chat_dir,

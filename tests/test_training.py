@@ -39,15 +39,6 @@ def tiny_chat_dir(tmp_path_factory, chat_tokenizer, tiny_llama_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def tiny_profile(isolated_home, tiny_chat_dir, tmp_path, big5chat_csv):
-    csv = big5chat_csv(tmp_path / "b5.csv", rows_per_condition=4)
-    return get_profile("smoke", model=str(tiny_chat_dir), data_source="big5chat",
-                       big5chat_path=str(csv), n_dialogues=4, train_batch_size=2,
-                       train_epochs=1.0, max_length=64, learning_rate=1e-3,
-                       conditions=("openness_high", "openness_low", "extraversion_high"))
-
-
 def chat_rows(n=4):
     return datasets.Dataset.from_list([
         {"messages": [{"role": "user", "content": f"How was your day {i}?"},
