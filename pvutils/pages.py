@@ -32,8 +32,8 @@ def is_trainer_output(output: dict) -> bool:
 
 
 def is_setup(source: str) -> bool:
-    """A cell that opens with imports (a chapter's setup: imports, profile, model loading)
-    is plumbing to a reader; its printed lines stay shown."""
+    """Whether a cell opens with imports: as a chapter's first code cell (imports, profile,
+    model loading) it is plumbing to a reader; its printed lines stay shown."""
     first = next((line for line in source.splitlines() if line.strip()), "")
     return first.startswith(("import ", "from "))
 
@@ -46,6 +46,7 @@ def polish_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """In place: parameter cells removed from the page, Trainer tables dropped, the input
     of every cell that shows a figure or a table, and of the setup cell, hidden behind a
     toggle, and the paper's header under the first heading."""
+    first_code = True  # the chapter's setup, if any, is its first code cell after the parameters
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -53,9 +54,10 @@ def polish_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if PARAMETER_TAGS & set(tags):
             tags.append("remove-cell")
             continue
+        setup, first_code = first_code and is_setup(cell.source), False
         cell.outputs = [o for o in cell.get("outputs", []) if not is_trainer_output(o)]
         shows = any(m in o.get("data", {}) for o in cell.outputs for m in SHOWN_MIMES)
-        if (shows or is_setup(cell.source)) and not HIDDEN_TAGS & set(tags):
+        if (shows or setup) and not HIDDEN_TAGS & set(tags):
             tags.append("hide-input")
     first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     if first is not None:

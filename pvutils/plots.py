@@ -165,7 +165,7 @@ def plot_transfer(grid: pd.DataFrame):
                       palette="mako", linestyles="none", dodge=0.5, ax=ax)
         ax.set(xlabel="", ylabel=label)
         ax.legend_.remove()
-    axes[0].legend(title="domain α, personality β", fontsize=8, ncols=len(order),
+    axes[0].legend(title="domain α, personality β", fontsize=8, ncols=min(len(order), 4),
                    loc="upper center", bbox_to_anchor=(0.5, 1.3))
     axes[1].tick_params(axis="x", rotation=35)
     fig.tight_layout()

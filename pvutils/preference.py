@@ -18,10 +18,11 @@ from typing import Any
 import datasets
 
 from . import heldout, personas, progress
-from .cache import unwrap
+from .cache import code_version, unwrap
 from .profiles import Profile
 
 DEFAULT_BETA = Profile.dpo_beta  # the profile's default, what a supervised key holds
+DEFAULT_PADDING_FREE = Profile.padding_free  # what a DPO key holds
 
 def uses_pairs(profile: Profile, condition: str) -> bool:
     """Whether this condition trains on preference pairs: a trait pole under "dpo" (a
@@ -32,10 +33,27 @@ def uses_pairs(profile: Profile, condition: str) -> bool:
 def keyed_profile(profile: Profile, condition: str) -> Profile:
     """The profile as this condition's fine-tune reads it: a supervised one reads neither
     the objective nor β, so they are reset to their defaults and a DPO variant shares its
-    role-play vector (and an SFT profile its vectors, whatever β) with the default."""
-    if uses_pairs(profile, condition):
-        return profile
-    return unwrap(profile).replace(train_objective="sft", dpo_beta=DEFAULT_BETA)
+    role-play vector (and an SFT profile its vectors, whatever β) with the default; DPO
+    does not read `padding_free` (TRL's DPO pads), so a DPO key holds its default."""
+    p = unwrap(profile)
+    if uses_pairs(p, condition):
+        return p.replace(padding_free=DEFAULT_PADDING_FREE)
+    return p.replace(train_objective="sft", dpo_beta=DEFAULT_BETA)
+
+
+def code_inputs(profile: Profile, condition: str) -> list[str]:
+    """The DPO code's version, an input of a DPO fine-tune's key only (an edit here does
+    not retrain the supervised vectors)."""
+    if not uses_pairs(profile, condition):
+        return []
+    return code_version((preference_pairs, dpo_config, build_dpo_trainer))
+
+
+def extra_data_conditions(profile: Profile) -> tuple[str, ...]:
+    """The opposite poles DPO reads that `profile.conditions` leaves out, so the data step
+    generates them with the rest (in shared batches, before any fine-tune)."""
+    wanted = [c for cond in profile.conditions for c in training_conditions(profile, cond)]
+    return tuple(c for c in dict.fromkeys(wanted) if c not in profile.conditions)
 
 
 def training_conditions(profile: Profile, condition: str) -> tuple[str, ...]:
@@ -79,9 +97,11 @@ def dpo_config(profile: Profile, arguments: Mapping[str, Any]):
 
 
 def build_dpo_trainer(profile: Profile, model, tokenizer, mine: datasets.Dataset,
-                      theirs: datasets.Dataset, arguments: Mapping[str, Any]):
+                      theirs: datasets.Dataset, arguments: Mapping[str, Any],
+                      peft_config=None):
     """A `DPOTrainer` on the pairs of `mine` over `theirs` (the reference model: a frozen
-    copy of the base, made by TRL), with the held-out share and callbacks of SFT."""
+    copy of the base made by TRL, or with `peft_config` the base under the disabled
+    adapter), with the held-out share and callbacks of SFT."""
     from transformers import PrinterCallback  # heavy; only needed when training
     from trl import DPOTrainer  # heavy: only when training
 
@@ -97,7 +117,8 @@ def build_dpo_trainer(profile: Profile, model, tokenizer, mine: datasets.Dataset
     if held is not None:
         callbacks.append(heldout.KeepBest(profile.early_stopping_patience, profile.keep_best))
     trainer = DPOTrainer(model=model, args=dpo_config(profile, arguments), train_dataset=train,
-                         eval_dataset=held, processing_class=tokenizer, callbacks=callbacks)
+                         eval_dataset=held, processing_class=tokenizer, callbacks=callbacks,
+                         peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)  # it would print every log dict into the page
     return trainer
 

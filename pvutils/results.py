@@ -85,7 +85,8 @@ def verdict(estimate: float | None, low: float | None, high: float | None,
         return "not", "estimate at or beyond no effect"
     clear = bounded and (lo > null if side > 0 else hi < null)
     if reaches and clear:
-        directional = null in region  # the paper states a direction, no size
+        # the paper states a direction, no size: its region starts (or ends) at no effect
+        directional = null in (region[0], region[1])
         return "reproduced", ("interval excludes no effect, on the paper's side" if directional
                               else "interval reaches the paper's number and excludes no effect")
     if not bounded:

@@ -61,7 +61,8 @@ def train_key(profile: Profile, condition: str) -> str:
     opposite pole's too) and the training fields `VECTORS` declares."""
     return VECTORS.key(preference.keyed_profile(profile, condition), TRAIN_VERSION,
                        *(pvdata.data_key(profile, c)
-                         for c in preference.training_conditions(profile, condition)))
+                         for c in preference.training_conditions(profile, condition)),
+                       *preference.code_inputs(profile, condition))
 
 
 def is_trained(profile: Profile, condition: str) -> bool:
@@ -141,19 +142,22 @@ def to_prompt_completion(dataset):
     return dataset.map(split, remove_columns=dataset.column_names)
 
 
+def lora_config(profile: Profile):
+    """The LoRA adapter both objectives train under `profile.use_lora` (None: full model)."""
+    if not profile.use_lora:
+        return None
+    from peft import LoraConfig  # optional: only with use_lora
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
 def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str | Path):
     """An `SFTTrainer` for one condition (with a LoRA adapter when `profile.use_lora`); with
     `profile.heldout_fraction` > 0, a seeded share of the examples is its eval set and a
     `heldout.KeepBest` callback stops early / keeps the best epoch."""
-    from trl import SFTTrainer  # heavy: only when training
-
-    peft_config = None
-    if profile.use_lora:
-        from peft import LoraConfig  # optional: only with use_lora
-
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
     from transformers import PrinterCallback  # heavy: only when training
+    from trl import SFTTrainer  # heavy: only when training
 
     tokenizer.padding_side = "right"
     name = dataset[0]["condition"] if "condition" in dataset.column_names else "fine-tune"
@@ -163,8 +167,8 @@ def build_trainer(profile: Profile, model, tokenizer, dataset, output_dir: str |
     if held is not None:
         callbacks.append(heldout.KeepBest(profile.early_stopping_patience, profile.keep_best))
     trainer = SFTTrainer(model=model, args=sft_config(profile, output_dir), train_dataset=train,
-                         eval_dataset=held, processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=callbacks)
+                         eval_dataset=held, processing_class=tokenizer,
+                         peft_config=lora_config(profile), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it would print every log dict into the page
     if profile.padding_free:
         longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])
@@ -218,7 +222,8 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
             opposite = pvdata.generate_trait_data(profile, preference.training_conditions(
                 profile, condition)[1])
             trainer = preference.build_dpo_trainer(profile, model, tokenizer, dataset, opposite,
-                                                   trainer_arguments(profile, scratch / "trainer"))
+                                                   trainer_arguments(profile, scratch / "trainer"),
+                                                   lora_config(profile))
         else:
             trainer = build_trainer(profile, model, tokenizer, dataset, scratch / "trainer")
         t1 = time.perf_counter()
@@ -250,11 +255,12 @@ def train_condition(profile: Profile, condition: str, keep_model: bool = False) 
         flops = (8 if preference.uses_pairs(profile, condition) else 6) * n_params * tokens
         write_json(sidecar_path(profile, condition), {
             "key": key, "condition": condition, "profile": profile.name, "model": profile.model,
-            "data_key": pvdata.data_key(profile, condition), "n_examples": len(dataset),
+            "data_keys": [pvdata.data_key(profile, c)
+                          for c in preference.training_conditions(profile, condition)],
+            "n_examples": len(trainer.train_dataset) + len(trainer.eval_dataset or ()),
             "steps": result.global_step, "train_loss": loss, "params": n_params,
             "tokens": tokens, "data_seconds": round(data_seconds, 2),
-            "train_seconds": round(train_seconds, 2),
-            "extract_seconds": round(extract_seconds, 2),
+            "train_seconds": round(train_seconds, 2), "extract_seconds": round(extract_seconds, 2),
             "tokens_per_second": round(tokens / train_seconds, 1),
             "gflops_per_second": round(flops / train_seconds / 1e9, 2),
             "loss_history": [h["loss"] for h in trainer.state.log_history if "loss" in h],
@@ -289,13 +295,15 @@ VECTORS = cache.Stage(
             "early_stopping_patience", "keep_best", "train_objective", "dpo_beta"),
     after=(pvdata.DATA,),
     code=(train_condition, trainer_arguments, sft_config, build_trainer, to_prompt_completion,
-          heldout, preference),
+          lora_config, heldout, preference.uses_pairs, preference.training_conditions,
+          preference.keyed_profile, preference.sequence_lengths),
 )
 
 
 def train_all_vectors(profile: Profile, keep_models: bool = False) -> dict[str, Path]:
     """The vectors of every condition in `profile.conditions` (data first, then fine-tunes)."""
-    pvdata.trait_datasets(profile)  # loads the base model once for all generation
+    # loads the base model once for all generation, the opposite poles DPO reads included
+    pvdata.trait_datasets(profile, preference.extra_data_conditions(profile))
     return {cond: train_condition(profile, cond, keep_model=keep_models)
             for cond in profile.conditions}
 
@@ -365,7 +373,8 @@ def cli_train_vectors(argv: list[str]) -> int:
             raise ValueError(f"unknown launcher {profile.launcher!r}; use 'none' or 'accelerate'")
         stages: dict[str, float] = {}
         t = time.perf_counter()
-        pvdata.trait_datasets(profile, () if args.no_domain else (f"domain_{args.character}",))
+        pvdata.trait_datasets(profile, preference.extra_data_conditions(profile) + (
+            () if args.no_domain else (f"domain_{args.character}",)))
         stages["data (all conditions)"] = time.perf_counter() - t
         if args.data_only:
             print(f"data ready ({stages['data (all conditions)']:.1f} s)")

@@ -22,11 +22,12 @@ def _notebook():
         new_markdown_cell("# A chapter\n\nProse."),
         new_code_cell('profile = "cpu"', metadata={"tags": ["parameters"]}),
         new_code_cell('profile = "smoke"', metadata={"tags": ["injected-parameters"]}),
+        new_code_cell("\nimport pvutils\nP = pvutils.get_profile()", outputs=[stream]),
         new_code_cell("train()", outputs=[stream, trainer]),
         new_code_cell("plot()", outputs=[png]),
         new_code_cell("summary", outputs=[table]),
         new_code_cell("secret()", outputs=[png], metadata={"tags": ["remove-input"]}),
-        new_code_cell("\nimport pvutils\nP = pvutils.get_profile()", outputs=[stream]),
+        new_code_cell("import tempfile\ndemo()", outputs=[stream]),  # a demo, not the setup
     ]
     return new_notebook(cells=cells)
 
@@ -35,17 +36,18 @@ def test_parameter_cells_are_removed_and_figure_and_table_inputs_hidden():
     nb = pages.polish_notebook(_notebook())
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     assert "remove-cell" in tags[1] and "remove-cell" in tags[2]
-    assert "hide-input" not in tags[3]  # a call with printed output stays readable
-    assert "hide-input" in tags[4] and "hide-input" in tags[5]
-    assert tags[6] == ["remove-input"]  # an author's own choice is kept
-    assert tags[7] == ["hide-input"]  # the setup cell: imports and loading
+    assert tags[3] == ["hide-input"]  # the setup cell: imports and loading
+    assert "hide-input" not in tags[4]  # a call with printed output stays readable
+    assert "hide-input" in tags[5] and "hide-input" in tags[6]
+    assert tags[7] == ["remove-input"]  # an author's own choice is kept
+    assert tags[8] == []  # later cells that import are shown: their code is the point
 
 
 def test_trainer_tables_are_dropped_and_other_outputs_kept():
     nb = pages.polish_notebook(_notebook())
-    train = nb.cells[3]
+    train = nb.cells[4]
     assert [o.output_type for o in train.outputs] == ["stream"]
-    assert len(nb.cells[4].outputs) == 1 and len(nb.cells[5].outputs) == 1
+    assert len(nb.cells[5].outputs) == 1 and len(nb.cells[6].outputs) == 1
 
 
 def test_header_goes_under_the_first_heading_once():

@@ -52,6 +52,16 @@ def test_a_key_holds_only_what_its_objective_reads():
     assert training.train_key(dpo, domain) == training.train_key(sft, domain)
 
 
+def test_dpo_keys_ignore_padding_free_and_its_data_step_adds_the_opposite_poles():
+    dpo = get_profile("smoke", train_objective="dpo", conditions=("openness_high",))
+    assert training.train_key(dpo, "openness_high") == training.train_key(
+        dpo.replace(padding_free=not dpo.padding_free), "openness_high")  # TRL's DPO pads
+    assert preference.extra_data_conditions(dpo) == ("openness_low",)
+    assert preference.extra_data_conditions(dpo.replace(train_objective="sft")) == ()
+    assert preference.code_inputs(dpo.replace(train_objective="sft"), "openness_high") == []
+    assert preference.code_inputs(dpo, "openness_high")
+
+
 @pytest.fixture
 def dpo_profile(tiny_profile):
     return tiny_profile.replace(train_objective="dpo", train_epochs=3.0,
@@ -94,3 +104,10 @@ def test_poles_without_shared_prompts_are_a_clear_error(dpo_profile, tiny_chat_d
     with pytest.raises(ValueError, match="share fewer than 2 prompts"):
         preference.build_dpo_trainer(dpo_profile, None, models.load_tokenizer(str(tiny_chat_dir)),
                                      mine, other, {})
+
+
+def test_dpo_with_lora_trains_a_merged_low_rank_vector(dpo_profile):
+    profile = dpo_profile.replace(use_lora=True, train_epochs=1.0)
+    path = training.train_condition(profile, "openness_low")
+    info = json.loads(training.sidecar_path(profile, "openness_low").read_text())
+    assert path.exists() and info["n_examples"] == 4 and len(info["data_keys"]) == 2
