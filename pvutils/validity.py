@@ -142,14 +142,13 @@ def corroboration(agree: pd.DataFrame, measure: str = "contrast BFI",
         if key is None:
             continue
         r = rows.loc[key]
+        n = int(r["n points"])
         if not np.isfinite(r["low"]):
-            word = "cannot be judged (too few points for an interval)"
-        elif r["low"] > 0:
-            word = "corroborates it"
-        elif r["high"] < 0:
-            word = "contradicts it"
-        else:
-            word = "does not corroborate it (the interval holds zero)"
+            parts.append(f"{other} cannot be judged: ρ = {r['spearman']:+.2f} over {n} points, "
+                         "too few for an interval")
+            continue
+        word = ("corroborates it" if r["low"] > 0 else "contradicts it" if r["high"] < 0
+                else "does not corroborate it (the interval holds zero)")
         parts.append(f"{other} {word}: ρ = {r['spearman']:+.2f} [{r['low']:+.2f}, "
-                     f"{r['high']:+.2f}] over {int(r['n points'])} points")
+                     f"{r['high']:+.2f}] over {n} points")
     return f"Against the {measure}: " + "; ".join(parts) + "." if parts else ""

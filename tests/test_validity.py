@@ -87,3 +87,8 @@ def test_corroboration_reads_each_interval_against_zero():
     assert "embedding corroborates it: ρ = +0.43 [+0.02, +0.73] over 20 points" in text
     assert "contradicts it" in validity.corroboration(agree, "IPIP", ["embedding"])
     assert validity.corroboration(agree, "persona") == ""
+    few = pd.DataFrame([{"measures": "contrast BFI ~ IPIP", "spearman": -1.0, "low": np.nan,
+                         "high": np.nan, "n points": 2}])
+    assert validity.corroboration(few) == (
+        "Against the contrast BFI: IPIP cannot be judged: ρ = -1.00 over 2 points, too few "
+        "for an interval.")
