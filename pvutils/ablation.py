@@ -13,6 +13,9 @@ interval from the same bootstrap (every unit of every vector resampled at once).
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import models, plusminus, training
+from . import book, models, plusminus, training
 from .artifacts import artifacts_dir, atomic_path
 from .bundled import resource
 from .judges import get_judge
@@ -128,6 +131,21 @@ def comparison(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
     return pd.DataFrame(out)
 
 
+def report(table: pd.DataFrame, verdicts: Mapping[str, pd.DataFrame], command: str,
+           revision: Mapping[str, Any], seconds: float) -> str:
+    """The ablation as a markdown page (`<out>/README.md`): the command, the commit, the
+    wall time, the comparison and each variant's ±1 table."""
+    state = f"`{revision.get('commit', 'unknown')}`" + (
+        " with uncommitted changes" if revision.get("dirty") else "")
+    parts = [f"# Recipe ablation\n\nCommand: `{command}`  \nCommit: {state}  \n"
+             f"Wall time: {seconds / 60:.1f} min\n\n## How many dials turn both ways\n\n"
+             + table.to_markdown(index=False)]
+    for name, t in verdicts.items():
+        parts.append(f"## {name}: each vector at α = ±1 (effect vs the base [95 % interval])"
+                     f"\n\n" + t.to_markdown(index=False))
+    return "\n\n".join(parts) + "\n"
+
+
 # --- the driver --------------------------------------------------------------------------
 
 
@@ -149,23 +167,28 @@ def run_ablation(profile: str, variants: Mapping[str, Mapping[str, Any]],
                  base: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Every variant in turn (its overrides over `base`, the overrides all share); writes
     `<out>/<variant>/effects.csv` and `table.csv` (the ±1 table) and
-    `<out>/comparison.csv`. Returns the comparison."""
+    `<out>/comparison.csv`, and `<out>/README.md` (`report`: command, commit, wall time,
+    the tables). Returns the comparison."""
     base = dict(base or {})
     check_variants(profile, variants, base)
     out_dir = Path(out_dir or artifacts_dir() / "ablation" / profile)
     if judge is None:
         judge = get_judge("embedding")
-    results = {}
+    results, verdicts, start = {}, {}, time.perf_counter()
     for name, overrides in variants.items():
         rows, effects = run_variant(profile, {**base, **overrides}, judge, n_boot)
-        results[name] = (rows, effects)
-        for file, table in (("effects.csv", effects),
-                            ("table.csv", plusminus.verdict(effects))):
+        results[name], verdicts[name] = (rows, effects), plusminus.verdict(effects)
+        for file, table in (("effects.csv", effects), ("table.csv", verdicts[name])):
             with atomic_path(out_dir / name / file) as tmp:
                 table.to_csv(tmp, index=False)
     table = comparison(results, variants, n_boot)
     with atomic_path(out_dir / "comparison.csv") as tmp:
         table.to_csv(tmp, index=False)
+    command = "python -m pvutils ablate " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if sys.argv[1:2] == ["ablate"] else f"run_ablation({profile!r}, {dict(variants)!r})"
+    with atomic_path(out_dir / "README.md") as tmp:
+        Path(tmp).write_text(report(table, verdicts, command, book.revision(),
+                                    time.perf_counter() - start))
     return table
 
 

@@ -106,7 +106,7 @@ def _git(*args: str) -> str:
         return ""
 
 
-def _revision() -> dict[str, Any]:
+def revision() -> dict[str, Any]:
     """The commit the notebooks run at, and whether tracked files differ from it."""
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty": bool(dirty)}
@@ -147,7 +147,7 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
     with _RECORDING:
         run = read_json(manifest) if manifest.exists() else {"profile": profile, "notebooks": {}}
         run["notebooks"][path.stem] = {
-            **_revision(), "seconds": round(seconds, 1), "parameters": parameters or {},
+            **revision(), "seconds": round(seconds, 1), "parameters": parameters or {},
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         write_json(manifest, run)

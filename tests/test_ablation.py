@@ -98,3 +98,16 @@ def test_ablate_end_to_end_on_a_tiny_model(isolated_home, tiny_chat_dir, tmp_pat
 def test_ablate_reports_bad_input(capsys):
     assert ablation.cli_ablate(["--profile", "smoke", "--variant", "x=n_dialogs:2"]) == 1
     assert "unknown profile field" in capsys.readouterr().err
+
+
+def test_the_report_holds_the_command_commit_and_every_table():
+    table = pd.DataFrame([{"variant": "dpo", "right both ways": "7 of 10 [5, 9]"}])
+    verdicts = {"dpo": pd.DataFrame([{"vector": "openness_low", "verdict": "both ways"}])}
+    text = ablation.report(table, verdicts, "python -m pvutils ablate --variant dpo=x:1",
+                           {"commit": "abc123", "dirty": True}, 90.0)
+    assert "Command: `python -m pvutils ablate --variant dpo=x:1`" in text
+    assert "`abc123` with uncommitted changes" in text and "Wall time: 1.5 min" in text
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("|")]
+    assert ["dpo", "7 of 10 [5, 9]"] in cells and ["openness_low", "both ways"] in cells
+    assert "## dpo: each vector at α = ±1" in text
