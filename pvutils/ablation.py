@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import book, models, plusminus, training
+from . import book, components, models, plusminus, training
 from .artifacts import artifacts_dir, atomic_path
 from .bundled import resource
 from .judges import get_judge
@@ -132,9 +132,11 @@ def comparison(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]],
 
 
 def report(table: pd.DataFrame, verdicts: Mapping[str, pd.DataFrame], command: str,
-           revision: Mapping[str, Any], seconds: float) -> str:
+           revision: Mapping[str, Any], seconds: float,
+           shares: Mapping[str, pd.DataFrame] | None = None) -> str:
     """The ablation as a markdown page (`<out>/README.md`): the command, the commit, the
-    wall time, the comparison and each variant's ±1 table."""
+    wall time, the comparison, each variant's ±1 table and (`shares`) how much of each
+    vector the mean of its variant's vectors explains (`components.shared_share`)."""
     state = f"`{revision.get('commit', 'unknown')}`" + (
         " with uncommitted changes" if revision.get("dirty") else "")
     parts = [f"# Recipe ablation\n\nCommand: `{command}`  \nCommit: {state}  \n"
@@ -143,6 +145,9 @@ def report(table: pd.DataFrame, verdicts: Mapping[str, pd.DataFrame], command: s
     for name, t in verdicts.items():
         parts.append(f"## {name}: each vector at α = ±1 (effect vs the base [95 % interval])"
                      f"\n\n" + t.to_markdown(index=False))
+    for name, t in (shares or {}).items():
+        parts.append(f"## {name}: the shared component (the mean of the ten vectors)\n\n"
+                     + t.to_markdown(index=False, floatfmt=".3f"))
     return "\n\n".join(parts) + "\n"
 
 
@@ -150,16 +155,16 @@ def report(table: pd.DataFrame, verdicts: Mapping[str, pd.DataFrame], command: s
 
 
 def run_variant(profile: str, overrides: Mapping[str, Any], judge=None,
-                n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
+                n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Path]]:
     """Train (or load) one variant's vectors, measure each on its own trait at α = ±1.
-    Returns (the per-unit rows, the effect table)."""
+    Returns (the per-unit rows, the effect table, the vectors' files)."""
     P = get_profile(profile, **overrides)
     vectors = training.train_all_vectors(P)
     swept = {c: vectors[c] for c in P.sweep_conditions if c in vectors}
     model = models.load_model(P.model, dtype=P.dtype, device=P.device)
     tokenizer = models.load_tokenizer(P.model)
     rows = plusminus.plusminus_sweep(model, tokenizer, swept, P, judge=judge)
-    return rows, plusminus.effect_table(rows, n_boot)
+    return rows, plusminus.effect_table(rows, n_boot), vectors
 
 
 def run_ablation(profile: str, variants: Mapping[str, Mapping[str, Any]],
@@ -167,18 +172,21 @@ def run_ablation(profile: str, variants: Mapping[str, Mapping[str, Any]],
                  base: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Every variant in turn (its overrides over `base`, the overrides all share); writes
     `<out>/<variant>/effects.csv` and `table.csv` (the ±1 table) and
-    `<out>/comparison.csv`, and `<out>/README.md` (`report`: command, commit, wall time,
-    the tables). Returns the comparison."""
+    `share.csv` (the shared component), `<out>/comparison.csv`, and `<out>/README.md`
+    (`report`: command, commit, wall time, the tables). Returns the comparison."""
     base = dict(base or {})
     check_variants(profile, variants, base)
     out_dir = Path(out_dir or artifacts_dir() / "ablation" / profile)
     if judge is None:
         judge = get_judge("embedding")
-    results, verdicts, start = {}, {}, time.perf_counter()
+    results, verdicts, shares, start = {}, {}, {}, time.perf_counter()
     for name, overrides in variants.items():
-        rows, effects = run_variant(profile, {**base, **overrides}, judge, n_boot)
+        rows, effects, vectors = run_variant(profile, {**base, **overrides}, judge, n_boot)
         results[name], verdicts[name] = (rows, effects), plusminus.verdict(effects)
-        for file, table in (("effects.csv", effects), ("table.csv", verdicts[name])):
+        shares[name] = components.shared_share(
+            {c: p for c, p in vectors.items() if not c.startswith("domain_")})
+        for file, table in (("effects.csv", effects), ("table.csv", verdicts[name]),
+                            ("share.csv", shares[name])):
             with atomic_path(out_dir / name / file) as tmp:
                 table.to_csv(tmp, index=False)
     table = comparison(results, variants, n_boot)
@@ -188,7 +196,7 @@ def run_ablation(profile: str, variants: Mapping[str, Mapping[str, Any]],
         if sys.argv[1:2] == ["ablate"] else f"run_ablation({profile!r}, {dict(variants)!r})"
     with atomic_path(out_dir / "README.md") as tmp:
         Path(tmp).write_text(report(table, verdicts, command, book.revision(),
-                                    time.perf_counter() - start))
+                                    time.perf_counter() - start, shares))
     return table
 
 

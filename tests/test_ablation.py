@@ -111,3 +111,24 @@ def test_the_report_holds_the_command_commit_and_every_table():
              if line.startswith("|")]
     assert ["dpo", "7 of 10 [5, 9]"] in cells and ["openness_low", "both ways"] in cells
     assert "## dpo: each vector at α = ±1" in text
+
+
+def test_an_ablation_run_writes_its_record(tiny_profile, tmp_path, char_embedding_judge):
+    """Two variants on the tiny model: each gets its ±1 table and shared-component table,
+    and the README holds the comparison (one row per variant) and the commit."""
+    fields = {f: getattr(tiny_profile, f) for f in ("model", "data_source", "big5chat_path",
+                                                    "n_dialogues", "train_batch_size",
+                                                    "max_length", "learning_rate")}
+    base = {**fields, "conditions": ("openness_high", "openness_low"),
+            "sweep_conditions": ("openness_high", "openness_low"), "n_samples": 1,
+            "eval_max_new_tokens": 4}
+    out = tmp_path / "ablation"
+    table = ablation.run_ablation("smoke", {"sft": {}, "dpo": {"train_objective": "dpo"}},
+                                  out, judge=char_embedding_judge, n_boot=50, base=base)
+    assert table["variant"].tolist() == ["sft", "dpo"]
+    for name in ("sft", "dpo"):
+        share = pd.read_csv(out / name / "share.csv")
+        assert share["vector"].tolist() == ["openness_high", "openness_low"]
+        assert (out / name / "table.csv").exists()
+    readme = (out / "README.md").read_text()
+    assert "## dpo: the shared component" in readme and "Commit: `" in readme
