@@ -135,8 +135,9 @@ def report(table: pd.DataFrame, verdicts: Mapping[str, pd.DataFrame], command: s
            revision: Mapping[str, Any], seconds: float,
            shares: Mapping[str, pd.DataFrame] | None = None) -> str:
     """The ablation as a markdown page (`<out>/README.md`): the command, the commit, the
-    wall time, the comparison, each variant's ±1 table and (`shares`) how much of each
-    vector the mean of its variant's vectors explains (`components.shared_share`)."""
+    wall time of this invocation (stages already cached are only read), the comparison,
+    each variant's ±1 table and (`shares`) how much of each vector the mean of its
+    variant's vectors explains (`components.shared_share`)."""
     state = f"`{revision.get('commit', 'unknown')}`" + (
         " with uncommitted changes" if revision.get("dirty") else "")
     parts = [f"# Recipe ablation\n\nCommand: `{command}`  \nCommit: {state}  \n"
@@ -146,7 +147,7 @@ def report(table: pd.DataFrame, verdicts: Mapping[str, pd.DataFrame], command: s
         parts.append(f"## {name}: each vector at α = ±1 (effect vs the base [95 % interval])"
                      f"\n\n" + t.to_markdown(index=False))
     for name, t in (shares or {}).items():
-        parts.append(f"## {name}: the shared component (the mean of the ten vectors)\n\n"
+        parts.append(f"## {name}: the shared component (the mean of its vectors)\n\n"
                      + t.to_markdown(index=False, floatfmt=".3f"))
     return "\n\n".join(parts) + "\n"
 
