@@ -58,7 +58,7 @@ def leakage_reading(leak: pd.DataFrame) -> str:
             f"{_count(excludes[other.index])}.")
     if len(other):
         big = other.loc[other["effect"].abs().idxmax()]
-        text += (f" The largest off-target change: {big['method']} {big['condition']} on "
+        text += (f" The largest off-target change in size: {big['method']} {big['condition']} on "
                  f"{big['trait']}, {big['effect']:+.3f} [{big['lo']:+.3f}, {big['hi']:+.3f}].")
     return text
 
@@ -105,5 +105,6 @@ def bridge_reading(bridge: pd.DataFrame, layer: int | None = None) -> str:
     text = f"**Read from the figure:** the highest cosine per vector: {_listing(parts)}."
     if layer is not None and (bridge["layer"] == layer).any():
         at = bridge.loc[bridge["layer"] == layer, "cosine"]
-        text += f" At the steering layer ({layer}): mean {at.mean():+.2f} over {len(at)} vectors."
+        vectors = "vector" if len(at) == 1 else "vectors"
+        text += f" At the steering layer ({layer}): mean {at.mean():+.2f} over {len(at)} {vectors}."
     return text

@@ -77,3 +77,5 @@ def test_bridge_reading_names_each_vectors_best_layer():
     text = readings.bridge_reading(bridge, layer=1)
     assert "a_high +0.40 at layer 1; b_low +0.00 at layer 1." in text
     assert "At the steering layer (1): mean +0.20 over 2 vectors." in text
+    one = readings.bridge_reading(bridge[bridge.condition == "a_high"], layer=0)
+    assert one.endswith("At the steering layer (0): mean +0.10 over 1 vector.")
