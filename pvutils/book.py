@@ -14,8 +14,10 @@ import argparse
 import ast
 import contextlib
 import datetime
+import importlib.metadata
 import importlib.resources
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -112,6 +114,27 @@ def revision() -> dict[str, Any]:
     return {"commit": _git("rev-parse", "HEAD") or "unknown", "dirty": bool(dirty)}
 
 
+def machine() -> dict[str, Any]:
+    """Where the notebooks ran, for the run page: CPU model, the cores this process may
+    use, memory, GPUs, and the versions of the libraries that set the numbers."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpus = []
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        gpus = [g for g in listed.stdout.splitlines() if g.strip()]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = {}
+    for lib in ("torch", "transformers", "trl"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[lib] = importlib.metadata.version(lib)
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(memory, 1),
+            "gpus": gpus, "python": platform.python_version(), **versions}
+
+
 def _kernel_env(root: Path) -> dict[str, str]:
     """The kernels import this checkout's pvutils and write results beside the copies; the
     libraries' own bars (loading weights, dataset maps) would land in the copies' stderr.
@@ -125,15 +148,15 @@ _RECORDING = threading.Lock()  # kernels may finish together: one RUN.json updat
 
 
 def run_notebook(path: Path, profile: str, parameters: dict | None = None,
-                 root: Path = EXECUTED_DIR) -> float:
+                 root: Path = EXECUTED_DIR, jobs: int = 1) -> float:
     """Execute one notebook with papermill into `root/<profile>/` (never in place); a cell
-    error raises. Its result JSON goes beside it and `RUN.json` records the run.
-    Returns seconds."""
+    error raises. Its result JSON goes beside it and `RUN.json` records the run (commit,
+    seconds, start and finish, the kernels at a time, the machine). Returns seconds."""
     import papermill as pm  # heavy (nbclient, jupyter); only needed to run notebooks
 
     out = executed_path(path, profile, root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, started = time.perf_counter(), datetime.datetime.now(datetime.UTC)
     with _env(**_kernel_env(root)):
         pm.execute_notebook(str(path), str(out),
                             parameters={"profile": profile, **(parameters or {})},
@@ -148,7 +171,9 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
         run = read_json(manifest) if manifest.exists() else {"profile": profile, "notebooks": {}}
         run["notebooks"][path.stem] = {
             **revision(), "seconds": round(seconds, 1), "parameters": parameters or {},
+            "started": started.isoformat(timespec="seconds"),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "jobs": jobs, "machine": machine(),
         }
         write_json(manifest, run)
     return seconds
@@ -195,7 +220,7 @@ def run_notebooks(profile: str, paths: Sequence[Path], parameters: dict | None =
         print(f"{tag} (profile {profile}" + "".join(f", {k}={v!r}" for k, v in mine.items())
               + ")", file=sys.stderr, flush=True)
         try:
-            times[nb.stem] = run_notebook(nb, profile, mine, root)
+            times[nb.stem] = run_notebook(nb, profile, mine, root, jobs)
         except BaseException:
             failed.set()
             raise

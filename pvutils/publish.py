@@ -6,6 +6,7 @@ builds the book from there without running a model."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import shutil
 import sys
 import tempfile
@@ -70,12 +71,42 @@ def publish(profile: str, source: Path | None = None, dest: Path | None = None,
 
 
 def _run_md(profile: str, runs: dict, commit: str) -> str:
-    rows = "\n".join(f"| {name} | {r['seconds']:.0f} | {r['finished']} | {r['parameters']} |"
-                     for name, r in runs.items())
-    return (f"# Published run: profile `{profile}`\n\nCommit `{commit}`. Rebuild the book from "
-            f"these files with `make book RUN=0 PROFILE={profile}`.\n\n"
-            f"| notebook | seconds | finished (UTC) | parameters |\n| --- | --- | --- | --- |\n"
-            f"{rows}\n")
+    """The run page: command, commit, machine, wall time of the whole run (first start to
+    last finish) and of each notebook. Runs recorded before machines were (no `machine`,
+    `started` or `jobs`) get the notebook table only."""
+    rows = "\n".join(f"| {name} | {r['seconds']:.0f} | {r.get('started', '')} | "
+                     f"{r['finished']} | {r['parameters']} |" for name, r in runs.items())
+    head = [f"# Published run: profile `{profile}`", "",
+            f"Commit `{commit}`. Rebuild the book from these files with "
+            f"`make book RUN=0 PROFILE={profile}`."]
+    jobs = sorted({r["jobs"] for r in runs.values() if "jobs" in r})
+    if jobs:
+        head += ["", "Command: " + ", ".join(f"`python -m pvutils book --profile {profile} "
+                                            f"--jobs {j}`" for j in jobs)
+                 + " (notebook parameters in the table)."]
+    machines: list[dict] = []
+    for r in runs.values():
+        if "machine" in r and r["machine"] not in machines:
+            machines.append(r["machine"])
+    for m in machines:
+        libs = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "transformers", "trl")
+                         if k in m)
+        gpus = "; ".join(m.get("gpus") or ()) or "no GPU"
+        head += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+                     f"{gpus}; {libs}."]
+    if all("started" in r for r in runs.values()) and runs:
+        first = min(datetime.datetime.fromisoformat(r["started"]) for r in runs.values())
+        last = max(datetime.datetime.fromisoformat(r["finished"]) for r in runs.values())
+        head += ["", f"Wall time from the first notebook's start to the last one's finish: "
+                     f"{_duration((last - first).total_seconds())}."]
+    return ("\n".join(head) + "\n\n| notebook | seconds | started (UTC) | finished (UTC) | "
+            "parameters |\n| --- | --- | --- | --- | --- |\n" + rows + "\n")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s")
 
 
 def cli_publish(argv: list[str]) -> int:

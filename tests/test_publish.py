@@ -41,6 +41,25 @@ def test_a_finished_run_is_copied_with_its_results_and_a_run_page(tmp_path):
     assert "Commit `abc`" in (dest / "RUN.md").read_text()
 
 
+def test_the_run_page_names_the_command_machine_and_whole_wall_time(tmp_path):
+    source = _fake_run(tmp_path / "executed")
+    run = json.loads((source / "RUN.json").read_text())
+    here = book.machine()
+    for i, r in enumerate(run["notebooks"].values()):  # one a minute, 90 s each
+        start = 60 * i
+        r.update(jobs=2, machine=here, seconds=90.0,
+                 started=f"2026-12-01T01:{start // 60:02d}:00+00:00",
+                 finished=f"2026-12-01T01:{start // 60 + 1:02d}:30+00:00")
+    (source / "RUN.json").write_text(json.dumps(run))
+    page = (publish.publish("cpu", source=source, dest=tmp_path / "results" / "cpu")
+            / "RUN.md").read_text()
+    assert "`python -m pvutils book --profile cpu --jobs 2`" in page
+    assert f"{here['cores']} cores" in page and here["cpu"] in page
+    # the first starts at 01:00:00, the last (n − 1 minutes later) ends 90 s after it
+    n = len(run["notebooks"])
+    assert f"finish: {n} min 30 s." in page
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"skip": "03_rq3_negation"}, r"not executed in profile cpu: \['03_rq3_negation'\]"),
     ({"error_in": "02_rq2_composition"}, "02_rq2_composition.ipynb: a cell raised an error"),
