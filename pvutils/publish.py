@@ -98,7 +98,9 @@ def _run_md(profile: str, runs: dict, commit: str) -> str:
         first = min(datetime.datetime.fromisoformat(r["started"]) for r in runs.values())
         last = max(datetime.datetime.fromisoformat(r["finished"]) for r in runs.values())
         head += ["", f"Wall time from the first notebook's start to the last one's finish: "
-                     f"{_duration((last - first).total_seconds())}."]
+                     f"{_duration((last - first).total_seconds())}, on the artifacts present "
+                     f"when it started (cached stages are read, not recomputed; what each "
+                     f"costs from empty artifacts is on the book's rerun page)."]
     return ("\n".join(head) + "\n\n| notebook | seconds | started (UTC) | finished (UTC) | "
             "parameters |\n| --- | --- | --- | --- | --- |\n" + rows + "\n")
 

@@ -57,7 +57,7 @@ def test_the_run_page_names_the_command_machine_and_whole_wall_time(tmp_path):
     assert f"{here['cores']} cores" in page and here["cpu"] in page
     # the first starts at 01:00:00, the last (n − 1 minutes later) ends 90 s after it
     n = len(run["notebooks"])
-    assert f"finish: {n} min 30 s." in page
+    assert f"finish: {n} min 30 s, on the artifacts present" in page
 
 
 @pytest.mark.parametrize(("kw", "message"), [
