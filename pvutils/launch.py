@@ -99,10 +99,12 @@ class MemoryEstimate:
     activations: float
     logits: float
     save_cpu_ram: float  # FULL_STATE_DICT gathers the fp32 model in rank 0's CPU memory
+    reference: float = 0.0  # DPO's frozen reference model: sharded bf16 + its gathered units
 
     @property
     def per_gpu(self) -> float:
-        return self.sharded_states + self.gathered_units + self.activations + self.logits
+        return (self.sharded_states + self.gathered_units + self.activations + self.logits
+                + self.reference)
 
 
 def memory_estimate(arch: Architecture, profile: Profile, num_gpus: int) -> MemoryEstimate:
@@ -116,16 +118,25 @@ def memory_estimate(arch: Architecture, profile: Profile, num_gpus: int) -> Memo
     never materialises it); gradient checkpointing keeps only each layer's 2·b·s·h input
     and recomputes one layer at a time. The loss holds b·s·V logits in bf16, their fp32
     upcast and its gradient (10 bytes each).
+
+    DPO (`train_objective="dpo"`) runs each pair's chosen and rejected answers in one batch
+    (2·b sequences), and TRL keeps a frozen reference copy of the base, FSDP-sharded in the
+    loaded bf16 (2 bytes per parameter / N, plus its units in flight) — none under LoRA,
+    whose reference is the base with the adapter disabled. The reference forward runs
+    without gradients, so it keeps no activations.
     """
-    b, s, h = profile.train_batch_size, profile.max_length, arch.hidden
+    pairs = 2 if profile.train_objective == "dpo" else 1
+    b, s, h = pairs * profile.train_batch_size, profile.max_length, arch.hidden
     root = arch.n_params - arch.n_layers * arch.layer_params  # embeddings, head, final norm
     per_layer = 34 * b * s * h
     acts = (arch.n_layers * 2 * b * s * h + per_layer if profile.gradient_checkpointing
             else arch.n_layers * per_layer)
+    units = 2 * (root + 2 * arch.layer_params)
+    frozen_copy = profile.train_objective == "dpo" and not profile.use_lora
     return MemoryEstimate(
-        sharded_states=16 * arch.n_params / num_gpus,
-        gathered_units=2 * (root + 2 * arch.layer_params),
-        activations=acts, logits=10 * b * s * arch.vocab, save_cpu_ram=4 * arch.n_params)
+        sharded_states=16 * arch.n_params / num_gpus, gathered_units=units,
+        activations=acts, logits=10 * b * s * arch.vocab, save_cpu_ram=4 * arch.n_params,
+        reference=2 * arch.n_params / num_gpus + units if frozen_copy else 0.0)
 
 
 def accelerate_config_path(profile: Profile) -> Path:
@@ -217,7 +228,8 @@ def format_plan(plan: LaunchPlan) -> str:
         f"checkpoint every {p.save_steps or 'never'} step(s)",
         f"memory / GPU   ~{gib(m.per_gpu)} (estimate; + CUDA context): sharded fp32 "
         f"weights, grads, AdamW {gib(m.sharded_states)}; gathered bf16 units "
-        f"{gib(m.gathered_units)}; activations {gib(m.activations)}; logits {gib(m.logits)}",
+        f"{gib(m.gathered_units)}; activations {gib(m.activations)}; logits {gib(m.logits)}"
+        + (f"; DPO reference {gib(m.reference)}" if m.reference else ""),
         f"rank-0 CPU RAM ~{gib(m.save_cpu_ram)} while saving (FULL_STATE_DICT, fp32); "
         f"disk per vector {gib(2 * a.n_params)} (bf16)",
         f"config         {plan.config_file}",

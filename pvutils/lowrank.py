@@ -13,6 +13,7 @@ and the rank); `kept_table` says how much of the full vector's trait shift each 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,9 @@ def kept_table(dose: pd.DataFrame, truncated: pd.DataFrame,
     the rank-r vector at its strength over the full vector's at the same strength (both
     from the base, strength 0, of the full vector's `dose` rows), with each file's size.
     `truncated` has the rank-r rows (method "rank r"). Rows: condition, label, megabytes,
-    kept, shift (toward the intended pole); one "full" row per vector (kept = 1)."""
+    kept, shift (toward the intended pole); one "full" row per vector (kept = 1). A share
+    of nothing means nothing: kept is NaN where the full vector does not move its trait
+    toward its pole at that strength (a ratio over ~0 or a backwards shift)."""
     full = dose[dose["method"] == "vector"]
     rows = []
     for (condition, rank), file in files.items():
@@ -187,10 +190,12 @@ def kept_table(dose: pd.DataFrame, truncated: pd.DataFrame,
                          & (truncated["method"] == f"rank {rank}")].iloc[0]
         ref = full[full["condition"] == condition].set_index("strength")[trait]
         base, at_full = ref.loc[0.0], ref.loc[mine["strength"]]
+        toward = 1.0 if level == "high" else -1.0
+        moved = toward * (at_full - base) > 0
         rows.append({"condition": condition, "label": f"r={rank}",
                      "megabytes": Path(file).stat().st_size / 1e6,
-                     "kept": (mine[trait] - base) / (at_full - base),
-                     "shift": (1.0 if level == "high" else -1.0) * (mine[trait] - base)})
+                     "kept": (mine[trait] - base) / (at_full - base) if moved else math.nan,
+                     "shift": toward * (mine[trait] - base)})
     rows += [{"condition": c, "label": "full", "megabytes": Path(p).stat().st_size / 1e6,
               "kept": 1.0, "shift": float("nan")} for c, p in vectors.items()]
     return pd.DataFrame(rows)

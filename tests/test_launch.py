@@ -54,6 +54,16 @@ def test_memory_model_follows_its_formula():
     no_ckpt = launch.memory_estimate(arch, p.replace(gradient_checkpointing=False), 8)
     assert no_ckpt.activations == 6 * 34 * b * s * 16
     assert launch.memory_estimate(arch, p, 2).sharded_states == 4 * m.sharded_states
+    assert m.reference == 0 and m.per_gpu == (m.sharded_states + m.gathered_units
+                                              + m.activations + m.logits)
+    # DPO: chosen + rejected in one batch (2b sequences) and a frozen bf16 reference copy
+    dpo = launch.memory_estimate(arch, p.replace(train_objective="dpo"), 8)
+    assert dpo.activations == 2 * m.activations and dpo.logits == 2 * m.logits
+    assert dpo.reference == 2 * 8_000 / 8 + 2 * (2_000 + 2 * 1_000)
+    assert dpo.sharded_states == m.sharded_states
+    # under LoRA the reference is the base with the adapter off: no copy
+    lora = launch.memory_estimate(arch, p.replace(train_objective="dpo", use_lora=True), 8)
+    assert lora.reference == 0
 
 
 def test_dry_run_prints_exactly_the_commands_it_would_run(capsys):

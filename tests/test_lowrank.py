@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pandas as pd
@@ -130,3 +131,10 @@ def test_kept_table_known_shares(tmp_path):
     assert table.loc[("extraversion_low", "r=4"), ["kept", "shift"]].tolist() == [0.75, 0.75]
     assert table.loc[("extraversion_high", "r=4"), "megabytes"] == 0.001
     assert table.loc[("extraversion_high", "full"), ["kept", "megabytes"]].tolist() == [1.0, 0.003]
+    # a full vector that moves its trait the wrong way (or not at all) keeps no share
+    backwards = dose.assign(extraversion=dose.extraversion.where(dose.strength == 0, 2.5))
+    table = kept_table(backwards, truncated, files, vectors).set_index(["condition", "label"])
+    assert math.isnan(table.loc[("extraversion_high", "r=4"), "kept"])
+    assert table.loc[("extraversion_high", "r=4"), "shift"] == 0.5  # its own shift stays
+    # the low vector still lowers (3 -> 2.5), its rank-4 file more (2.25): 0.75 / 0.5
+    assert table.loc[("extraversion_low", "r=4"), "kept"] == pytest.approx(1.5)

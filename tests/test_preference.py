@@ -52,6 +52,20 @@ def test_a_key_holds_only_what_its_objective_reads():
     assert training.train_key(dpo, domain) == training.train_key(sft, domain)
 
 
+def test_a_dpo_key_follows_the_opposite_poles_data(monkeypatch):
+    """The opposite pole's answers are half of each DPO pair: when only their data key
+    changes (a stand-in for new answers, via pytest's monkeypatch), the DPO vector's key
+    changes and the SFT vector's does not."""
+    dpo = get_profile("smoke", train_objective="dpo")
+    sft = dpo.replace(train_objective="sft")
+    before = {P.train_objective: training.train_key(P, "openness_high") for P in (dpo, sft)}
+    own = training.pvdata.data_key
+    monkeypatch.setattr(training.pvdata, "data_key", lambda P, c: own(P, c) + (
+        "-new" if c == "openness_low" else ""))
+    assert training.train_key(dpo, "openness_high") != before["dpo"]
+    assert training.train_key(sft, "openness_high") == before["sft"]
+
+
 def test_dpo_keys_ignore_padding_free_and_its_data_step_adds_the_opposite_poles():
     dpo = get_profile("smoke", train_objective="dpo", conditions=("openness_high",))
     assert training.train_key(dpo, "openness_high") == training.train_key(
