@@ -180,11 +180,12 @@ def fidelity_gain_ci(model: Mapping[str, Any], base: Mapping[str, Any]) -> tuple
     return rows_ci(gain, len(k1)), len(k1)
 
 
-def dial_table(sweep: pd.DataFrame, with_base: bool = False) -> pd.DataFrame:
+def dial_table(sweep: pd.DataFrame, with_base: bool = True) -> pd.DataFrame:
     """RQ1 per vector: Spearman ρ(α, score), the sign its level calls for, whether it moves
     that way, ρ signed toward the level (1 = a perfect dial) with its 95 % interval over the
-    α points, and the score's range. `with_base` adds the base model (α = 0) of the
-    vector's trait as a point (for short grids such as the interview's)."""
+    α points, and the score's range. The dial starts at the base model: `with_base` adds
+    the base (α = 0) of the vector's trait as a point, so a *low* vector whose scores fall
+    with α but all lie above the base does not count as lowering its trait."""
     swept = sweep[sweep.level != "base"]
     if with_base:
         base = sweep[sweep.level == "base"]

@@ -67,21 +67,32 @@ def test_composition_correlation_is_pearson_of_target_and_score():
     assert math.isnan(table["y"])  # one intended level only: undefined
 
 
-def test_dial_table_signs_rho_toward_the_vector_level():
-    alphas = [0.5, 1.0, 2.0]
+def test_dial_table_signs_rho_toward_the_vector_level_from_the_base():
+    def rows(cond, score):
+        trait, level = cond.rsplit("_", 1)
+        return [{"condition": cond, "trait": trait, "level": level, "alpha": a,
+                 "score": score(a)} for a in [0.5, 1.0, 2.0]]
+
     sweep = pd.DataFrame(
-        [{"condition": "x_base", "level": "base", "alpha": 0.0, "score": 3.0}]
-        + [{"condition": "extraversion_high", "level": "high", "alpha": a, "score": 3 + a}
-           for a in alphas]
-        + [{"condition": "extraversion_low", "level": "low", "alpha": a, "score": 3 + a / 10}
-           for a in alphas])
+        [{"condition": "extraversion_base", "trait": "extraversion", "level": "base",
+          "alpha": 0.0, "score": 3.0}]
+        + rows("extraversion_high", lambda a: 3 + a)
+        + rows("conscientiousness_low", lambda a: 3 - a)  # no base of its trait: α > 0 only
+        # falls with α but stays above the base: 3.0 | 3.45, 3.4, 3.3, whose ranks against
+        # α's are d = (0, 2, 0, −2): ρ = 1 − 6·8 / (4·15) = 0.2, the wrong way for a low
+        + rows("extraversion_low", lambda a: 3.5 - a / 10))
     table = stats.dial_table(sweep).set_index("condition")
     assert table.loc["extraversion_high", "signed spearman"] == pytest.approx(1.0)
-    assert table.loc["extraversion_low", "signed spearman"] == pytest.approx(-1.0)
-    assert table["moves as intended"].to_dict() == {"extraversion_high": True,
+    assert table.loc["extraversion_low", "signed spearman"] == pytest.approx(-0.2)
+    assert table.loc["conscientiousness_low", "signed spearman"] == pytest.approx(1.0)
+    assert table["moves as intended"].to_dict() == {"conscientiousness_low": True,
+                                                    "extraversion_high": True,
                                                     "extraversion_low": False}
-    assert table.loc["extraversion_high", "score range"] == pytest.approx(1.5)
+    assert table.loc["extraversion_high", "score range"] == pytest.approx(2.0)
     assert table.loc["extraversion_low", "expected sign"] == "-"
+    # without the base, the same scores read as a perfect dial
+    alone = stats.dial_table(sweep, with_base=False).set_index("condition")
+    assert alone.loc["extraversion_low", "signed spearman"] == pytest.approx(1.0)
 
 
 def test_inversion_is_the_paper_claim_subtracting_moves_against_the_level():

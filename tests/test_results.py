@@ -106,12 +106,16 @@ def _sweep_rows(seed: int = 0) -> pd.DataFrame:
 def _rederive_rq1(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
     """The RQ1 headline straight from the per-point rows with scipy: each vector's
     Spearman ρ(α, score) signed toward its level, their mean with a bootstrap interval over
-    the vectors, and the exact interval of the share moving as intended."""
+    the vectors, and the exact interval of the share moving as intended. Each dial starts
+    at the base model of its trait (α = 0), where the sweep has one."""
     df = pd.DataFrame(rows)
-    swept = df[df.level != "base"]
-    signed = np.array([(1 if cond.endswith("_high") else -1)
-                       * sst.spearmanr(sub.alpha, sub.score).statistic
-                       for cond, sub in swept.groupby("condition")])
+    swept, base = df[df.level != "base"], df[df.level == "base"]
+    signed = []
+    for cond, sub in swept.groupby("condition"):
+        points = pd.concat([base[base.trait == sub.trait.iloc[0]], sub])
+        sign = 1 if cond.endswith("_high") else -1
+        signed.append(sign * sst.spearmanr(points.alpha, points.score).statistic)
+    signed = np.array(signed)
     ci = sst.bootstrap((signed,), np.mean, n_resamples=stats.N_RESAMPLES, method="percentile",
                        rng=np.random.default_rng(stats.SEED)).confidence_interval
     bounds = (ci.low, ci.high) if len(signed) >= stats.MIN_N else (math.nan, math.nan)
