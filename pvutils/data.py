@@ -343,6 +343,21 @@ def data_card(profile: Profile, condition: str) -> dict:
     return read_json(data_dir(profile, condition) / "data_card.json")
 
 
+def data_sentence(cards: list[dict]) -> str:
+    """What generating these conditions' data cost, said once: the guided sampler runs
+    every condition in one batched run, so a card's `seconds` is only its share of it."""
+    seconds = sum(c["seconds"] for c in cards)
+    kept = sum(c["n_kept"] for c in cards)
+    if not all("tokens_per_second" in c for c in cards):  # read from a data set, not generated
+        return f"Data: {kept} examples for {len(cards)} conditions, read in {seconds:.0f} s."
+    tokens = sum(c["tokens_per_second"] * c["seconds"] for c in cards)
+    drawn = sum(c["n_candidates"] for c in cards)
+    return (f"Data: {kept} answers kept of {drawn} generated for {len(cards)} conditions "
+            f"(the quality filter dropped {drawn - kept}), in {seconds / 60:.1f} min of "
+            f"generation batched across conditions, {tokens / max(seconds, 1e-9):.0f} new "
+            "tokens/s.")
+
+
 # --- role-play characters (RQ4's domain vector) -----------------------------------------
 
 _CHARACTERS = resource("characters")

@@ -342,12 +342,19 @@ def pareto_front(gain: Sequence[float], cost: Sequence[float]) -> np.ndarray:
 
 
 
+# dials that leave the weights alone: their perplexity is read without their prompt, so its
+# ratio is 1 by construction and they would sit on any perplexity front for free
+PROMPT_DIALS = ("P2",)
+
+
 def capability_table(dose: pd.DataFrame, capab: pd.DataFrame) -> pd.DataFrame:
     """Per sweep point: shift of the intended trait toward its pole (from `dose`) and
     capability lost (from `capab`, the same points), both relative to the same method's
     strength-0 point of that condition.
-    Rows: method, condition, strength, shift, factual_lost, perplexity_ratio, front
-    (whether no point beats it on shift and perplexity both)."""
+    Rows: method, condition, strength, shift, factual_lost, perplexity_ratio, front:
+    whether no point of the same condition (one trait, one pole: comparable shifts) beats
+    it on shift and perplexity both, among the dials that change weights (`PROMPT_DIALS`
+    are never on the front)."""
     on = ["method", "condition", "strength"]
     table = dose.merge(capab[[*on, "perplexity", "factual"]], on=on)
     out = []
@@ -362,5 +369,8 @@ def capability_table(dose: pd.DataFrame, capab: pd.DataFrame) -> pd.DataFrame:
                         "factual_lost": ref["factual"] - row.factual,
                         "perplexity_ratio": row.perplexity / ref["perplexity"]})
     frame = pd.DataFrame(out)
-    frame["front"] = pareto_front(frame["shift"], frame["perplexity_ratio"])
+    frame["front"] = False
+    weights = frame[~frame["method"].isin(PROMPT_DIALS)]
+    for _, rows in weights.groupby("condition", sort=False):
+        frame.loc[rows.index, "front"] = pareto_front(rows["shift"], rows["perplexity_ratio"])
     return frame

@@ -191,10 +191,11 @@ def merge_methods(profile) -> dict[str, dict[str, Any]]:
 
     TIES keeps `ties_density` of each vector (per tensor, as mergekit); DARE drops entries
     with probability `dare_drop_rate` and rescales the survivors, then merges with task
-    arithmetic (TA+DARE) or with TIES's sign election and disjoint mean (TIES+DARE).
-    `scale: "lambda"` marks the TIES family: as in the authors' code, the shared alpha
-    scales the disjoint *mean* (mergekit's `lambda`, with weights 1), since weights alone
-    would cancel out of a mean.
+    arithmetic (TA+DARE) or with TIES's sign election (TIES+DARE). TIES and TIES+DARE take
+    the disjoint *sum*, each vector at weight alpha, so alpha means what it means in TA.
+    The `-mean` variants are the TIES paper's and the authors' code: the disjoint *mean*
+    scaled by alpha (`scale: "lambda"`: mergekit's `lambda` with weights 1, since weights
+    alone would cancel out of a mean).
     """
     table = {
         "TA": {"method": "task_arithmetic"},
@@ -206,6 +207,9 @@ def merge_methods(profile) -> dict[str, dict[str, Any]]:
         # magnitudes, keep the next ties_density) and DELLA (magnitude-ranked DARE)
         "Breadcrumbs": {"method": "breadcrumbs", "density": profile.ties_density},
         "DELLA": {"method": "della", "drop_rate": profile.dare_drop_rate, "normalize": False},
+        "TIES-mean": {"method": "ties", "density": profile.ties_density, "scale": "lambda"},
+        "TIES+DARE-mean": {"method": "dare_ties", "drop_rate": profile.dare_drop_rate,
+                           "scale": "lambda"},
     }
     unknown = sorted(set(profile.composition_methods) - set(table))
     if unknown:

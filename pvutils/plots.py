@@ -30,10 +30,15 @@ SCALES: dict[str, dict] = {
 
 
 def page_setup() -> None:
-    """The look every chapter shares: seaborn's whitegrid theme, and pandas tables that
-    wrap long cells instead of cutting them with "..." (called in each chapter's setup)."""
+    """The look every chapter shares: seaborn's whitegrid theme, and pandas tables shown
+    whole: long cells wrap instead of ending in "...", and tables of up to 400 rows and
+    any number of columns are not cut to their head and tail (called in each chapter's
+    setup)."""
     sns.set_theme(style="whitegrid", context="notebook")
     pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_columns", None)
+    pd.set_option("display.max_rows", 400)
+    pd.set_option("display.min_rows", 400)
 
 
 def level_palette(levels: Sequence[str]) -> dict[str, str] | None:

@@ -88,7 +88,8 @@ class Profile:
     composition_fraction: str = "full"  # "full": all 2^k profiles | "half": the 2^(k-1)
     # with an even number of lows (each trait balanced, main effects unconfounded)
     composition_methods: tuple[str, ...] = ("TA", "TIES", "TA+DARE", "TIES+DARE")  # the
-    # paper's four; also "Breadcrumbs" and "DELLA" (see plans.merge_methods)
+    # paper's four (TIES as a disjoint sum at weight alpha); also "Breadcrumbs", "DELLA" and
+    # the disjoint mean scaled by alpha, "TIES-mean", "TIES+DARE-mean" (plans.merge_methods)
     ties_density: float = 0.2  # TIES keep fraction (mergekit's density)
     dare_drop_rate: float = 0.5  # DARE mask rate (the authors' default)
     npti_gammas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
@@ -174,7 +175,8 @@ def _coerce(profile: str, name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-METHODS = ("TA", "TIES", "TA+DARE", "TIES+DARE", "Breadcrumbs", "DELLA")
+METHODS = ("TA", "TIES", "TA+DARE", "TIES+DARE", "Breadcrumbs", "DELLA", "TIES-mean",
+           "TIES+DARE-mean")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup", "polynomial",
                  "inverse_sqrt", "cosine_with_restarts")
 # field -> allowed values (every item, for a tuple field)

@@ -320,7 +320,8 @@ def train_domain_vector(profile: Profile, character: str = DEFAULT_CHARACTER) ->
 
 
 def stage_table(profile: Profile, conditions: Sequence[str]):
-    """Wall times and throughput of every condition's stages, read from the sidecars."""
+    """Wall times and throughput of every condition's fine-tune, read from the sidecars
+    (the data's cost is shared by the conditions: `data.data_sentence`)."""
     rows = []
     for cond in conditions:
         side = sidecar_path(profile, cond)
@@ -330,7 +331,7 @@ def stage_table(profile: Profile, conditions: Sequence[str]):
         card_file = pvdata.data_dir(profile, cond) / "data_card.json"
         card = read_json(card_file) if card_file.exists() else {}
         rows.append({
-            "condition": cond, "n_kept": card.get("n_kept"), "gen_s": card.get("seconds"),
+            "condition": cond, "n_kept": card.get("n_kept"),
             "steps": info["steps"], "loss": round(info["train_loss"], 3),
             "train_s": info["train_seconds"], "extract_s": info["extract_seconds"],
             "tok/s": info["tokens_per_second"], "GFLOP/s": info["gflops_per_second"],

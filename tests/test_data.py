@@ -283,3 +283,15 @@ def test_guided_generation_on_the_embedded_model(isolated_home, embedded_model_d
     assert 1 <= len(ds) <= 4 and card["n_kept"] == len(ds)
     assert sum(card["filtered"].values()) + card["n_kept"] >= card["n_candidates"] - 4
     assert all(data.quality_issue(r["messages"][1]["content"]) is None for r in ds)
+
+
+def test_data_sentence_states_the_shared_generation_once():
+    """Two conditions' shares of one batched run: 60 s + 60 s, 1500 + 900 new tokens."""
+    from pvutils.data import data_sentence
+
+    cards = [{"seconds": 60.0, "tokens_per_second": 25.0, "n_kept": 30, "n_candidates": 32},
+             {"seconds": 60.0, "tokens_per_second": 15.0, "n_kept": 32, "n_candidates": 32}]
+    text = data_sentence(cards)
+    assert "62 answers kept of 64 generated for 2 conditions" in text
+    assert "dropped 2" in text and "2.0 min" in text and "20 new tokens/s" in text
+    assert data_sentence([{"seconds": 3.0, "n_kept": 9}]).startswith("Data: 9 examples")

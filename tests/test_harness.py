@@ -122,6 +122,27 @@ def test_capability_table_is_relative_to_the_dial_off():
     assert table["front"].tolist() == [True, False, True]  # (0.5, 1.2) is beaten by (1, 1.1)
 
 
+def test_the_front_is_per_condition_and_leaves_prompt_dials_out():
+    """Shifts of different traits are not compared, and P2 (perplexity read without its
+    prompt: ratio 1 by construction) is never on the front, however far it shifts."""
+    rows = [("vector", "extraversion_high", 0.0, 3.0, 10.0), ("vector", "extraversion_high",
+            1.0, 3.5, 10.5), ("vector", "openness_high", 0.0, 3.0, 10.0),
+            ("vector", "openness_high", 1.0, 3.2, 11.0), ("P2", "extraversion_high", 0.0, 3.0,
+            10.0), ("P2", "extraversion_high", 3.0, 4.5, 10.0)]
+    dose = pd.DataFrame([{"method": m, "condition": c, "strength": s,
+                          c.split("_")[0]: score} for m, c, s, score, _ in rows])
+    capab = pd.DataFrame([{"method": m, "condition": c, "strength": s, "perplexity": p,
+                           "factual": 1.0} for m, c, s, _, p in rows])
+    table = capability_table(dose.fillna(3.0), capab).set_index(["method", "condition",
+                                                                   "strength"])
+    # pooled, P2 at 3 (shift 1.5, ×1.0) would beat every other point, and extraversion's
+    # α 1 (0.5, ×1.05) openness's (0.2, ×1.1); per condition without P2, all four stand
+    assert pareto_front(table["shift"], table["perplexity_ratio"]).sum() == 1
+    assert table["front"].sum() == 4
+    assert not table.loc[("P2", "extraversion_high"), "front"].any()
+    assert table.loc[("P2", "extraversion_high", 3.0), "perplexity_ratio"] == 1.0
+
+
 def test_bench_settings_smoke_defaults_and_overrides():
     assert bench_settings("smoke") == Bench(**SMOKE_BENCH)
     assert bench_settings("cpu") == Bench(**CPU_BENCH)

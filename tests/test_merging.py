@@ -558,3 +558,22 @@ def test_rq2_offers_breadcrumbs_and_della_by_name():
             changed = sum(not torch.equal(before[k], v) for k, v in model.state_dict().items())
             assert changed > 0, label
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_rq2_ties_is_a_disjoint_sum_and_ties_mean_the_papers_scaled_mean():
+    """Two equal vectors v, nothing trimmed: the disjoint sum at weight alpha each is
+    2·alpha·v, the paper's disjoint mean scaled by alpha is alpha·v."""
+    from pvutils import plans
+    from pvutils.profiles import get_profile
+
+    methods = plans.merge_methods(get_profile("cpu", ties_density=1.0,
+                                              composition_methods=["TIES", "TIES-mean"]))
+    model = make_tiny_llama(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    v = random_vector(model, 1)
+    for label, factor in [("TIES", 2 * 0.3), ("TIES-mean", 0.3)]:
+        point = {"method": label, "alpha": 0.3, "_uses": ["a", "b"]}
+        with plans.composition_apply(model, {"a": v, "b": v}, methods, point):
+            for name, delta in v.items():
+                got = model.state_dict()[name] - before[name]
+                assert torch.allclose(got, factor * delta, atol=1e-6), (label, name)

@@ -32,13 +32,27 @@ def test_the_table_says_whether_direction_holds():
     table = seeds.seed_table(dials, effects).set_index("condition")
     assert table.loc["extraversion_high", "RQ1 holds"]
     assert table.loc["extraversion_high", "ρ range"] == 0.9 - 0.7
-    assert table.loc["extraversion_high", "±1 same for all seeds"]
+    assert table.loc["extraversion_high", "±1 outcome"] == "right under every seed"
     assert not table.loc["openness_low", "RQ1 holds"]
     assert table.loc["openness_low", "±1 right (seeds)"] == "2 of 3"
-    assert not table.loc["openness_low", "±1 same for all seeds"]
+    assert table.loc["openness_low", "±1 outcome"] == "depends on the seed"
     summary = seeds.seed_summary(table.reset_index())
     assert "3 training seeds" in summary and "for 1 of 2 conditions (extraversion_high)" in summary
-    assert "not for openness_low" in summary and "every seed for 1 of 2." in summary
+    assert "not for openness_low" in summary
+    assert "right under every seed for 1 (extraversion_high)" in summary
+    assert "depends on the seed for 1 (openness_low)" in summary
+
+
+def test_a_dial_wrong_under_every_seed_is_not_counted_as_consistent_success():
+    dials = pd.DataFrame([{"condition": "agreeableness_low", "seed": s, "signed spearman": 0.2,
+                           "moves as intended": True} for s in range(3)])
+    effects = pd.DataFrame([{"vector": "agreeableness_low", "seed": s, "right_way": False}
+                            for s in range(3)])
+    table = seeds.seed_table(dials, effects)
+    assert table["±1 outcome"].tolist() == ["wrong under every seed"]
+    summary = seeds.seed_summary(table)
+    assert "right under every seed for 0" in summary
+    assert "wrong under every seed for 1 (agreeableness_low)" in summary
 
 
 def test_train_seeds_trains_each_seed_beside_the_default(isolated_home, tiny_chat_dir, tmp_path,

@@ -38,3 +38,18 @@ def test_transfer_figure_has_one_marker_set_per_grid_point():
         "α = 0, β = 0", "α = 0, β = 1", "α = 1, β = 0", "α = 1, β = 1"]
     assert [t.get_text() for t in bottom.get_xticklabels()] == ["openness_high", "openness_low"]
     plt.close(fig)
+
+
+def test_page_setup_shows_whole_tables():
+    """A chapter's 68-row, 24-column table is shown whole, every row and column, every cell
+    in full (pandas cuts at 60 rows and 20 columns by default)."""
+    keep = [x for o in ("max_colwidth", "max_columns", "max_rows", "min_rows")
+            for x in (f"display.{o}", pd.get_option(f"display.{o}"))]
+    with pd.option_context(*keep):  # restored after the test
+        plots.page_setup()
+        long_text = "x" * 120
+        table = pd.DataFrame({f"c{j}": [f"{long_text}{i}" if j == 0 else i for i in range(68)]
+                              for j in range(24)})
+        html = table._repr_html_()
+        assert html.count("<tr") == 68 + 1 and "c23" in html and f"{long_text}67" in html
+        assert "..." not in table.to_string()
