@@ -28,10 +28,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip uv
 	$(PY) -m pip install --quiet $(TORCH)
 	@# uv resolves and downloads in parallel: minutes less than pip for the ~150 packages;
-	@# torch above goes through pip, which reads this machine's pip config (a local CPU wheel);
-	@# --compile-bytecode as pip does: without .pyc files (PYTHONDONTWRITEBYTECODE, a read-only
-	@# venv) every process recompiles transformers' sources, ~1 s per import of it
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e ".[dev]"
+	@# torch above goes through pip, which reads this machine's pip config (a local CPU wheel)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[dev]"
 	touch $(STAMP)
 
 model: venv

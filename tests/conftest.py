@@ -102,6 +102,17 @@ def tiny_chat_model(embedded_model_dir):
     return make_tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=2), tok
 
 
+@pytest.fixture
+def chat_model(tiny_chat_model, isolated_home):
+    """The tiny chat model for a sweep, checked afterwards: every sweep must leave the
+    model as it found it (bitwise)."""
+    model, tok = tiny_chat_model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    yield model, tok
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} was not restored"
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_factory():
     """`make_tiny_llama` for tests that need a fresh model (own seed or config overrides)."""

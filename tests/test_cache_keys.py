@@ -16,6 +16,7 @@ import pytest
 from pvutils import (
     analysis,
     bench,
+    blocks,
     book,
     cache,
     calibrate,
@@ -76,7 +77,7 @@ CONTEXT = {"dpo_beta": {"train_objective": "dpo"}, "composition_fraction": {
                    "agreeableness_low", "openness_high", "openness_low")}}
 
 VECTOR_SWEEPS = {"rq1-contrast", "rq1-interview", "rq2-composition", "rq3-negation",
-                 "rq4-transfer", "layerwise", "validity-ipip", "linguistic",
+                 "rq4-transfer", "layerwise", "layer-blocks", "validity-ipip", "linguistic",
                  "plusminus"}  # they apply trained vectors
 # chapter 06: the stages that apply vectors (or their low-rank copies), and those that read
 # the trait data through the steering directions
@@ -125,7 +126,7 @@ READERS = {
     "eval_batch_size": {"rq1-interview", "rq3-negation", "rq4-transfer", "linguistic",
                         "plusminus"},
     "contrast_pairs": {"rq1-contrast", "rq1-p2", "rq1-npti", "rq2-composition",
-                       "rq3-negation", "rq4-transfer", "validity-ipip",
+                       "rq3-negation", "rq4-transfer", "validity-ipip", "layer-blocks",
                        "plusminus"} | CH06_CONTRAST,
     # 06: the vector dial's strengths, so the dialled alphas and the low-rank strength
     "alphas": {"rq1-contrast", "dose-vector", "capability-vector", "dial-check",
@@ -137,8 +138,8 @@ READERS = {
     "composition_fraction": {"rq2-composition"},
     "dare_drop_rate": {"rq2-composition"},
     "sweep_conditions": {"rq1-contrast", "rq1-interview", "rq1-p2", "rq1-npti",
-                         "rq3-negation", "rq4-transfer", "layerwise", "validity-ipip",
-                         "linguistic", "plusminus"} | CH06_SWEPT,
+                         "rq3-negation", "rq4-transfer", "layerwise", "layer-blocks",
+                         "validity-ipip", "linguistic", "plusminus"} | CH06_SWEPT,
     "transfer_alphas": {"rq4-transfer"}, "transfer_betas": {"rq4-transfer"},
     "layerwise_alphas": {"layerwise"}, "n_heldout": {"rq4-transfer", "layerwise"},
     # how a run is launched and checkpointed changes no result (the launch plan reads them)
@@ -259,9 +260,10 @@ def signatures(P, judges=None, transfer_conditions=TRANSFER, max_new_tokens=DEMO
         "rq4-transfer": plans.transfer_plan(P, [c for c in transfer_conditions
                                                  if c in P.sweep_conditions]),
         "layerwise": plans.layerwise_plan(P, swept),
+        "layer-blocks": blocks.blocks_plan(P, swept, n_layers=30),
         "validity-ipip": validity.ipip_plan(P, swept),
     }
-    assert set(stage_plans) == set(plans.PLANS) | set(validity.PLANS)
+    assert set(stage_plans) == set(plans.PLANS) | set(validity.PLANS) | set(blocks.PLANS)
     stage_plans["linguistic"] = linguistics.linguistic_plan(P, swept)  # chapter 07's, beside them
     out = {name: (stage.key(P, *extra), [sweeps.point_key(p, ids) for p in points])
            for name, (stage, points, extra) in stage_plans.items()}

@@ -18,15 +18,6 @@ def _random_vector(model, scale: float, seed: int) -> dict[str, torch.Tensor]:
     return {n: scale * torch.randn(p.shape, generator=gen) for n, p in model.named_parameters()}
 
 
-@pytest.fixture
-def chat_model(tiny_chat_model, isolated_home):
-    model, tok = tiny_chat_model
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    yield model, tok
-    for n, p in model.named_parameters():  # every sweep must leave the model as it found it
-        assert torch.equal(p, before[n]), f"{n} was not restored"
-
-
 # --- the generic driver -------------------------------------------------------------------
 
 TOY = cache.Stage("toy", fields=("seed",), grid=("alphas",))
