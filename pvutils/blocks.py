@@ -28,7 +28,7 @@ from .plots import LEVEL_COLORS
 from .sweeps import Plan, run_sweep
 
 N_BLOCKS = 3  # early, middle, late thirds of the decoder layers
-WHOLE = "all layers"  # the whole vector (every tensor, embeddings included)
+WHOLE = "whole vector"  # every tensor, the embeddings and the final norm included
 
 
 def layer_blocks(n_layers: int, n_blocks: int = N_BLOCKS) -> dict[str, list[str]]:
@@ -108,14 +108,15 @@ def block_summary(effects: pd.DataFrame) -> pd.DataFrame:
     """Per block: the mean signed effect over the vectors with its 95 % interval, and the
     mean share of the whole vector's effect over the vectors that move their trait the
     intended way when whole (a share of a wrong-way or null effect means nothing).
-    Rows: block, effect, low, high, share, n."""
+    Rows: block, effect, low, high, n (vectors), share, n_share (vectors in the share)."""
     moving = effects[effects.whole > 0]
     rows = []
     for block, sub in effects.groupby("block", sort=False):
         est, low, high = stats.mean_ci(sub.effect.to_numpy())
         share = moving[moving.block == block].share
-        rows.append({"block": block, "effect": est, "low": low, "high": high,
-                     "share": float(share.mean()) if len(share) else np.nan, "n": len(sub)})
+        rows.append({"block": block, "effect": est, "low": low, "high": high, "n": len(sub),
+                     "share": float(share.mean()) if len(share) else np.nan,
+                     "n_share": len(share)})
     return pd.DataFrame(rows)
 
 
@@ -128,8 +129,10 @@ def blocks_reading(summary: pd.DataFrame) -> str:
     top = parts.loc[parts.effect.idxmax()]
     sure = [b for b, lo in zip(parts.block, parts.low, strict=True) if lo > 0]
     whole = summary.set_index("block").effect.get(WHOLE, np.nan)
+    interval = (f" [{top.low:+.3f}, {top.high:+.3f}]" if np.isfinite(top.low)
+                else f", no interval over {int(top.n)} vectors")
     return (f"**Read from the table:** the largest mean effect alone is {top.block}'s "
-            f"({top.effect:+.3f} [{top.low:+.3f}, {top.high:+.3f}]); intervals above zero: "
+            f"({top.effect:+.3f}{interval}); intervals above zero: "
             f"{', '.join(sure) if sure else 'none'}. The blocks' effects sum to "
             f"{parts.effect.sum():+.3f}, the whole vector's is {whole:+.3f} (the blocks "
             "leave out the embeddings and the final norm, which the whole vector has).")

@@ -352,10 +352,13 @@ def data_sentence(cards: list[dict]) -> str:
         return f"Data: {kept} examples for {len(cards)} conditions, read in {seconds:.0f} s."
     tokens = sum(c["tokens_per_second"] * c["seconds"] for c in cards)
     drawn = sum(c["n_candidates"] for c in cards)
-    return (f"Data: {kept} answers kept of {drawn} generated for {len(cards)} conditions "
-            f"(the quality filter dropped {drawn - kept}), in {seconds / 60:.1f} min of "
-            f"generation batched across conditions, {tokens / max(seconds, 1e-9):.0f} new "
-            "tokens/s.")
+    dropped = sum(sum(c.get("filtered", {}).values()) for c in cards)
+    plural = "s" if len(cards) != 1 else ""
+    return (f"Data: {kept} answers kept of {drawn} generated for {len(cards)} condition"
+            f"{plural} (the quality filter dropped {dropped}; the other "
+            f"{drawn - kept - dropped} were drawn beyond the {kept} needed), in "
+            f"{seconds / 60:.1f} min of generation batched across conditions, "
+            f"{tokens / max(seconds, 1e-9):.0f} new tokens/s.")
 
 
 # --- role-play characters (RQ4's domain vector) -----------------------------------------

@@ -342,7 +342,7 @@ def pareto_front(gain: Sequence[float], cost: Sequence[float]) -> np.ndarray:
 
 
 
-# dials that leave the weights alone: their perplexity is read without their prompt, so its
+# dials that act through the prompt: their perplexity is read without the prompt, so its
 # ratio is 1 by construction and they would sit on any perplexity front for free
 PROMPT_DIALS = ("P2",)
 
@@ -353,8 +353,8 @@ def capability_table(dose: pd.DataFrame, capab: pd.DataFrame) -> pd.DataFrame:
     strength-0 point of that condition.
     Rows: method, condition, strength, shift, factual_lost, perplexity_ratio, front:
     whether no point of the same condition (one trait, one pole: comparable shifts) beats
-    it on shift and perplexity both, among the dials that change weights (`PROMPT_DIALS`
-    are never on the front)."""
+    it on shift and perplexity both, among the dials active while perplexity is read (all
+    but `PROMPT_DIALS`, which are never on the front)."""
     on = ["method", "condition", "strength"]
     table = dose.merge(capab[[*on, "perplexity", "factual"]], on=on)
     out = []

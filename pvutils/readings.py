@@ -43,7 +43,7 @@ def pareto_reading(cost: pd.DataFrame) -> str:
     lost = top.groupby("method", sort=False)["factual_lost"].mean()
     ppl = top.groupby("method", sort=False)["perplexity_ratio"].mean()
     costs = [f"{m} {lost[m]:.2f} (perplexity × {ppl[m]:.2f})" for m in lost.index]
-    return (f"**Read from the table:** on each vector's front (weight-changing dials only): "
+    return (f"**Read from the table:** on each vector's front (every dial but P2): "
             f"{_listing(front)}. Share of factual "
             f"questions lost at each method's strongest setting, mean over conditions: "
             f"{_listing(costs)}.")

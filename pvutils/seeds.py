@@ -56,7 +56,8 @@ def seed_sweeps(model, tokenizer, seed_vectors: Mapping[int, Mapping[str, Any]],
 def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
     """Per condition: the signed ρ of each seed, its range, whether every seed moves the
     intended way (RQ1), how many seeds go the right way at α = ±1 on both measures, and
-    whether that holds under every seed, under none, or depends on the seed. Rows:
+    whether that holds under every seed, under none, or depends on the seed (right: the
+    intended way on both measures at both α). Rows:
     condition, seeds, signed ρ by seed, ρ range, RQ1 holds, ±1 right (seeds), ±1 outcome."""
     rows = []
     for cond, sub in dials.groupby("condition", sort=False):
@@ -69,8 +70,9 @@ def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
             "ρ range": float(np.ptp(rho.to_numpy())) if len(rho) else np.nan,
             "RQ1 holds": bool(sub["moves as intended"].all()),
             "±1 right (seeds)": f"{int(right.sum())} of {len(right)}",
-            "±1 outcome": ("right under every seed" if right.all() else
-                           "wrong under every seed" if not right.any() else
+            "±1 outcome": ("no ±1 check" if right.empty else
+                           "right under every seed" if right.all() else
+                           "not right under any seed" if not right.any() else
                            "depends on the seed"),
         })
     return pd.DataFrame(rows)
@@ -79,7 +81,7 @@ def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
 def seed_summary(table: pd.DataFrame) -> str:
     """One sentence a reader can check against `seed_table`'s rows: for how many conditions
     the RQ1 dial keeps its intended direction under every seed, and for how many the ±1
-    check is right under every seed, wrong under every seed, or depends on the seed."""
+    check is right under every seed, under none, or depends on the seed."""
     n = len(table)
     holds = table.loc[table["RQ1 holds"], "condition"].tolist()
     fails = table.loc[~table["RQ1 holds"], "condition"].tolist()
@@ -90,7 +92,7 @@ def seed_summary(table: pd.DataFrame) -> str:
     text += f" ({', '.join(holds)})" if holds else ""
     text += f"; not for {', '.join(fails)}." if fails else "."
     groups = {o: table.loc[table["±1 outcome"] == o, "condition"].tolist()
-              for o in ("right under every seed", "wrong under every seed",
+              for o in ("right under every seed", "not right under any seed",
                         "depends on the seed")}
     parts = [f"{outcome} for {len(conds)} ({', '.join(conds)})" if conds else
              f"{outcome} for 0" for outcome, conds in groups.items()]

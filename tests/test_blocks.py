@@ -66,3 +66,14 @@ def test_effects_are_signed_toward_the_level_and_shares_of_the_whole():
     assert summary.loc["early", "effect"] == pytest.approx((0.1 + 0.0 - 0.1) / 3)
     text = blocks.blocks_reading(summary.reset_index())
     assert "largest mean effect alone is late's" in text
+    # three vectors: too few for a bootstrap interval (stats.MIN_N), and the text says so
+    assert "no interval over 3 vectors" in text and "nan" not in text
+
+
+def test_the_share_counts_only_vectors_moving_the_intended_way_when_whole():
+    rows = _rows({"extraversion_high": {blocks.WHOLE: 3.4, "late": 3.2},
+                  "extraversion_low": {blocks.WHOLE: 3.1, "late": 3.0}},
+                 {"extraversion": 3.0})
+    summary = blocks.block_summary(blocks.block_effects(rows)).set_index("block")
+    assert summary.loc["late", "n"] == 2 and summary.loc["late", "n_share"] == 1
+    assert summary.loc["late", "share"] == pytest.approx(0.2 / 0.4)

@@ -289,9 +289,13 @@ def test_data_sentence_states_the_shared_generation_once():
     """Two conditions' shares of one batched run: 60 s + 60 s, 1500 + 900 new tokens."""
     from pvutils.data import data_sentence
 
-    cards = [{"seconds": 60.0, "tokens_per_second": 25.0, "n_kept": 30, "n_candidates": 32},
-             {"seconds": 60.0, "tokens_per_second": 15.0, "n_kept": 32, "n_candidates": 32}]
+    cards = [{"seconds": 60.0, "tokens_per_second": 25.0, "n_kept": 30, "n_candidates": 37,
+              "filtered": {"too_short": 2, "disclaimer": 1}},
+             {"seconds": 60.0, "tokens_per_second": 15.0, "n_kept": 32, "n_candidates": 37,
+              "filtered": {}}]
     text = data_sentence(cards)
-    assert "62 answers kept of 64 generated for 2 conditions" in text
-    assert "dropped 2" in text and "2.0 min" in text and "20 new tokens/s" in text
+    # 74 drawn: 3 dropped by the filter, 9 left over once each condition had its answers
+    assert "62 answers kept of 74 generated for 2 conditions" in text
+    assert "dropped 3; the other 9 were drawn beyond" in text
+    assert "2.0 min" in text and "20 new tokens/s" in text
     assert data_sentence([{"seconds": 3.0, "n_kept": 9}]).startswith("Data: 9 examples")

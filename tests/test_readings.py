@@ -31,7 +31,7 @@ def test_pareto_reading_lists_the_front_and_the_cost_at_the_top():
         {"method": "NPTI", "condition": "c", "strength": 1.0, "factual_lost": 0.1,
          "perplexity_ratio": 1.2, "front": False}])
     text = readings.pareto_reading(cost)
-    assert "front (weight-changing dials only): vector@0 (c); vector@2 (c)." in text
+    assert "front (every dial but P2): vector@0 (c); vector@2 (c)." in text
     # the vector's strongest settings lose 0.4 and 0.2 of the questions: mean 0.30
     assert "vector 0.30 (perplexity × 1.30); NPTI 0.10 (perplexity × 1.20)." in text
 

@@ -43,16 +43,16 @@ def test_the_table_says_whether_direction_holds():
     assert "depends on the seed for 1 (openness_low)" in summary
 
 
-def test_a_dial_wrong_under_every_seed_is_not_counted_as_consistent_success():
+def test_a_dial_right_under_no_seed_is_not_counted_as_consistent_success():
     dials = pd.DataFrame([{"condition": "agreeableness_low", "seed": s, "signed spearman": 0.2,
                            "moves as intended": True} for s in range(3)])
     effects = pd.DataFrame([{"vector": "agreeableness_low", "seed": s, "right_way": False}
                             for s in range(3)])
     table = seeds.seed_table(dials, effects)
-    assert table["±1 outcome"].tolist() == ["wrong under every seed"]
+    assert table["±1 outcome"].tolist() == ["not right under any seed"]
     summary = seeds.seed_summary(table)
     assert "right under every seed for 0" in summary
-    assert "wrong under every seed for 1 (agreeableness_low)" in summary
+    assert "not right under any seed for 1 (agreeableness_low)" in summary
 
 
 def test_train_seeds_trains_each_seed_beside_the_default(isolated_home, tiny_chat_dir, tmp_path,
@@ -65,3 +65,13 @@ def test_train_seeds_trains_each_seed_beside_the_default(isolated_home, tiny_cha
     assert got[0]["openness_low"] == training.vector_path(P, "openness_low")
     assert got[1]["openness_low"] != got[0]["openness_low"]
     assert all(p.exists() for v in got.values() for p in v.values())
+
+
+def test_three_of_four_checks_right_is_not_right():
+    """`right_way` is per (measure, α): one wrong check makes the seed's ±1 check wrong."""
+    dials = pd.DataFrame([{"condition": "openness_high", "seed": 0, "signed spearman": 0.5,
+                           "moves as intended": True}])
+    effects = pd.DataFrame([{"vector": "openness_high", "seed": 0, "right_way": r}
+                            for r in (True, True, True, False)])
+    assert seeds.seed_table(dials, effects)["±1 outcome"].tolist() == [
+        "not right under any seed"]

@@ -52,4 +52,4 @@ def test_page_setup_shows_whole_tables():
                               for j in range(24)})
         html = table._repr_html_()
         assert html.count("<tr") == 68 + 1 and "c23" in html and f"{long_text}67" in html
-        assert "..." not in table.to_string()
+        assert "..." not in repr(table)
