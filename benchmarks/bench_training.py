@@ -9,12 +9,17 @@ the cpu profile as it was (padded batches, AdamW as a loop over tensors) and as 
 the generated data's length (28-40 tokens), in chat format.
 
     PYTHONPATH=. python benchmarks/bench_training.py [--steps 5] [--batch 8]
+    PYTHONPATH=. python benchmarks/bench_training.py --processes 2   # one 2-thread fine-tune
+                                                 # vs two 1-thread fine-tunes at once
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -91,14 +96,52 @@ def run(name: str, overrides: dict, data, steps: int, batch: int, tokenizer) -> 
             "GFLOP/s": 6 * n_params * per_step / sec / 1e9, "load": load}
 
 
+def worker_command(steps: int, batch: int, threads: int) -> tuple[list[str], dict]:
+    """One padding-free fine-tune (the cpu profile's) in a fresh process with `threads`."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return [sys.executable, __file__, "--worker", "--steps", str(steps), "--batch",
+            str(batch)], env
+
+
+def side_by_side(steps: int, batch: int, processes: int) -> None:
+    """Aggregate training throughput of one fine-tune on every core, then of `processes`
+    fine-tunes at once on cores / processes threads each (the same work per process)."""
+    cores = os.cpu_count() or 1
+    cmd, env = worker_command(steps, batch, cores)
+    one = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                    check=True).stdout.splitlines()[-1])
+    cmd, env = worker_command(steps, batch, max(1, cores // processes))
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    many = [json.loads(p.communicate()[0].splitlines()[-1]) for p in procs]
+    wall = time.perf_counter() - start
+    each = [r["GFLOP/s"] for r in many]
+    print(f"1 process x {cores} threads: {one['GFLOP/s']:.1f} GFLOP/s ({one['s/step']:.2f} s/step)")
+    print(f"{processes} processes x {max(1, cores // processes)} threads at once: "
+          f"{sum(each):.1f} GFLOP/s in all ({', '.join(f'{g:.1f}' for g in each)}; "
+          f"{wall:.0f} s wall for {processes} x {steps + 1} steps)")
+    total = sum(each)
+    print(f"ratio: {total / one['GFLOP/s']:.2f}x the throughput of one process")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per config")
     ap.add_argument("--batch", type=int, default=8, help="the cpu profile's train_batch_size")
     ap.add_argument("--peak-n", type=int, default=4096)
+    ap.add_argument("--processes", type=int, default=0,
+                    help="compare one fine-tune on every core with this many at once")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.processes:
+        return side_by_side(args.steps, args.batch, args.processes)
     tok = models.load_tokenizer("smollm2-135m-instruct")
     data = chats(args.batch * (args.steps + 1))
+    if args.worker:
+        print(json.dumps(run("padding-free", {"padding_free": True}, data, args.steps,
+                             args.batch, tok)))
+        return None
     configs = {
         "before: padded, AdamW loop": {"_args": {"optim": "adamw_torch"}},
         "after: padded, fused AdamW": {},
