@@ -139,12 +139,16 @@ def blocks_reading(summary: pd.DataFrame) -> str:
 
 
 def plot_block_effects(effects: pd.DataFrame):
-    """Each vector's signed effect with the whole vector and with each block alone."""
-    order = list(dict.fromkeys(effects.block))
+    """Each vector's signed effect with the whole vector and with each block alone; the bars
+    and their 95 % intervals are `block_summary`'s, so the figure and the table agree."""
+    summary = block_summary(effects)
+    order = summary.block.tolist()
     data = effects.assign(level=effects.condition.map(lambda c: split_condition(c)[1]))
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    sns.barplot(data=data, x="block", y="effect", order=order, color="lightgrey",
-                errorbar=("ci", 95), ax=ax)
+    ax.bar(range(len(summary)), summary.effect, color="lightgrey")
+    ax.errorbar(range(len(summary)), summary.effect,
+                yerr=[summary.effect - summary.low, summary.high - summary.effect],
+                fmt="none", color="black", lw=1)
     sns.stripplot(data=data, x="block", y="effect", order=order, hue="level",
                   palette=LEVEL_COLORS, dodge=False, ax=ax)
     ax.axhline(0, color="grey", lw=0.8)

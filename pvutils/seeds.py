@@ -81,7 +81,7 @@ def seed_table(dials: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
 def seed_summary(table: pd.DataFrame) -> str:
     """One sentence a reader can check against `seed_table`'s rows: for how many conditions
     the RQ1 dial keeps its intended direction under every seed, and for how many the ±1
-    check is right under every seed, under none, or depends on the seed."""
+    check is right under every seed, under none, depends on the seed, or was not run."""
     n = len(table)
     holds = table.loc[table["RQ1 holds"], "condition"].tolist()
     fails = table.loc[~table["RQ1 holds"], "condition"].tolist()
@@ -96,4 +96,6 @@ def seed_summary(table: pd.DataFrame) -> str:
                         "depends on the seed")}
     parts = [f"{outcome} for {len(conds)} ({', '.join(conds)})" if conds else
              f"{outcome} for 0" for outcome, conds in groups.items()]
-    return text + f" The ±1 check (right way on both measures at α = ±1) is {'; '.join(parts)}."
+    text += f" The ±1 check (right way on both measures at α = ±1) is {'; '.join(parts)}."
+    unchecked = table.loc[table["±1 outcome"] == "no ±1 check", "condition"].tolist()
+    return text + (f" No ±1 check was run for {', '.join(unchecked)}." if unchecked else "")

@@ -77,3 +77,13 @@ def test_the_share_counts_only_vectors_moving_the_intended_way_when_whole():
     summary = blocks.block_summary(blocks.block_effects(rows)).set_index("block")
     assert summary.loc["late", "n"] == 2 and summary.loc["late", "n_share"] == 1
     assert summary.loc["late", "share"] == pytest.approx(0.2 / 0.4)
+
+
+def test_the_figures_bars_are_the_tables_means():
+    """The bars are `block_summary`'s means (not a second bootstrap), in the table's order."""
+    rows = _rows({"extraversion_high": {blocks.WHOLE: 3.4, "early": 3.1, "late": 3.3},
+                  "extraversion_low": {blocks.WHOLE: 2.6, "early": 3.0, "late": 2.8}},
+                 {"extraversion": 3.0})
+    fig = blocks.plot_block_effects(blocks.block_effects(rows))
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == pytest.approx([0.4, 0.05, 0.25])

@@ -75,3 +75,15 @@ def test_three_of_four_checks_right_is_not_right():
                             for r in (True, True, True, False)])
     assert seeds.seed_table(dials, effects)["±1 outcome"].tolist() == [
         "not right under any seed"]
+
+
+def test_a_condition_without_a_plus_minus_one_check_is_named_as_unchecked():
+    dials = pd.DataFrame([{"condition": c, "seed": s, "signed spearman": 0.4,
+                           "moves as intended": True}
+                          for c in ("openness_high", "neuroticism_low") for s in range(2)])
+    effects = pd.DataFrame([{"vector": "openness_high", "seed": s, "right_way": True}
+                            for s in range(2)])
+    table = seeds.seed_table(dials, effects)
+    summary = seeds.seed_summary(table)
+    assert "right under every seed for 1 (openness_high)" in summary
+    assert "No ±1 check was run for neuroticism_low." in summary
