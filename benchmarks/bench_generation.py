@@ -3,7 +3,7 @@
 Every path gets the same rows (persona / anti-persona chats of the data stage's eleven
 conditions over the training prompts, as `data._guided` builds them) and the cpu profile's
 settings (guidance γ 2 so scale 3, temperature 0.7, top-p 0.9). transformers' own path, which
-the data stage used until now, is `models.chat(..., batched_guidance=False)`:
+the data stage used until now, is `models.chat(..., sampler="transformers")`:
 `model.generate(guidance_scale=3, negative_prompt_ids=...)`, a second, separate forward per
 step for the negative prompt. `--old-sampler REV` adds `sampling.guided_chat` as it was at git
 revision REV. The new one is `sampling.guided_chat`. The machine is shared: each path runs
@@ -81,7 +81,7 @@ def main() -> None:
               temperature=prof.gen_temperature, top_p=prof.gen_top_p, seed=0, progress=False)
     paths = {f"transformers generate+CFG (batch {args.old_batch})":
              lambda: chat(model, tok, convs, negative_conversations=negs,
-                          batch_size=args.old_batch, batched_guidance=False, **kw)}
+                          batch_size=args.old_batch, sampler="transformers", **kw)}
     if args.old_sampler:
         old = sampler_at(args.old_sampler)
         paths[f"guided_chat @{args.old_sampler} (batch {args.old_batch})"] = (

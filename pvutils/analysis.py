@@ -15,7 +15,7 @@ from pathlib import Path
 from .cache import Stage
 from .evaluation import REAL_PERSON_PROMPT
 from .merging import applied
-from .models import chat, trim_to_sentence
+from .models import GENERATION_CODE, chat, trim_to_sentence
 from .sweeps import Plan, applying, run_sweep
 
 
@@ -48,7 +48,7 @@ def greedy_reply(model, tokenizer, conversation: Sequence[Mapping[str, str]],
 # the replies the chapters print beside their figures: cheap, but regenerated on every run
 # without a cache (the model, the conversation, the vector and its α are the point)
 REPLIES = Stage("greedy-replies", ("model", "dtype", "device"),
-                code=(greedy_reply, trim_to_sentence))
+                code=(greedy_reply, trim_to_sentence, *GENERATION_CODE))
 
 
 def replies_plan(profile, conversations: Sequence[Sequence[Mapping]], max_new_tokens: int,

@@ -10,7 +10,6 @@ trait into the weights.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
@@ -22,7 +21,7 @@ from typing import Any
 
 import datasets
 
-from . import cache, models, personas, progress, sampling
+from . import cache, models, personas, progress
 from .artifacts import atomic_dir, read_json, write_json
 from .bundled import resource
 from .profiles import CONDITIONS, Profile
@@ -266,7 +265,7 @@ def _guided(profile: Profile, conditions: list[str], model, tokenizer, chat=None
             negs.append([{"role": "system", "content": anti}, user])
     start = time.perf_counter()
     progress.log(f"stage data: {len(conditions)} condition(s) x {n_candidates} answers")
-    replies = (chat or functools.partial(models.chat, batched_guidance=True))(
+    replies = (chat or models.chat)(
         model, tokenizer, convs, negative_conversations=negs,
         guidance_scale=1.0 + profile.guidance_gamma, max_new_tokens=profile.gen_max_new_tokens,
         temperature=profile.gen_temperature, top_p=profile.gen_top_p, seed=profile.seed,
@@ -333,7 +332,8 @@ DATA = cache.Stage(
             "n_prompts", "guidance_gamma", "gen_temperature", "gen_top_p",
             "gen_max_new_tokens", "gen_batch_size", "quality_filter", "seed"),
     grid=("conditions",),
-    code=(_generate, _guided, _filtered, _from_big5chat, quality_issue, prompt_ids, sampling),
+    code=(_generate, _guided, _filtered, _from_big5chat, quality_issue, prompt_ids,
+          *models.GENERATION_CODE),
 )
 
 

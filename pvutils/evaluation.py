@@ -30,6 +30,7 @@ from . import models, personas
 from .artifacts import artifacts_dir, fingerprint, read_json, write_json
 from .bfi import DIMENSIONS, BFIItem, check_dimensions, contrast_pairs, items_for, score_items
 from .bundled import resource
+from .cache import code_version
 from .judges import Judge, JudgeError, JudgeResult, get_judge
 from .likelihood import answer_logprobs
 from .merging import applied
@@ -143,7 +144,8 @@ def interview(
     default_system, items = interview_script(dimensions, language)
     system = default_system if system_prompt is None else system_prompt
     settings = dict(n_samples=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                    seed=seed, system=system, questions=[it.question for it in items])
+                    seed=seed, system=system, questions=[it.question for it in items],
+                    sampler=code_version(models.GENERATION_CODE))
     path = None
     if cache_key is not None:
         path = _interview_cache_path(cache_key, settings)

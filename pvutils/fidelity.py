@@ -84,4 +84,4 @@ def persona_shift(profile: Profile, conditions: Sequence[str] | None = None,
 
 
 PERSONA_SHIFT = cache.Stage("persona-shift", ("model", "dtype", "device"), grid=("conditions",),
-                            code=(persona_shift, persona_preference))
+                            code=(persona_shift, persona_preference, *models.GENERATION_CODE))

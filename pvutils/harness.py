@@ -38,6 +38,7 @@ from .cache import Stage
 from .capability import capability
 from .evaluation import REAL_PERSON_PROMPT, contrast_item_scores
 from .merging import applied
+from .models import GENERATION_CODE
 from .personas import split_condition
 from .plans import CONTRAST
 from .profiles import TRAITS
@@ -146,7 +147,8 @@ def capability_measure(model, tokenizer, at: PointFactory,
 # strength 0 is every dial off: the base model under the plain interview frame, the same
 # for every dial and condition, so it is measured once (its own stage) and shared
 DOSE_OFF = Stage("dose-off", CONTRAST, code=(item_answers,))
-CAPABILITY_OFF = Stage("capability-off", ("model", "dtype", "device"), code=(capability,))
+CAPABILITY_OFF = Stage("capability-off", ("model", "dtype", "device"),
+                       code=(capability, *GENERATION_CODE))
 
 
 def split_off(plan: Plan) -> tuple[Plan, Plan]:
@@ -190,7 +192,8 @@ DOSE = {d: Stage(f"dose-{d}", CONTRAST, grid=(*DIAL_GRID.get(d, ()), "sweep_cond
                  code=(dose_measure, *code)) for d, code in DIAL_CODE.items()}
 CAPABILITY = {d: Stage(f"capability-{d}", ("model", "dtype", "device"),
                        grid=(*DIAL_GRID.get(d, ()), "sweep_conditions"),
-                       code=(capability_measure, *code)) for d, code in DIAL_CODE.items()}
+                       code=(capability_measure, *code, *GENERATION_CODE))
+              for d, code in DIAL_CODE.items()}
 
 
 def dial_points(method: str, conditions: Sequence[str], strengths: Sequence[float],

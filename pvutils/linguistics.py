@@ -22,7 +22,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from .bundled import resource
 from .cache import Stage
-from .models import chat, trim_to_sentence
+from .models import GENERATION_CODE, chat, trim_to_sentence
 from .sweeps import applying, run_sweep
 
 _DATA = resource("linguistics")
@@ -127,7 +127,8 @@ def self_descriptions(model, tokenizer, P) -> list[str]:
 LINGUISTIC = Stage("linguistic", ("model", "dtype", "device", "eval_temperature",
                                    "eval_batch_size", "seed", "linguistic_samples",
                                    "linguistic_max_new_tokens"),
-                   grid=("linguistic_alphas", "sweep_conditions"), code=(self_descriptions,))
+                   grid=("linguistic_alphas", "sweep_conditions"),
+                   code=(self_descriptions, *GENERATION_CODE))
 
 
 def linguistic_plan(profile, vectors: Sequence[str]):

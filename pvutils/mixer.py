@@ -25,7 +25,7 @@ from .artifacts import atomic_path, fingerprint
 from .cache import Stage
 from .evaluation import REAL_PERSON_PROMPT, contrast_scores
 from .merging import applied
-from .models import chat, trim_to_sentence
+from .models import GENERATION_CODE, chat, trim_to_sentence
 from .personas import split_condition
 from .plans import CONTRAST
 from .sweeps import Plan, run_sweep
@@ -76,7 +76,7 @@ def mixer_point(model, tokenizer, vectors: Mapping[str, Any], questions: Sequenc
 
 
 MIXER = Stage("mixer", (*CONTRAST, "eval_max_new_tokens"), grid=("sweep_conditions",),
-              code=(mixer_point,))
+              code=(mixer_point, *GENERATION_CODE))
 
 
 def mixer_plan(profile, mixes: Mapping[str, Sequence[str]], alphas: Sequence[float],

@@ -27,6 +27,7 @@ from .evaluation import (
     judge_interview_results,
 )
 from .merging import applied
+from .models import GENERATION_CODE
 from .personas import split_condition
 from .sweeps import Plan, applying, run_sweep
 
@@ -99,7 +100,7 @@ def _make_judge(name: str, P):
 
 RQ1_INTERVIEW = Stage("rq1-interview", (*INTERVIEW, "judge", "judge_model"),
                       grid=("interview_alphas", "sweep_conditions"),
-                      code=(_trait_interview, _make_judge, vector_points))
+                      code=(_trait_interview, _make_judge, vector_points, *GENERATION_CODE))
 
 
 def interview_plan(profile, vectors: Sequence[str], judges: Sequence[str] | None = None) -> Plan:
@@ -272,7 +273,7 @@ def composition_sweep(model, tokenizer, vectors: Mapping[str, Any], profile) -> 
 
 RQ3 = Stage("rq3-negation", (*INTERVIEW, "contrast_pairs"), grid=("sweep_conditions",),
             code=(_contrast, _trait_interview, side_effects.perplexity,
-                  side_effects.disclaimer_rate))
+                  side_effects.disclaimer_rate, *GENERATION_CODE))
 
 
 def negation_plan(profile, vectors: Sequence[str], alphas=(-1.0, 1.0)) -> Plan:
@@ -308,7 +309,7 @@ def _fidelity(model, tokenizer, P) -> dict[str, Any]:
 
 RQ4 = Stage("rq4-transfer", (*CONTRAST, "n_heldout", "eval_max_new_tokens", "eval_batch_size"),
             grid=("transfer_alphas", "transfer_betas", "sweep_conditions"),
-            code=(_contrast, _fidelity, keyword_counts, pooled_fidelity))
+            code=(_contrast, _fidelity, keyword_counts, pooled_fidelity, *GENERATION_CODE))
 
 
 def transfer_plan(profile, vectors: Sequence[str]) -> Plan:

@@ -27,6 +27,7 @@ from scipy import stats
 from .cache import Stage
 from .evaluation import contrast_item_scores, interview
 from .judges import EmbeddingJudge, get_judge
+from .models import GENERATION_CODE
 from .personas import direction, split_condition
 from .sweeps import applying, run_sweep
 
@@ -68,7 +69,7 @@ def unit_values(model, tokenizer, P, trait: str, judge) -> list[dict]:
 
 
 PLUSMINUS = Stage("plusminus", FIELDS, grid=("sweep_conditions",),
-                  code=(unit_values, plusminus_points))
+                  code=(unit_values, plusminus_points, *GENERATION_CODE))
 
 
 def plusminus_plan(profile, targets: Mapping[str, Sequence[str]],

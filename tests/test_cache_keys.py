@@ -8,11 +8,14 @@ stage that starts reading a field it does not declare, fails a test.
 from __future__ import annotations
 
 import ast
+import importlib
 import os
+import pkgutil
 
 import pandas as pd
 import pytest
 
+import pvutils
 from pvutils import (
     analysis,
     bench,
@@ -27,6 +30,7 @@ from pvutils import (
     linguistics,
     lowrank,
     mixer,
+    models,
     plans,
     plusminus,
     seeds,
@@ -359,3 +363,27 @@ def test_the_half_fraction_reuses_the_full_designs_cached_points():
     half_key, half = signatures(full_profile.replace(composition_fraction="half"))[
         "rq2-composition"]
     assert half_key == key and set(half) < set(full) and 2 * len(half) == len(full)
+
+
+# the stages whose points generate text: their keys carry the sampler's source
+# (`models.GENERATION_CODE`), so a change to how text is sampled recomputes them
+GENERATING = {"data", "rq1-interview", "rq3-negation", "rq4-transfer", "persona-shift",
+              "linguistic", "mixer", "greedy-replies", "plusminus", "capability-off",
+              "capability-vector", "capability-steering", "capability-NPTI", "capability-P2"}
+
+
+def _all_stages() -> dict[str, cache.Stage]:
+    found = {}
+    for info in pkgutil.walk_packages(pvutils.__path__, "pvutils."):
+        for value in vars(importlib.import_module(info.name)).values():
+            for stage in (value.values() if isinstance(value, dict) else [value]):
+                if isinstance(stage, cache.Stage):
+                    found[stage.name] = stage
+    return found
+
+
+def test_exactly_the_generating_stages_are_keyed_by_the_sampler():
+    stages = _all_stages()
+    assert GENERATING <= set(stages)
+    keyed = {name for name, s in stages.items() if set(models.GENERATION_CODE) <= set(s.code)}
+    assert keyed == GENERATING
