@@ -1,4 +1,5 @@
-"""New tokens per second of guided data generation: transformers' CFG path vs pvutils.sampling.
+"""New tokens per second of guided data generation: transformers' CFG path vs pvutils.sampling
+(`--plain`: unguided interview generation, `model.generate` vs the same sampler).
 
 Every path gets the same rows (persona / anti-persona chats of the data stage's eleven
 conditions over the training prompts, as `data._guided` builds them) and the cpu profile's
@@ -11,6 +12,8 @@ revision REV. The new one is `sampling.guided_chat`. The machine is shared: each
 every run.
 
     PYTHONPATH=. python benchmarks/bench_generation.py [--rows 88] [--old-sampler 8669257]
+    PYTHONPATH=. python benchmarks/bench_generation.py --plain --rows 44 --old-batch 44 \
+        --new-batches 44
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 import torch
 
 from pvutils.data import _condition_personas, training_prompts
+from pvutils.evaluation import interview_script
 from pvutils.models import chat, load_model, load_tokenizer
 from pvutils.profiles import CONDITIONS, get_profile
 from pvutils.sampling import guided_chat
@@ -43,6 +47,13 @@ def rows(n: int, conditions: list[str]) -> tuple[list, list]:
         convs.append([{"role": "system", "content": persona}, user])
         negs.append([{"role": "system", "content": anti}, user])
     return convs, negs
+
+
+def interview_rows(n: int) -> list:
+    """The interview's chats (the real-person system prompt, each BFI question in turn)."""
+    system, items = interview_script()
+    return [[{"role": "system", "content": system},
+             {"role": "user", "content": items[k % len(items)].question}] for k in range(n)]
 
 
 def sampler_at(rev: str):
@@ -73,13 +84,18 @@ def main() -> None:
     ap.add_argument("--old-batch", type=int, default=40, help="the old cpu gen_batch_size")
     ap.add_argument("--new-batches", type=int, nargs="+", default=[88])
     ap.add_argument("--old-sampler", metavar="REV", help="also time guided_chat as of REV")
+    ap.add_argument("--plain", action="store_true",
+                    help="unguided interview rows (the interview's settings) instead")
     args = ap.parse_args()
     prof = get_profile("cpu")
     model, tok = load_model(args.model), load_tokenizer(args.model)
     convs, negs = rows(args.rows, DATA_CONDITIONS)
     kw = dict(guidance_scale=1.0 + prof.guidance_gamma, max_new_tokens=args.max_new_tokens,
               temperature=prof.gen_temperature, top_p=prof.gen_top_p, seed=0, progress=False)
-    paths = {f"transformers generate+CFG (batch {args.old_batch})":
+    if args.plain:  # the interview's rows and settings (evaluation.interview): no guidance
+        convs, negs = interview_rows(args.rows), None
+        kw.update(guidance_scale=1.0, temperature=prof.eval_temperature, top_p=1.0)
+    paths = {f"transformers generate{'' if args.plain else '+CFG'} (batch {args.old_batch})":
              lambda: chat(model, tok, convs, negative_conversations=negs,
                           batch_size=args.old_batch, sampler="transformers", **kw)}
     if args.old_sampler:

@@ -316,9 +316,6 @@ def train_domain_vector(profile: Profile, character: str = DEFAULT_CHARACTER) ->
     return train_condition(profile, f"domain_{character}")
 
 
-# --- CLI --------------------------------------------------------------------------------
-
-
 def stage_table(profile: Profile, conditions: Sequence[str]):
     """Wall times and throughput of every condition's fine-tune, read from the sidecars
     (the data's cost is shared by the conditions: `data.data_sentence`)."""
