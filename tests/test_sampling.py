@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pvutils import models
 from pvutils.sampling import guided_chat, guided_generate, length_buckets, shared_prefix_lengths
 
 PAD = EOS = 2
@@ -204,3 +205,18 @@ def test_first_token_draws_follow_the_guided_law(tiny_llama):
     dof = int(support.sum()) - 1
     assert dof >= 3  # a law worth testing: several tokens in the nucleus
     assert chi2 < dof + 3.1 * (2 * dof) ** 0.5 + 10  # ~ the 0.1 % tail of chi2(dof)
+
+
+def test_chat_defaults_to_this_sampler_and_matches_model_generate(tiny_chat_model):
+    """`models.chat` greedy: the default sampler's replies are `model.generate`'s, plain and
+    guided, for chats of unequal length in one batch; an unknown sampler is refused."""
+    model, tok = tiny_chat_model
+    convs = [[{"role": "user", "content": q}] for q in ("Hi.", "Tell me about your day, please.",
+                                                       "What do you like?")]
+    negs = [[{"role": "system", "content": "Be terse."}, *c] for c in convs]
+    for extra in ({}, {"negative_conversations": negs, "guidance_scale": 2.5}):
+        want = models.chat(model, tok, convs, max_new_tokens=6, progress=False,
+                           sampler="transformers", **extra)
+        assert models.chat(model, tok, convs, max_new_tokens=6, progress=False, **extra) == want
+    with pytest.raises(ValueError, match="sampler 'vllm' is not one of"):
+        models.chat(model, tok, convs, sampler="vllm")
