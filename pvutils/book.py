@@ -182,19 +182,51 @@ def run_notebook(path: Path, profile: str, parameters: dict | None = None,
 SUMMARY_PREFIX = "99"  # a chapter numbered 99 reads every other chapter's result JSON
 
 
-def schedule(paths: Sequence[Path], jobs: int, manifest: Path) -> list[tuple[list, dict]]:
+# seconds each notebook took in a run from empty artifacts, by profile: the order of the
+# chapters when this checkout has no run of its own yet (a fresh clone, CI), like
+# pytest-split's durations file; refresh with `python -m pvutils book --record-durations`
+DURATIONS = NOTEBOOK_DIR / "durations.json"
+
+
+def expected_seconds(profile: str, hints: Path = DURATIONS) -> dict[str, float]:
+    """The recorded seconds of `profile`'s notebooks (else the smoke profile's: their order
+    is what counts, and it is much the same)."""
+    table = read_json(hints) if hints.exists() else {}
+    return table.get(profile) or table.get("smoke") or {}
+
+
+def record_durations(profile: str, root: Path = EXECUTED_DIR, hints: Path = DURATIONS) -> dict:
+    """Copy the seconds of the last run of `profile` (its RUN.json) into `hints`."""
+    manifest = root / profile / "RUN.json"
+    if not manifest.exists():
+        raise ValueError(f"no run of profile {profile!r} at {manifest}; run the book first")
+    runs = read_json(manifest)["notebooks"]
+    table = read_json(hints) if hints.exists() else {}
+    table[profile] = {name: round(run["seconds"]) for name, run in runs.items()}
+    write_json(hints, table)
+    return table[profile]
+
+
+def schedule(paths: Sequence[Path], jobs: int, manifest: Path,
+             hints: dict[str, float] | None = None) -> list[tuple[list, dict]]:
     """(notebooks, kernel environment) per phase. One job: one phase, in order. More: 00 and
     the explainers on all cores, then the chapters (they only read 00's artifacts) at cores //
-    jobs threads per kernel, longest first by the last run in `manifest` (unrecorded first),
-    then the summary chapters (`SUMMARY_PREFIX`), which read the others' results."""
+    jobs threads per kernel, longest first by the last run in `manifest`, else by `hints`
+    (`expected_seconds`), unknown first, so the longest chapter does not run alone at the
+    end; then the summary chapters (`SUMMARY_PREFIX`), which read the others' results."""
     if jobs <= 1:
         return [(list(paths), {})]
     first = [nb for nb in paths if nb.parent != NOTEBOOK_DIR or nb.stem.startswith("00")]
     summary = [nb for nb in paths
                if nb.parent == NOTEBOOK_DIR and nb.stem.startswith(SUMMARY_PREFIX)]
     last = read_json(manifest)["notebooks"] if manifest.exists() else {}
+    hints = expected_seconds(manifest.parent.name) if hints is None else hints
+
+    def seconds(nb: Path) -> float:
+        return last.get(nb.stem, {}).get("seconds", hints.get(nb.stem, float("inf")))
+
     rest = sorted((nb for nb in paths if nb not in first and nb not in summary),
-                  key=lambda nb: -last.get(nb.stem, {}).get("seconds", float("inf")))
+                  key=lambda nb: -seconds(nb))
     threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
     env = {k: os.environ.get(k, threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return [phase for phase in [(first, {}), (rest, env), (summary, {})] if phase[0]]
@@ -328,9 +360,15 @@ def cli_book(argv: list[str]) -> int:
                         help="build from the published run in results/<profile>/ (no model)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="kernels at a time for the chapters after 00_setup")
+    parser.add_argument("--record-durations", action="store_true",
+                        help=f"store the last run's seconds in {DURATIONS.relative_to(REPO_ROOT)}"
+                             " (the chapter order of a checkout without a run) and exit")
     args = parser.parse_args(argv)
     parameters = {name: _value(value) for name, value in args.parameter}
     try:
+        if args.record_durations:
+            print(record_durations(args.profile))
+            return 0
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: at least one kernel is needed")
         paths = select(args.only)

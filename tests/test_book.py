@@ -24,7 +24,7 @@ import nbformat
 import pytest
 
 from pvutils import book, publish
-from pvutils.artifacts import REPO_ROOT, write_json
+from pvutils.artifacts import REPO_ROOT, read_json, write_json
 
 pytestmark = pytest.mark.book
 HTML = book.BUILD_DIR / "smoke" / "html"
@@ -103,7 +103,8 @@ def test_with_jobs_setup_first_then_the_longest_chapter_then_the_results_page(tm
     last = {"01_rq1_scaling": 60.0, "06_vectors_vs_steering": 90.0, "03_rq3_negation": 35.0}
     write_json(tmp_path / "RUN.json", {"notebooks": {k: {"seconds": v} for k, v in last.items()}})
     assert book.schedule(paths, 1, tmp_path / "RUN.json") == [(paths, {})]
-    (first, env1), (rest, env2), (summary, env3) = book.schedule(paths, 2, tmp_path / "RUN.json")
+    (first, env1), (rest, env2), (summary, env3) = book.schedule(paths, 2, tmp_path / "RUN.json",
+                                                                 hints={})
     assert sorted(first + rest + summary) == sorted(paths)  # each notebook once
     assert {nb.stem for nb in first} == {nb.stem for nb in paths
                                          if nb.parent.name == "book" or nb.stem.startswith("00")}
@@ -113,6 +114,35 @@ def test_with_jobs_setup_first_then_the_longest_chapter_then_the_results_page(tm
     assert [nb.stem for nb in rest] == unrecorded + sorted(last, key=last.get, reverse=True)
     cores = len(os.sched_getaffinity(0))
     assert env2 == {"OMP_NUM_THREADS": str(max(1, cores // 2)), "MKL_NUM_THREADS": "3"}
+
+
+def test_without_a_run_the_recorded_durations_order_the_chapters(tmp_path):
+    """A fresh clone has no RUN.json: the durations file orders the chapters longest first
+    (its seconds, where the run's own are missing), unknown ones before them; recording
+    copies a run's seconds into it for that profile only."""
+    paths = book.notebooks()
+    chapters = [nb.stem for nb in paths if nb.stem[:2].isdigit() and nb.stem[:2] not in
+                ("00", book.SUMMARY_PREFIX)]
+    hints = {name: float(k) for k, name in enumerate(chapters[1:], start=1)}
+    write_json(tmp_path / "RUN.json", {"notebooks": {chapters[1]: {"seconds": 100.0}}})
+    _, (rest, _), _ = book.schedule(paths, 2, tmp_path / "RUN.json", hints=hints)
+    assert [nb.stem for nb in rest] == [chapters[0], chapters[1], *reversed(chapters[2:])]
+
+    runs = tmp_path / "executed"
+    write_json(runs / "smoke" / "RUN.json", {"notebooks": {"01_rq1_scaling": {"seconds": 12.4}}})
+    hints_file = tmp_path / "durations.json"
+    write_json(hints_file, {"cpu": {"01_rq1_scaling": 900}})
+    assert book.record_durations("smoke", root=runs, hints=hints_file) == {"01_rq1_scaling": 12}
+    assert book.expected_seconds("cpu", hints_file) == {"01_rq1_scaling": 900}
+    assert book.expected_seconds("paper", hints_file) == {"01_rq1_scaling": 12}  # smoke's
+    with pytest.raises(ValueError, match="no run of profile 'paper'"):
+        book.record_durations("paper", root=runs, hints=hints_file)
+
+
+def test_the_committed_durations_name_every_chapter():
+    names = {nb.stem for nb in book.notebooks()}
+    for profile, seconds in read_json(book.DURATIONS).items():
+        assert set(seconds) == names, profile
 
 
 def _timing_notebook(path: Path, code: str) -> Path:
