@@ -263,8 +263,8 @@ def chat(
     `sampler="pvutils"` (the default) runs `sampling.guided_chat`: both prompts of a guided
     row in one forward per step, each system prompt prefilled once, exact top-p via top-k,
     rows bucketed by length. It is token-identical to `sampler="transformers"`
-    (`model.generate`) when greedy and draws from the same law when sampling, 1.5-2.4x faster
-    on 2 cores (`benchmarks/bench_generation.py`).
+    (`model.generate`) when greedy and draws from the same law when sampling; on 2 cores it
+    gives 1.3x the tokens per second unguided and 2.4x guided (`bench_generation.py`).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not one of {SAMPLERS}")
