@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats as sst
 
 import pvutils
 
 pvutils.configure_torch_env()  # as every entry point does, before torch loads
 import torch  # noqa: E402
+
+from pvutils import results, stats  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -252,3 +259,52 @@ def char_embedding_judge():
     from pvutils.judges import EmbeddingJudge
 
     return EmbeddingJudge(encoder=CharEncoder())
+
+
+@pytest.fixture(scope="session")
+def results_rederived():
+    """A check that the results page's RQ1 rows of the run in a directory equal what scipy
+    gives from the per-point rows that run stored; returns the page's table."""
+    def _rederive_rq1(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
+        """The RQ1 headline straight from the per-point rows with scipy: each vector's
+        Spearman ρ(α, score) signed toward its level, their mean with a bootstrap interval over
+        the vectors, and the exact interval of the share moving as intended. Each dial starts
+        at the base model of its trait (α = 0), where the sweep has one."""
+        df = pd.DataFrame(rows)
+        swept, base = df[df.level != "base"], df[df.level == "base"]
+        signed = []
+        for cond, sub in swept.groupby("condition"):
+            points = pd.concat([base[base.trait == sub.trait.iloc[0]], sub])
+            sign = 1 if cond.endswith("_high") else -1
+            signed.append(sign * sst.spearmanr(points.alpha, points.score).statistic)
+        signed = np.array(signed)
+        ci = sst.bootstrap((signed,), np.mean, n_resamples=stats.N_RESAMPLES, method="percentile",
+                           rng=np.random.default_rng(stats.SEED)).confidence_interval
+        bounds = (ci.low, ci.high) if len(signed) >= stats.MIN_N else (math.nan, math.nan)
+        k = int((signed > 0).sum())
+        share = sst.binomtest(k, len(signed)).proportion_ci(0.95, method="exact")
+        return {"rho": (signed.mean(), *bounds), "share": (k / len(signed), share.low, share.high)}
+
+
+    def _table_numbers(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+        contrast = table[table.measure == "contrast BFI"].set_index("key")
+        return {name: tuple(contrast.loc[key, ["estimate", "low", "high"]])
+                for name, key in [("rho", "rq1.trait_score_correlation"),
+                                  ("share", "rq1.vectors_moving_as_intended")]}
+
+    def check(out: Path) -> pd.DataFrame:
+        path = out / "01_rq1_scaling.json"
+        assert path.exists(), f"no run of 01_rq1_scaling in {out}"
+        stored = json.loads(path.read_text())
+        assert "rows" in stored, f"{path} stores no per-point rows"
+        expected = _rederive_rq1(stored["rows"]["contrast"])
+        table = results.results_table(out)
+        for name, numbers in _table_numbers(table).items():
+            for got, want in zip(numbers, expected[name], strict=True):
+                if math.isnan(want):  # too few points for an interval: the table has none
+                    assert got is None or math.isnan(got), name
+                else:
+                    assert got == pytest.approx(want), name
+        return table
+
+    return check

@@ -200,6 +200,12 @@ def test_every_notebook_executed_without_errors(built_book):
         assert (book.EXECUTED_DIR / "smoke" / f"{result}.json").exists()
 
 
+def test_the_smoke_results_page_is_rederived_from_its_stored_rows(built_book,
+                                                                  results_rederived):
+    """The results page of this very build, from the rows its RQ1 chapter stored."""
+    results_rederived(book.EXECUTED_DIR / "smoke")
+
+
 def test_setup_page_shows_the_models_reply(built_book):
     page = (HTML / "notebooks" / "00_setup.html").read_text()
     assert "USER: Tell me a little about yourself." in page

@@ -103,45 +103,13 @@ def _sweep_rows(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _rederive_rq1(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
-    """The RQ1 headline straight from the per-point rows with scipy: each vector's
-    Spearman ρ(α, score) signed toward its level, their mean with a bootstrap interval over
-    the vectors, and the exact interval of the share moving as intended. Each dial starts
-    at the base model of its trait (α = 0), where the sweep has one."""
-    df = pd.DataFrame(rows)
-    swept, base = df[df.level != "base"], df[df.level == "base"]
-    signed = []
-    for cond, sub in swept.groupby("condition"):
-        points = pd.concat([base[base.trait == sub.trait.iloc[0]], sub])
-        sign = 1 if cond.endswith("_high") else -1
-        signed.append(sign * sst.spearmanr(points.alpha, points.score).statistic)
-    signed = np.array(signed)
-    ci = sst.bootstrap((signed,), np.mean, n_resamples=stats.N_RESAMPLES, method="percentile",
-                       rng=np.random.default_rng(stats.SEED)).confidence_interval
-    bounds = (ci.low, ci.high) if len(signed) >= stats.MIN_N else (math.nan, math.nan)
-    k = int((signed > 0).sum())
-    share = sst.binomtest(k, len(signed)).proportion_ci(0.95, method="exact")
-    return {"rho": (signed.mean(), *bounds), "share": (k / len(signed), share.low, share.high)}
-
-
-def _table_numbers(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
-    contrast = table[table.measure == "contrast BFI"].set_index("key")
-    return {name: tuple(contrast.loc[key, ["estimate", "low", "high"]])
-            for name, key in [("rho", "rq1.trait_score_correlation"),
-                              ("share", "rq1.vectors_moving_as_intended")]}
-
-
-def test_results_table_is_rederived_from_the_stored_rows(tmp_path):
+def test_results_table_is_rederived_from_the_stored_rows(tmp_path, results_rederived):
     sweep = _sweep_rows()
     rho = stats.dial_table(sweep)
     claims = results.rq1_claims(rho, {})
     (tmp_path / "01_rq1_scaling.json").write_text(json.dumps(
         {"claims": claims, "rows": {"contrast": sweep.to_dict("records")}}))
-    table = results.results_table(tmp_path)
-    expected = _rederive_rq1(json.loads((tmp_path / "01_rq1_scaling.json").read_text())
-                             ["rows"]["contrast"])
-    for name, numbers in _table_numbers(table).items():
-        assert numbers == pytest.approx(expected[name]), name
+    table = results_rederived(tmp_path)
     row = table.set_index("key").loc["rq1.vectors_moving_as_intended"]
     assert row.estimate == 0.75 and row.verdict == "partly"  # 3 of 4: one dial backwards
     # chapters that did not run are listed with every claim of theirs, unmeasured
@@ -152,22 +120,9 @@ def test_results_table_is_rederived_from_the_stored_rows(tmp_path):
     assert page.count("\n") == len(table) + 1 and "{ref}`RQ1 scaling <rq1-contrast>`" in page
 
 
-@pytest.mark.book
-@pytest.mark.parametrize("out", [book.EXECUTED_DIR / "smoke", book.PUBLISHED_DIR / "cpu"],
-                         ids=["smoke run", "published cpu run"])
-def test_a_results_page_is_rederived_from_its_stored_rows(out):
-    """On the smoke book's own result JSON (written by `test_book`'s build, or any earlier
-    `python -m pvutils book --profile smoke`), and on the committed `cpu` run."""
-    path = out / "01_rq1_scaling.json"
-    if not path.exists() or "rows" not in json.loads(path.read_text()):
-        pytest.skip(f"no run of 01_rq1_scaling with stored rows in {out}")
-    expected = _rederive_rq1(json.loads(path.read_text())["rows"]["contrast"])
-    for name, numbers in _table_numbers(results.results_table(out)).items():
-        for got, want in zip(numbers, expected[name]):
-            if math.isnan(want):  # too few points for an interval: the table has none
-                assert got is None or math.isnan(got), name
-            else:
-                assert got == pytest.approx(want), name
+def test_the_published_results_page_is_rederived_from_its_stored_rows(results_rederived):
+    """On the committed `cpu` run (the smoke book's own is checked in `test_book`)."""
+    results_rederived(book.PUBLISHED_DIR / "cpu")
 
 
 def test_the_chapter_box_states_paper_and_finding(tmp_path):
