@@ -191,18 +191,27 @@ DURATIONS = NOTEBOOK_DIR / "durations.json"
 def expected_seconds(profile: str, hints: Path = DURATIONS) -> dict[str, float]:
     """The recorded seconds of `profile`'s notebooks (else the smoke profile's: their order
     is what counts, and it is much the same)."""
-    table = read_json(hints) if hints.exists() else {}
+    table = _read_hints(hints)
     return table.get(profile) or table.get("smoke") or {}
 
 
+def _read_hints(hints: Path) -> dict:
+    try:
+        return read_json(hints) if hints.exists() else {}
+    except ValueError as err:
+        raise ValueError(f"{hints} is not valid JSON ({err}); `git checkout` it") from err
+
+
 def record_durations(profile: str, root: Path = EXECUTED_DIR, hints: Path = DURATIONS) -> dict:
-    """Copy the seconds of the last run of `profile` (its RUN.json) into `hints`."""
+    """Copy the seconds of the last run of `profile` (its RUN.json) into `hints`, over
+    what it held for those notebooks (a run of some chapters keeps the others' seconds)."""
     manifest = root / profile / "RUN.json"
     if not manifest.exists():
         raise ValueError(f"no run of profile {profile!r} at {manifest}; run the book first")
     runs = read_json(manifest)["notebooks"]
-    table = read_json(hints) if hints.exists() else {}
-    table[profile] = {name: round(run["seconds"]) for name, run in runs.items()}
+    table = _read_hints(hints)
+    table[profile] = {**table.get(profile, {}),
+                      **{name: round(run["seconds"]) for name, run in runs.items()}}
     write_json(hints, table)
     return table[profile]
 

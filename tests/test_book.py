@@ -137,6 +137,12 @@ def test_without_a_run_the_recorded_durations_order_the_chapters(tmp_path):
     assert book.expected_seconds("paper", hints_file) == {"01_rq1_scaling": 12}  # smoke's
     with pytest.raises(ValueError, match="no run of profile 'paper'"):
         book.record_durations("paper", root=runs, hints=hints_file)
+    write_json(runs / "cpu" / "RUN.json", {"notebooks": {"03_rq3_negation": {"seconds": 50}}})
+    assert book.record_durations("cpu", root=runs, hints=hints_file) == {
+        "01_rq1_scaling": 900, "03_rq3_negation": 50}  # a partial run keeps the others
+    hints_file.write_text("{not json")
+    with pytest.raises(ValueError, match="durations.json is not valid JSON"):
+        book.expected_seconds("cpu", hints_file)
 
 
 def test_the_committed_durations_name_every_chapter():
